@@ -1,0 +1,189 @@
+//! Everything the CLI prints. Human output looks like supervisorctl's; `--json`
+//! prints the reply's data with the stable field names of SPEC §4.
+
+use crate::config::Config;
+use crate::job::machine::signal_name;
+use crate::protocol::{JobStatus, Reply, Request, Response, StatusReport};
+
+pub fn response(request: &Request, resp: &Response, json: bool) {
+    if !resp.ok {
+        let err = resp.error.as_ref();
+        if json {
+            println!("{}", serde_json::to_string(&resp.error).unwrap_or_default());
+        } else if let Some(Reply::Actions { jobs }) = err.and_then(|e| e.result.as_deref()) {
+            print!("{}", status_table(jobs));
+        }
+        if let Some(e) = err {
+            eprintln!("error: {}", e.message);
+        }
+        return;
+    }
+    let Some(reply) = &resp.result else { return };
+    if json {
+        let value = match reply {
+            Reply::Status(s) => serde_json::to_value(s),
+            Reply::Actions { jobs } => serde_json::to_value(serde_json::json!({ "jobs": jobs })),
+            Reply::Reload(r) => serde_json::to_value(r),
+            Reply::Logs { lines } => serde_json::to_value(serde_json::json!({ "lines": lines })),
+            Reply::Log(l) => serde_json::to_value(l),
+            Reply::Budget(b) => Ok(b.clone()),
+            Reply::Health(h) => serde_json::to_value(h),
+            Reply::Done { message } => Ok(serde_json::json!({ "message": message })),
+        };
+        println!("{}", value.map(|v| v.to_string()).unwrap_or_default());
+        return;
+    }
+    match reply {
+        Reply::Status(s) => print!("{}", status(s)),
+        Reply::Actions { jobs } => {
+            let verb = match request {
+                Request::Start { .. } => "started",
+                Request::Stop { .. } => "stopped",
+                Request::Restart { .. } => "restarted",
+                _ => "done",
+            };
+            for j in jobs {
+                println!("{}: {verb} ({})", j.name, j.state);
+            }
+        }
+        Reply::Reload(r) => {
+            let applied = if r.applied { "applied" } else { "dry run, nothing applied" };
+            println!("reload: {applied}");
+            for (key, label) in [("added", "add"), ("removed", "remove"), ("restart", "restart"), ("update", "update (no restart)")] {
+                if let Some(list) = r.plan.get(key).and_then(|v| v.as_array()) {
+                    for name in list {
+                        println!("  {label}: {}", name.as_str().unwrap_or_default());
+                    }
+                }
+            }
+            if let Some(list) = r.plan.get("needs_restart").and_then(|v| v.as_array()) {
+                for item in list {
+                    println!("  needs a corral restart: {}", item.as_str().unwrap_or_default());
+                }
+            }
+        }
+        Reply::Logs { lines } => {
+            for l in lines {
+                println!("{}", l.line);
+            }
+        }
+        Reply::Log(l) => println!("{}", l.line),
+        Reply::Budget(b) => println!("{}", serde_json::to_string_pretty(b).unwrap_or_default()),
+        Reply::Health(h) => println!("{}: {}", if h.healthy { "healthy" } else { "UNHEALTHY" }, h.message),
+        Reply::Done { message } => println!("{message}"),
+    }
+}
+
+fn status(s: &StatusReport) -> String {
+    let mut out = status_table(&s.jobs);
+    if let Some(err) = &s.config_error {
+        out.push_str(&format!("\nconfig error (running config kept):\n{err}\n"));
+    }
+    out
+}
+
+/// Aligned columns, one line per job, like `supervisorctl status`.
+pub fn status_table(jobs: &[JobStatus]) -> String {
+    let header = ["NAME", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT", "QUOTA", "CONN", "REASON"];
+    let rows: Vec<[String; 9]> = jobs
+        .iter()
+        .map(|j| {
+            [
+                j.name.clone(),
+                j.state.to_uppercase(),
+                j.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                j.uptime_s.map(uptime).unwrap_or_else(|| "-".into()),
+                j.restarts.to_string(),
+                j.last_exit
+                    .map(|e| match (e.code, e.signal) {
+                        (Some(c), _) => format!("exit {c}"),
+                        (_, Some(s)) => signal_name(s),
+                        _ => "-".into(),
+                    })
+                    .unwrap_or_else(|| "-".into()),
+                j.quota.map(|q| q.to_string()).unwrap_or_else(|| "-".into()),
+                j.connections.map(|q| q.to_string()).unwrap_or_else(|| "-".into()),
+                j.reason.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(|h| h.len());
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r.iter()) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: &[String]| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}  ", w = widths[i]));
+            }
+        }
+        s.trim_end().to_string() + "\n"
+    };
+    let mut out = line(&header.map(String::from));
+    for r in &rows {
+        out.push_str(&line(r));
+    }
+    out
+}
+
+/// `0:01:21`, `2d 3:04:05` — supervisorctl's uptime style.
+pub fn uptime(secs: f64) -> String {
+    let s = secs.max(0.0) as u64;
+    let (d, h, m, sec) = (s / 86400, (s / 3600) % 24, (s / 60) % 60, s % 60);
+    if d > 0 {
+        format!("{d}d {h}:{m:02}:{sec:02}")
+    } else {
+        format!("{h}:{m:02}:{sec:02}")
+    }
+}
+
+/// `corral check` output: the parsed jobs.
+pub fn check(cfg: &Config, json: bool) {
+    if json {
+        let jobs: Vec<_> = cfg
+            .jobs
+            .values()
+            .map(|j| {
+                serde_json::json!({
+                    "name": j.name, "command": j.command, "autostart": j.autostart,
+                    "restart": format!("{:?}", j.restart).to_lowercase(), "priority": j.priority,
+                    "connections": j.connections.map(|c| serde_json::json!({"min": c.min, "max": c.max, "overflow": c.overflow})),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::json!({ "config": cfg.path.display().to_string(), "valid": true, "jobs": jobs }));
+        return;
+    }
+    println!("{}: ok, {} job(s)", cfg.path.display(), cfg.jobs.len());
+    let rows: Vec<[String; 5]> = cfg
+        .jobs
+        .values()
+        .map(|j| {
+            [
+                j.name.clone(),
+                if j.autostart { "autostart".into() } else { "manual".into() },
+                format!("restart={}", format!("{:?}", j.restart).to_lowercase()),
+                j.connections.map(|c| format!("conn {}..{}", c.min, c.max)).unwrap_or_else(|| "no db".into()),
+                j.command.join(" "),
+            ]
+        })
+        .collect();
+    let mut widths = [0usize; 5];
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r.iter()) {
+            *w = (*w).max(c.len());
+        }
+    }
+    for r in rows {
+        println!(
+            "  {:<w0$}  {:<w1$}  {:<w2$}  {:<w3$}  {}",
+            r[0], r[1], r[2], r[3], r[4],
+            w0 = widths[0], w1 = widths[1], w2 = widths[2], w3 = widths[3]
+        );
+    }
+}

@@ -1,0 +1,85 @@
+//! The daemon: `corral run` (SPEC §7-§9).
+//!
+//! `run` binds the control socket, becomes subreaper (or acts as PID 1),
+//! starts the config watcher and the socket server, and hands the job table to
+//! the one actor in `supervisor`. Tasks talk to the actor only through its
+//! event channel; nothing else mutates job state.
+
+mod server;
+mod supervisor;
+mod watch;
+
+use std::path::{Path, PathBuf};
+
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::process::init;
+use crate::process::output::LogStore;
+
+pub use supervisor::Event;
+
+/// Default socket when neither config, `-s` nor `$CORRAL_SOCKET` names one.
+pub const DEFAULT_SOCKET: &str = "/run/corral/corral.sock";
+
+pub fn socket_path(config: &Config, flag: Option<&Path>) -> PathBuf {
+    if let Some(p) = flag {
+        return p.to_path_buf();
+    }
+    if let Some(p) = &config.supervisor.socket {
+        return p.clone();
+    }
+    if let Some(p) = std::env::var_os("CORRAL_SOCKET") {
+        return PathBuf::from(p);
+    }
+    PathBuf::from(DEFAULT_SOCKET)
+}
+
+/// Run the supervisor until shutdown. Returns the process exit code.
+pub fn run(config: Config, socket: PathBuf) -> i32 {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!("cannot start the runtime: {e}");
+            return 1;
+        }
+    };
+    rt.block_on(async move {
+        let listener = match server::bind(&socket, config.supervisor.socket_group.as_deref()).await {
+            Ok(l) => l,
+            Err(e) => {
+                error!("{e}");
+                return 1;
+            }
+        };
+        if init::is_pid1() {
+            info!("running as PID 1: reaping every orphan in this namespace");
+        } else if let Err(e) = init::become_subreaper() {
+            warn!("cannot become child subreaper ({e}): orphans of jobs will go to init instead");
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let logs = LogStore::default();
+        let _watcher = match watch::watch(&config.path, tx.clone()) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                warn!("cannot watch {} for changes ({e}): reload with SIGHUP or `corral reload`", config.path.display());
+                None
+            }
+        };
+        let server = tokio::spawn(server::serve(listener, tx.clone(), logs.clone()));
+        info!(
+            pid = std::process::id(),
+            config = %config.path.display(),
+            socket = %socket.display(),
+            jobs = config.jobs.len(),
+            "corral {} supervising",
+            env!("CARGO_PKG_VERSION")
+        );
+        let sup = supervisor::Supervisor::new(config, tx, logs);
+        let code = sup.run(rx, || {}).await;
+        server.abort();
+        let _ = std::fs::remove_file(&socket);
+        code
+    })
+}

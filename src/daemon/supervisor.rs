@@ -1,0 +1,693 @@
+//! The supervisor actor: the one owner of the job table.
+//!
+//! Everything that changes a job arrives here as an [`Event`] (control
+//! requests with a reply channel, timers, config changes) or a signal, is fed
+//! to the pure state machine, and the resulting effects are executed here.
+//! Reaping happens inside this task too (on SIGCHLD), so a spawned pid is
+//! always registered before its exit can be collected.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, info, warn};
+
+use crate::config::{self, Config, JobConfig, OnDuplicate, OrphanPolicy};
+use crate::job::machine::{self, describe_exit};
+use crate::job::{Effect, Exit, Input, Job, Policy, State, TimerKind};
+use crate::process::lock::{JobLock, LockError};
+use crate::process::output::{self, LogStore};
+use crate::process::scan::Snapshot;
+use crate::process::{init, kill, reaper, spawn};
+use crate::protocol::{
+    ErrorKind, ExitInfo, HealthReport, JobStatus, ReloadReport, Reply, Request, Response, StatusReport, SupervisorInfo,
+};
+
+/// How long leftovers of an exited job or sweep get between SIGTERM and SIGKILL.
+const ORPHAN_GRACE: Duration = Duration::from_secs(3);
+/// Editors save in bursts (write temp, rename, chmod): wait for quiet.
+const RELOAD_DEBOUNCE: Duration = Duration::from_millis(200);
+/// A process snapshot younger than this is reused for duplicate checks, so
+/// starting 500 jobs scans the process table once, not 500 times.
+const SNAPSHOT_TTL: Duration = Duration::from_secs(1);
+
+pub enum Event {
+    Request(Request, oneshot::Sender<Response>),
+    Timer { job: String, kind: TimerKind, epoch: u64 },
+    /// SIGKILL leftovers of a process group, if it still exists and is not a live job's.
+    KillGroup { pgid: i32 },
+    KillPids { pids: Vec<i32> },
+    ConfigFileChanged,
+    ReloadDebounced { generation: u64 },
+    Sweep,
+}
+
+pub type EventTx = mpsc::UnboundedSender<Event>;
+
+struct JobRt {
+    cfg: JobConfig,
+    policy: Policy,
+    m: Job,
+    lock: Option<JobLock>,
+    started_at: Option<Instant>,
+    /// Removed from the config: delete the entry once stopped.
+    removed: bool,
+    /// Next spawn is a deliberate start (not a crash restart): check for duplicates.
+    check_duplicates: bool,
+    /// Duplicates we already sent SIGTERM to (next time: SIGKILL).
+    dup_termed: HashSet<i32>,
+}
+
+enum WaitFor {
+    /// Reply when none of these jobs is live or about to become live by a restart.
+    Settled(Vec<String>),
+}
+
+struct Waiter {
+    what: WaitFor,
+    reply: oneshot::Sender<Response>,
+    verb: &'static str,
+}
+
+pub struct Supervisor {
+    config: Config,
+    config_error: Option<String>,
+    jobs: BTreeMap<String, JobRt>,
+    by_pid: HashMap<i32, String>,
+    tx: EventTx,
+    logs: LogStore,
+    started: Instant,
+    zombies_reaped: u64,
+    orphans_killed: u64,
+    waiters: Vec<Waiter>,
+    shutdown_waiters: Vec<oneshot::Sender<Response>>,
+    shutting_down: bool,
+    own_pid: i32,
+    snapshot: Option<(Instant, Snapshot)>,
+    reload_generation: u64,
+    queue: VecDeque<(String, Input)>,
+}
+
+impl Supervisor {
+    pub fn new(config: Config, tx: EventTx, logs: LogStore) -> Supervisor {
+        let jobs = config.jobs.values().map(|c| (c.name.clone(), JobRt::new(c.clone()))).collect();
+        Supervisor {
+            config,
+            config_error: None,
+            jobs,
+            by_pid: HashMap::new(),
+            tx,
+            logs,
+            started: Instant::now(),
+            zombies_reaped: 0,
+            orphans_killed: 0,
+            waiters: Vec::new(),
+            shutdown_waiters: Vec::new(),
+            shutting_down: false,
+            own_pid: std::process::id() as i32,
+            snapshot: None,
+            reload_generation: 0,
+            queue: VecDeque::new(),
+        }
+    }
+
+    /// Run until shutdown; returns the process exit code.
+    pub async fn run(mut self, mut events: mpsc::UnboundedReceiver<Event>, ready: impl FnOnce()) -> i32 {
+        let mut sigchld = signal(SignalKind::child()).expect("SIGCHLD handler");
+        let mut sigterm = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut sigint = signal(SignalKind::interrupt()).expect("SIGINT handler");
+        let mut sighup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+
+        // Children that exited before our handler existed (e.g. PID 1 inheriting zombies).
+        self.reap();
+        let autostart: Vec<String> = self.jobs.iter().filter(|(_, j)| j.cfg.autostart).map(|(n, _)| n.clone()).collect();
+        for name in autostart {
+            self.feed(&name, Input::Start);
+        }
+        self.arm_sweep();
+        ready();
+        let mut interrupts = 0;
+        loop {
+            tokio::select! {
+                biased;
+                _ = sigchld.recv() => self.reap(),
+                _ = sigterm.recv() => self.begin_shutdown("SIGTERM"),
+                _ = sigint.recv() => {
+                    interrupts += 1;
+                    if interrupts > 1 {
+                        warn!("second SIGINT: killing all jobs now");
+                        self.kill_all_now();
+                    } else {
+                        self.begin_shutdown("SIGINT");
+                    }
+                }
+                _ = sighup.recv() => {
+                    info!("SIGHUP: reloading config");
+                    let _ = self.reload(false);
+                }
+                Some(ev) = events.recv() => self.handle(ev),
+            }
+            self.settle_waiters();
+            if self.shutting_down && self.jobs.values().all(|j| !j.m.state.is_live()) {
+                break;
+            }
+        }
+        self.finish_shutdown();
+        0
+    }
+
+    fn handle(&mut self, ev: Event) {
+        match ev {
+            Event::Request(req, reply) => self.request(req, reply),
+            Event::Timer { job, kind, epoch } => self.feed(&job, Input::Timer { kind, epoch }),
+            Event::KillGroup { pgid } => {
+                let live_group = self.jobs.values().any(|j| j.m.pid == Some(pgid));
+                if !live_group && kill::group_alive(pgid) {
+                    warn!(pgid, "process group outlived its job's stop grace: SIGKILL");
+                    let _ = kill::signal_group(pgid, libc::SIGKILL);
+                }
+            }
+            Event::KillPids { pids } => {
+                for pid in pids {
+                    if !self.by_pid.contains_key(&pid) {
+                        let _ = kill::signal_pid(pid, libc::SIGKILL);
+                    }
+                }
+            }
+            Event::ConfigFileChanged => {
+                self.reload_generation += 1;
+                let generation = self.reload_generation;
+                self.after(RELOAD_DEBOUNCE, Event::ReloadDebounced { generation });
+            }
+            Event::ReloadDebounced { generation } => {
+                if generation == self.reload_generation {
+                    info!("config file changed: reloading");
+                    let _ = self.reload(false);
+                }
+            }
+            Event::Sweep => {
+                self.sweep();
+                self.arm_sweep();
+            }
+        }
+    }
+
+    // ----- the state machine and its effects -----
+
+    /// Feed an input to a job and execute the effects, including inputs those
+    /// effects produce (spawn outcomes), breadth first.
+    fn feed(&mut self, name: &str, input: Input) {
+        self.queue.push_back((name.to_string(), input));
+        while let Some((name, input)) = self.queue.pop_front() {
+            let Some(job) = self.jobs.get_mut(&name) else { continue };
+            let before = job.m.state;
+            let effects = machine::step(&mut job.m, &job.policy, input, fastrand::f64());
+            let after = job.m.state;
+            if before != after {
+                self.log_transition(&name, before, after);
+            }
+            for effect in effects {
+                self.execute(&name, effect);
+            }
+            self.drop_if_removed(&name);
+        }
+    }
+
+    fn execute(&mut self, name: &str, effect: Effect) {
+        match effect {
+            Effect::Spawn => {
+                let input = self.try_spawn(name);
+                self.queue.push_back((name.to_string(), input));
+            }
+            Effect::Signal { pgid, signal } => {
+                if let Err(e) = kill::signal_group(pgid, signal) {
+                    warn!(job = name, pgid, "cannot signal process group: {e}");
+                }
+                if signal == libc::SIGKILL {
+                    warn!(job = name, "stop_timeout passed: sent SIGKILL to process group {pgid}");
+                }
+            }
+            Effect::ArmTimer { kind, after, epoch } => {
+                self.after(after, Event::Timer { job: name.to_string(), kind, epoch });
+            }
+            Effect::Release => {
+                if let Some(job) = self.jobs.get_mut(name) {
+                    job.lock = None;
+                    job.started_at = None;
+                }
+            }
+            Effect::ReapGroup { pgid } => {
+                if self.config.supervisor.orphans == OrphanPolicy::Kill && kill::group_alive(pgid) {
+                    info!(job = name, "terminating what is left of process group {pgid}");
+                    let _ = kill::signal_group(pgid, libc::SIGTERM);
+                    self.after(ORPHAN_GRACE, Event::KillGroup { pgid });
+                }
+            }
+        }
+    }
+
+    /// Lock, duplicate check, spawn. Returns the machine's next input.
+    fn try_spawn(&mut self, name: &str) -> Input {
+        if self.shutting_down {
+            return Input::Blocked { reason: "supervisor is shutting down".into() };
+        }
+        let lock_dir = self.config.supervisor.lock_dir.clone();
+        let needs_scan = {
+            let job = &self.jobs[name];
+            job.check_duplicates && job.cfg.on_duplicate != OnDuplicate::Ignore
+        };
+        let dups = if needs_scan { self.duplicates_of(name) } else { Vec::new() };
+        let format = self.config.supervisor.log_format;
+        let job = self.jobs.get_mut(name).expect("job exists");
+
+        if job.cfg.single_instance && job.lock.is_none() {
+            match JobLock::acquire(&lock_dir, name) {
+                Ok(lock) => job.lock = Some(lock),
+                Err(LockError::Held { path, holder }) => {
+                    let who = holder.map(|p| format!("pid {p}")).unwrap_or_else(|| "another process".into());
+                    return Input::Blocked { reason: format!("lock: {} held by {who}", path.display()) };
+                }
+                Err(e) => return Input::SpawnFailed { error: e.to_string() },
+            }
+        }
+        if !dups.is_empty() {
+            let list = dups.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ");
+            match job.cfg.on_duplicate {
+                OnDuplicate::Refuse => {
+                    return Input::Blocked { reason: format!("duplicate: same command already running outside corral (pid {list})") };
+                }
+                OnDuplicate::Kill => {
+                    for pid in &dups {
+                        let sig = if job.dup_termed.contains(pid) { libc::SIGKILL } else { libc::SIGTERM };
+                        warn!(job = name, pid, "killing duplicate running outside corral");
+                        let _ = kill::signal_pid(*pid, sig);
+                        job.dup_termed.insert(*pid);
+                    }
+                    self.snapshot = None;
+                    return Input::Blocked { reason: format!("duplicate: killing pid {list}") };
+                }
+                OnDuplicate::Ignore => {}
+            }
+        }
+
+        let extra_env = vec![("CORRAL_JOB".to_string(), name.to_string())];
+        let spec = spawn::SpawnSpec {
+            command: &job.cfg.command,
+            cwd: job.cfg.cwd.as_ref(),
+            env: &job.cfg.env,
+            extra_env: &extra_env,
+            user: job.cfg.user.as_deref(),
+            inherit_fd: job.lock.as_ref().map(|l| l.raw_fd()),
+        };
+        match spawn::spawn(&spec) {
+            Ok(child) => {
+                if let Some(lock) = job.lock.as_mut() {
+                    lock.write_pid(child.pid);
+                }
+                job.started_at = Some(Instant::now());
+                job.check_duplicates = false;
+                job.dup_termed.clear();
+                self.by_pid.insert(child.pid, name.to_string());
+                output::start_reader(child.stdout, name.to_string(), "stdout", format, self.logs.clone());
+                output::start_reader(child.stderr, name.to_string(), "stderr", format, self.logs.clone());
+                Input::Spawned { pid: child.pid }
+            }
+            Err(e) => {
+                let cmd = job.cfg.command.join(" ");
+                error!(job = name, "cannot start `{cmd}`: {e}");
+                Input::SpawnFailed { error: format!("cannot start `{cmd}`: {e}") }
+            }
+        }
+    }
+
+    fn duplicates_of(&mut self, name: &str) -> Vec<i32> {
+        let fresh = matches!(&self.snapshot, Some((t, _)) if t.elapsed() < SNAPSHOT_TTL);
+        if !fresh {
+            self.snapshot = Some((Instant::now(), Snapshot::take()));
+        }
+        let snap = &self.snapshot.as_ref().expect("just taken").1;
+        snap.duplicates(&self.jobs[name].cfg.command, self.own_pid)
+    }
+
+    fn reap(&mut self) {
+        for (pid, exit) in reaper::reap() {
+            match self.by_pid.remove(&pid) {
+                Some(name) => {
+                    if let Some(job) = self.jobs.get(&name) {
+                        let up = job.started_at.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0);
+                        info!(job = %name, pid, uptime_s = format!("{up:.1}"), "exited: {}", describe_exit(exit));
+                    }
+                    self.feed(&name, Input::Exited(exit));
+                }
+                None => self.zombies_reaped += 1,
+            }
+        }
+    }
+
+    /// The periodic sweep (SPEC §7): reap, then find processes reparented to us
+    /// that belong to no live job, and terminate them when `orphans = "kill"`.
+    fn sweep(&mut self) {
+        let before = self.zombies_reaped;
+        self.reap();
+        let reaped = self.zombies_reaped - before;
+        let mains: HashSet<i32> = self.by_pid.keys().copied().collect();
+        let snap = Snapshot::take();
+        let strays = snap.stray_children(self.own_pid, &mains, &mains);
+        let mut killed = 0;
+        if self.config.supervisor.orphans == OrphanPolicy::Kill && !strays.is_empty() {
+            for pid in &strays {
+                let _ = kill::signal_pid(*pid, libc::SIGTERM);
+            }
+            killed = strays.len();
+            self.orphans_killed += killed as u64;
+            self.after(ORPHAN_GRACE, Event::KillPids { pids: strays.clone() });
+        }
+        info!(zombies_reaped = reaped, orphans_killed = killed, orphans_seen = strays.len(), "sweep");
+    }
+
+    fn arm_sweep(&self) {
+        self.after(self.config.supervisor.reap_interval, Event::Sweep);
+    }
+
+    fn after(&self, delay: Duration, ev: Event) {
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = tx.send(ev);
+        });
+    }
+
+    fn log_transition(&self, name: &str, from: State, to: State) {
+        let job = &self.jobs[name];
+        let reason = job.m.reason.as_deref().unwrap_or("");
+        match to {
+            State::Fatal => error!(job = name, "{} -> fatal: {reason}", from.as_str()),
+            State::Waiting => warn!(job = name, "{} -> waiting: {reason}", from.as_str()),
+            State::Starting if job.m.pid.is_some() => {
+                info!(job = name, pid = job.m.pid, "{} -> starting", from.as_str())
+            }
+            _ => info!(job = name, pid = job.m.pid, "{} -> {}", from.as_str(), to.as_str()),
+        }
+    }
+
+    fn drop_if_removed(&mut self, name: &str) {
+        if matches!(self.jobs.get(name), Some(j) if j.removed && !j.m.state.is_live()) {
+            info!(job = name, "removed");
+            self.jobs.remove(name);
+        }
+    }
+
+    // ----- shutdown -----
+
+    fn begin_shutdown(&mut self, why: &str) {
+        if self.shutting_down {
+            return;
+        }
+        info!("{why}: stopping all jobs");
+        self.shutting_down = true;
+        // Stop inputs signal every group at once, so jobs stop in parallel.
+        let names: Vec<String> = self.jobs.keys().cloned().collect();
+        for name in names {
+            self.feed(&name, Input::Stop);
+        }
+    }
+
+    fn kill_all_now(&mut self) {
+        self.shutting_down = true;
+        let names: Vec<String> = self.jobs.keys().cloned().collect();
+        for name in names {
+            self.feed(&name, Input::Stop);
+            self.feed(&name, Input::KillNow);
+        }
+    }
+
+    fn finish_shutdown(&mut self) {
+        // Leftover groups of stopped jobs: give no more grace.
+        if self.config.supervisor.orphans == OrphanPolicy::Kill || init::is_pid1() {
+            if init::is_pid1() {
+                let (reaped, killed) = init::final_sweep(Duration::from_secs(3));
+                info!(reaped, sigkill_needed = killed, "final sweep of the namespace done");
+            }
+        }
+        for reply in self.shutdown_waiters.drain(..) {
+            let _ = reply.send(Response::ok(Reply::Done { message: "all jobs stopped; supervisor exiting".into() }));
+        }
+        info!("all jobs stopped; exiting");
+    }
+
+    // ----- control requests -----
+
+    fn request(&mut self, req: Request, reply: oneshot::Sender<Response>) {
+        match req {
+            Request::Status { jobs } => {
+                let resp = match self.check_names(&jobs, false) {
+                    Ok(names) => Response::ok(Reply::Status(self.status(&names))),
+                    Err(resp) => resp,
+                };
+                let _ = reply.send(resp);
+            }
+            Request::Start { jobs } => self.verb(jobs, reply, "start"),
+            Request::Stop { jobs } => self.verb(jobs, reply, "stop"),
+            Request::Restart { jobs } => self.verb(jobs, reply, "restart"),
+            Request::Reload { dry_run } => {
+                let _ = reply.send(self.reload(dry_run));
+            }
+            Request::Logs { job, .. } => {
+                let resp = if self.jobs.contains_key(&job) {
+                    Response::ok(Reply::Logs { lines: Vec::new() })
+                } else {
+                    unknown_job(&[job])
+                };
+                let _ = reply.send(resp);
+            }
+            Request::Budget | Request::Reserve { .. } | Request::Release { .. } => {
+                let _ = reply.send(Response::err(
+                    ErrorKind::NoDatabase,
+                    "the connection budget needs a [database] section in the config",
+                ));
+            }
+            Request::Health => {
+                let _ = reply.send(Response::ok(Reply::Health(HealthReport {
+                    healthy: true,
+                    supervisor: true,
+                    database: None,
+                    message: "supervisor running; no database configured".into(),
+                })));
+            }
+            Request::Shutdown => {
+                self.shutdown_waiters.push(reply);
+                self.begin_shutdown("shutdown requested");
+            }
+        }
+    }
+
+    fn check_names(&self, jobs: &[String], allow_empty_means_all: bool) -> Result<Vec<String>, Response> {
+        let _ = allow_empty_means_all;
+        if jobs.is_empty() || jobs.iter().any(|j| j == "all") {
+            return Ok(self.jobs.keys().cloned().collect());
+        }
+        let unknown: Vec<String> = jobs.iter().filter(|j| !self.jobs.contains_key(*j)).cloned().collect();
+        if unknown.is_empty() {
+            Ok(jobs.to_vec())
+        } else {
+            Err(unknown_job(&unknown))
+        }
+    }
+
+    fn verb(&mut self, jobs: Vec<String>, reply: oneshot::Sender<Response>, verb: &'static str) {
+        if self.shutting_down {
+            let _ = reply.send(Response::err(ErrorKind::ShuttingDown, "supervisor is shutting down"));
+            return;
+        }
+        if jobs.is_empty() {
+            let _ = reply.send(Response::err(ErrorKind::BadRequest, format!("{verb} needs job names or `all`")));
+            return;
+        }
+        let names = match self.check_names(&jobs, false) {
+            Ok(n) => n,
+            Err(resp) => {
+                let _ = reply.send(resp);
+                return;
+            }
+        };
+        for name in &names {
+            let input = match verb {
+                "start" => {
+                    if let Some(j) = self.jobs.get_mut(name) {
+                        j.check_duplicates = true;
+                    }
+                    Input::Start
+                }
+                "stop" => Input::Stop,
+                _ => {
+                    if let Some(j) = self.jobs.get_mut(name) {
+                        j.check_duplicates = true;
+                    }
+                    Input::Restart
+                }
+            };
+            self.feed(name, input);
+        }
+        self.waiters.push(Waiter { what: WaitFor::Settled(names), reply, verb });
+    }
+
+    /// Answer verbs whose jobs have settled (no longer stopping).
+    fn settle_waiters(&mut self) {
+        let mut i = 0;
+        while i < self.waiters.len() {
+            let WaitFor::Settled(names) = &self.waiters[i].what;
+            let pending = names.iter().any(|n| self.jobs.get(n).is_some_and(|j| j.m.state == State::Stopping));
+            if pending {
+                i += 1;
+                continue;
+            }
+            let w = self.waiters.swap_remove(i);
+            let WaitFor::Settled(names) = w.what;
+            let statuses: Vec<JobStatus> = names.iter().filter_map(|n| self.job_status(n)).collect();
+            let failed: Vec<String> = statuses
+                .iter()
+                .filter(|s| match w.verb {
+                    "stop" => !matches!(s.state.as_str(), "stopped" | "exited" | "fatal"),
+                    _ => matches!(s.state.as_str(), "fatal" | "waiting" | "backoff"),
+                })
+                .map(|s| format!("{}: {}{}", s.name, s.state, s.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default()))
+                .collect();
+            let resp = if failed.is_empty() {
+                Response::ok(Reply::Actions { jobs: statuses })
+            } else {
+                Response::err_with(
+                    ErrorKind::Refused,
+                    format!("{} failed: {}", w.verb, failed.join("; ")),
+                    Reply::Actions { jobs: statuses },
+                )
+            };
+            let _ = w.reply.send(resp);
+        }
+    }
+
+    fn status(&self, names: &[String]) -> StatusReport {
+        StatusReport {
+            jobs: names.iter().filter_map(|n| self.job_status(n)).collect(),
+            config_error: self.config_error.clone(),
+            supervisor: SupervisorInfo {
+                pid: std::process::id(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                config: self.config.path.display().to_string(),
+                uptime_s: self.started.elapsed().as_secs_f64(),
+                zombies_reaped: self.zombies_reaped,
+                orphans_killed: self.orphans_killed,
+            },
+        }
+    }
+
+    fn job_status(&self, name: &str) -> Option<JobStatus> {
+        let j = self.jobs.get(name)?;
+        let live = j.m.state.is_live() && j.m.pid.is_some();
+        Some(JobStatus {
+            name: name.to_string(),
+            state: j.m.state.as_str().to_string(),
+            pid: j.m.pid,
+            uptime_s: if live { j.started_at.map(|t| (t.elapsed().as_secs_f64() * 10.0).round() / 10.0) } else { None },
+            restarts: j.m.restarts,
+            last_exit: j.m.last_exit.map(|e| match e {
+                Exit::Code(c) => ExitInfo { code: Some(c), signal: None },
+                Exit::Signal(s) => ExitInfo { code: None, signal: Some(s) },
+            }),
+            quota: None,
+            connections: None,
+            reason: match j.m.state {
+                State::Fatal | State::Waiting | State::Backoff => j.m.reason.clone(),
+                _ => None,
+            },
+        })
+    }
+
+    // ----- reload (SPEC §8) -----
+
+    fn reload(&mut self, dry_run: bool) -> Response {
+        let path: PathBuf = self.config.path.clone();
+        let new = match config::load(&path) {
+            Ok(c) => c,
+            Err(errs) => {
+                let text = errs.to_string();
+                error!("config reload rejected, keeping the running config:\n{text}");
+                if !dry_run {
+                    self.config_error = Some(text.clone());
+                }
+                return Response::err(ErrorKind::Config, text);
+            }
+        };
+        let plan = config::diff(&self.config, &new);
+        let plan_json = serde_json::to_value(&plan).unwrap_or_default();
+        if dry_run {
+            return Response::ok(Reply::Reload(ReloadReport { applied: false, plan: plan_json }));
+        }
+        self.config_error = None;
+        for item in &plan.needs_restart {
+            warn!("config change needs a restart of corral to take effect: {item}");
+        }
+        let old_jobs = std::mem::take(&mut self.config.jobs);
+        self.config = new;
+        let _ = old_jobs;
+        for name in &plan.removed {
+            if let Some(j) = self.jobs.get_mut(name) {
+                j.removed = true;
+            }
+            self.feed(name, Input::Stop);
+            self.drop_if_removed(name);
+        }
+        for name in plan.restart.iter().chain(plan.update.iter()) {
+            let cfg = self.config.jobs[name].clone();
+            if let Some(j) = self.jobs.get_mut(name) {
+                j.policy = Policy::from(&cfg);
+                j.cfg = cfg;
+            }
+        }
+        for name in &plan.restart {
+            let live = self.jobs.get(name).is_some_and(|j| j.m.state.wants_to_run());
+            if live {
+                if let Some(j) = self.jobs.get_mut(name) {
+                    j.check_duplicates = true;
+                }
+                self.feed(name, Input::Restart);
+            }
+        }
+        for name in &plan.added {
+            let cfg = self.config.jobs[name].clone();
+            let autostart = cfg.autostart;
+            self.jobs.insert(name.clone(), JobRt::new(cfg));
+            if autostart {
+                self.feed(name, Input::Start);
+            }
+        }
+        info!(
+            added = plan.added.len(),
+            removed = plan.removed.len(),
+            restarted = plan.restart.len(),
+            updated = plan.update.len(),
+            "config reloaded"
+        );
+        Response::ok(Reply::Reload(ReloadReport { applied: true, plan: plan_json }))
+    }
+}
+
+impl JobRt {
+    fn new(cfg: JobConfig) -> JobRt {
+        JobRt {
+            policy: Policy::from(&cfg),
+            cfg,
+            m: Job::default(),
+            lock: None,
+            started_at: None,
+            removed: false,
+            check_duplicates: true,
+            dup_termed: HashSet::new(),
+        }
+    }
+}
+
+fn unknown_job(names: &[String]) -> Response {
+    Response::err(ErrorKind::UnknownJob, format!("no such job: {}", names.join(", ")))
+}

@@ -1,0 +1,547 @@
+//! The job state machine (SPEC §4): `step(job, policy, input) -> effects`.
+//!
+//! Pure: no clocks, no processes, no I/O. The supervisor actor feeds it inputs
+//! (requests, exits from the reaper, timer expiries, outcomes of spawn
+//! attempts) and executes the effects it returns. Timers carry the `epoch` they
+//! were armed in; any transition that makes a pending timer meaningless bumps
+//! the epoch, so stale expiries are ignored instead of cancelled.
+
+use std::time::Duration;
+
+use super::backoff;
+use crate::config::{Backoff, JobConfig, RestartPolicy};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum State {
+    Stopped,
+    Starting,
+    Running,
+    Backoff,
+    Stopping,
+    Exited,
+    Fatal,
+    Waiting,
+}
+
+impl State {
+    pub const ALL: [State; 8] = [
+        State::Stopped,
+        State::Starting,
+        State::Running,
+        State::Backoff,
+        State::Stopping,
+        State::Exited,
+        State::Fatal,
+        State::Waiting,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Stopped => "stopped",
+            State::Starting => "starting",
+            State::Running => "running",
+            State::Backoff => "backoff",
+            State::Stopping => "stopping",
+            State::Exited => "exited",
+            State::Fatal => "fatal",
+            State::Waiting => "waiting",
+        }
+    }
+
+    /// A process exists (or is about to) for this job.
+    pub fn is_live(self) -> bool {
+        matches!(self, State::Starting | State::Running | State::Stopping)
+    }
+
+    /// The job wants to run: live, or about to be (re)started by corral.
+    pub fn wants_to_run(self) -> bool {
+        matches!(self, State::Starting | State::Running | State::Backoff | State::Waiting)
+    }
+}
+
+/// How a process ended, as the reaper saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+}
+
+/// The slice of the job's config the machine decides with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    pub restart: RestartPolicy,
+    pub success_codes: Vec<i32>,
+    pub backoff: Backoff,
+    pub healthy_after: Duration,
+    pub start_retries: u32,
+    pub stop_signal: i32,
+    pub stop_timeout: Duration,
+}
+
+impl From<&JobConfig> for Policy {
+    fn from(c: &JobConfig) -> Self {
+        Policy {
+            restart: c.restart,
+            success_codes: c.success_codes.clone(),
+            backoff: c.backoff,
+            healthy_after: c.healthy_after,
+            start_retries: c.start_retries,
+            stop_signal: c.stop_signal,
+            stop_timeout: c.stop_timeout,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TimerKind {
+    /// `healthy_after` passed: starting → running, backoff reset.
+    Healthy,
+    /// Backoff delay over: spawn again.
+    Backoff,
+    /// `stop_timeout` passed: SIGKILL the group.
+    StopTimeout,
+    /// Retry a start held back by a lock, duplicate or the budget.
+    RetryWait,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// `corral start`, autostart, reload: clears fatal and the failure count.
+    Start,
+    Stop,
+    /// Stop if live, then start again.
+    Restart,
+    /// The actor spawned the process.
+    Spawned { pid: i32 },
+    /// fork/exec failed (missing binary, bad cwd, unknown user).
+    SpawnFailed { error: String },
+    /// The start is held back (lock, duplicate, budget); retried later.
+    Blocked { reason: String },
+    /// The reaper collected the job's main process.
+    Exited(Exit),
+    Timer { kind: TimerKind, epoch: u64 },
+    /// Second Ctrl-C: no more grace.
+    KillNow,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Acquire lock/budget, check duplicates, spawn; answer with Spawned, SpawnFailed or Blocked.
+    Spawn,
+    /// Send a signal to the process group `pgid`.
+    Signal { pgid: i32, signal: i32 },
+    ArmTimer { kind: TimerKind, after: Duration, epoch: u64 },
+    /// The job no longer needs its lock and connection grant.
+    Release,
+    /// Kill what is left of the exited process's group (`orphans = "kill"`).
+    ReapGroup { pgid: i32 },
+}
+
+/// Per-job runtime record: everything the machine decides from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    pub state: State,
+    pub pid: Option<i32>,
+    /// Consecutive starts that ended before `healthy_after`.
+    pub failures: u32,
+    /// Automatic restarts since corral started the job.
+    pub restarts: u32,
+    pub last_exit: Option<Exit>,
+    pub reason: Option<String>,
+    pub epoch: u64,
+    /// Set by `Restart` while stopping: start again once stopped.
+    pub restart_after_stop: bool,
+}
+
+impl Default for Job {
+    fn default() -> Self {
+        Job {
+            state: State::Stopped,
+            pid: None,
+            failures: 0,
+            restarts: 0,
+            last_exit: None,
+            reason: None,
+            epoch: 0,
+            restart_after_stop: false,
+        }
+    }
+}
+
+/// How often a start held back by a lock or duplicate is retried.
+pub const RETRY_WAIT: Duration = Duration::from_secs(1);
+
+/// Advance `job` by one input. `jitter` in `[0,1)` randomises backoff.
+pub fn step(job: &mut Job, policy: &Policy, input: Input, jitter: f64) -> Vec<Effect> {
+    let mut fx = Vec::new();
+    match input {
+        Input::Start => match job.state {
+            State::Stopped | State::Exited | State::Fatal | State::Backoff | State::Waiting => {
+                job.failures = 0;
+                job.reason = None;
+                begin_start(job, &mut fx);
+            }
+            State::Starting | State::Running => {}
+            State::Stopping => job.restart_after_stop = true,
+        },
+        Input::Restart => match job.state {
+            State::Starting | State::Running => {
+                job.restart_after_stop = true;
+                begin_stop(job, policy, &mut fx);
+            }
+            State::Stopping => job.restart_after_stop = true,
+            _ => return step(job, policy, Input::Start, jitter),
+        },
+        Input::Stop => {
+            job.restart_after_stop = false;
+            match job.state {
+                State::Starting | State::Running => begin_stop(job, policy, &mut fx),
+                State::Backoff | State::Waiting => {
+                    job.epoch += 1;
+                    job.state = State::Stopped;
+                    job.reason = None;
+                    fx.push(Effect::Release);
+                }
+                State::Stopping | State::Stopped | State::Exited | State::Fatal => {}
+            }
+        }
+        Input::KillNow => {
+            if let (State::Stopping | State::Starting | State::Running, Some(pid)) = (job.state, job.pid) {
+                fx.push(Effect::Signal { pgid: pid, signal: libc::SIGKILL });
+            }
+        }
+        Input::Spawned { pid } => {
+            job.pid = Some(pid);
+            job.reason = None;
+            job.epoch += 1;
+            if policy.healthy_after.is_zero() {
+                job.state = State::Running;
+                job.failures = 0;
+            } else {
+                job.state = State::Starting;
+                fx.push(Effect::ArmTimer { kind: TimerKind::Healthy, after: policy.healthy_after, epoch: job.epoch });
+            }
+        }
+        Input::SpawnFailed { error } => {
+            job.pid = None;
+            job.reason = Some(error);
+            failed_start(job, policy, jitter, &mut fx);
+        }
+        Input::Blocked { reason } => {
+            job.pid = None;
+            job.epoch += 1;
+            job.state = State::Waiting;
+            job.reason = Some(reason);
+            fx.push(Effect::ArmTimer { kind: TimerKind::RetryWait, after: RETRY_WAIT, epoch: job.epoch });
+        }
+        Input::Exited(exit) => on_exit(job, policy, exit, jitter, &mut fx),
+        Input::Timer { kind, epoch } => {
+            if epoch != job.epoch {
+                return fx;
+            }
+            match (kind, job.state) {
+                (TimerKind::Healthy, State::Starting) => {
+                    job.state = State::Running;
+                    job.failures = 0;
+                }
+                (TimerKind::Backoff, State::Backoff) | (TimerKind::RetryWait, State::Waiting) => {
+                    begin_start(job, &mut fx);
+                }
+                (TimerKind::StopTimeout, State::Stopping) => {
+                    if let Some(pid) = job.pid {
+                        fx.push(Effect::Signal { pgid: pid, signal: libc::SIGKILL });
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    fx
+}
+
+fn begin_start(job: &mut Job, fx: &mut Vec<Effect>) {
+    job.epoch += 1;
+    job.state = State::Starting;
+    job.pid = None;
+    fx.push(Effect::Spawn);
+}
+
+fn begin_stop(job: &mut Job, policy: &Policy, fx: &mut Vec<Effect>) {
+    let Some(pid) = job.pid else {
+        job.state = State::Stopped;
+        fx.push(Effect::Release);
+        return;
+    };
+    job.epoch += 1;
+    job.state = State::Stopping;
+    fx.push(Effect::Signal { pgid: pid, signal: policy.stop_signal });
+    fx.push(Effect::ArmTimer { kind: TimerKind::StopTimeout, after: policy.stop_timeout, epoch: job.epoch });
+}
+
+fn on_exit(job: &mut Job, policy: &Policy, exit: Exit, jitter: f64, fx: &mut Vec<Effect>) {
+    let Some(pid) = job.pid.take() else { return };
+    job.last_exit = Some(exit);
+    fx.push(Effect::ReapGroup { pgid: pid });
+    match job.state {
+        State::Stopping => {
+            // Keep the epoch: the pending StopTimeout is harmless once pid is None.
+            job.state = State::Stopped;
+            if std::mem::take(&mut job.restart_after_stop) {
+                job.failures = 0;
+                begin_start(job, fx);
+            } else {
+                fx.push(Effect::Release);
+            }
+        }
+        State::Starting | State::Running => {
+            let success = matches!(exit, Exit::Code(c) if policy.success_codes.contains(&c));
+            let restart = match policy.restart {
+                RestartPolicy::Always => true,
+                RestartPolicy::OnFailure => !success,
+                RestartPolicy::Never => false,
+            };
+            if !restart {
+                job.epoch += 1;
+                job.state = State::Exited;
+                job.reason = None;
+                fx.push(Effect::Release);
+                return;
+            }
+            if job.state == State::Running {
+                // A healthy run ended: start a fresh backoff series.
+                job.failures = 0;
+                job.restarts += 1;
+                schedule_restart(job, policy, 1, jitter, fx);
+            } else {
+                job.reason = Some(format!("exited before healthy_after ({})", describe_exit(exit)));
+                failed_start(job, policy, jitter, fx);
+            }
+        }
+        // No process is tracked in these states; nothing to do.
+        State::Stopped | State::Backoff | State::Exited | State::Fatal | State::Waiting => {}
+    }
+}
+
+fn failed_start(job: &mut Job, policy: &Policy, jitter: f64, fx: &mut Vec<Effect>) {
+    job.failures += 1;
+    if job.failures > policy.start_retries {
+        job.epoch += 1;
+        job.state = State::Fatal;
+        let last = job.reason.take().unwrap_or_default();
+        job.reason = Some(format!("{} failed starts in a row; last: {last}", job.failures));
+        fx.push(Effect::Release);
+        return;
+    }
+    job.restarts += 1;
+    schedule_restart(job, policy, job.failures, jitter, fx);
+}
+
+fn schedule_restart(job: &mut Job, policy: &Policy, attempt: u32, jitter: f64, fx: &mut Vec<Effect>) {
+    let after = backoff::delay(policy.backoff.initial, policy.backoff.max, attempt, jitter);
+    if after.is_zero() {
+        begin_start(job, fx);
+        return;
+    }
+    job.epoch += 1;
+    job.state = State::Backoff;
+    fx.push(Effect::ArmTimer { kind: TimerKind::Backoff, after, epoch: job.epoch });
+}
+
+pub fn describe_exit(exit: Exit) -> String {
+    match exit {
+        Exit::Code(c) => format!("exit code {c}"),
+        Exit::Signal(s) => format!("killed by {}", signal_name(s)),
+    }
+}
+
+pub fn signal_name(sig: i32) -> String {
+    nix::sys::signal::Signal::try_from(sig).map(|s| s.as_str().to_string()).unwrap_or_else(|_| format!("signal {sig}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> Policy {
+        Policy {
+            restart: RestartPolicy::OnFailure,
+            success_codes: vec![0],
+            backoff: Backoff { initial: Duration::from_secs(1), max: Duration::from_secs(60) },
+            healthy_after: Duration::from_secs(10),
+            start_retries: 2,
+            stop_signal: libc::SIGTERM,
+            stop_timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn started(p: &Policy) -> Job {
+        let mut j = Job::default();
+        assert_eq!(step(&mut j, p, Input::Start, 0.0), vec![Effect::Spawn]);
+        step(&mut j, p, Input::Spawned { pid: 42 }, 0.0);
+        j
+    }
+
+    #[test]
+    fn crash_loop_backs_off_then_goes_fatal() {
+        let p = policy();
+        let mut j = started(&p);
+        let mut delays = vec![];
+        for _ in 0..2 {
+            let fx = step(&mut j, &p, Input::Exited(Exit::Code(1)), 0.0);
+            assert_eq!(j.state, State::Backoff);
+            let (after, epoch) = fx
+                .iter()
+                .find_map(|e| match e {
+                    Effect::ArmTimer { kind: TimerKind::Backoff, after, epoch } => Some((*after, *epoch)),
+                    _ => None,
+                })
+                .unwrap();
+            delays.push(after);
+            assert_eq!(step(&mut j, &p, Input::Timer { kind: TimerKind::Backoff, epoch }, 0.0), vec![Effect::Spawn]);
+            step(&mut j, &p, Input::Spawned { pid: 43 }, 0.0);
+        }
+        assert!(delays[1] > delays[0]);
+        let fx = step(&mut j, &p, Input::Exited(Exit::Code(1)), 0.0);
+        assert_eq!(j.state, State::Fatal);
+        assert!(fx.contains(&Effect::Release));
+        assert!(j.reason.as_deref().unwrap().contains("3 failed starts"));
+        // start clears fatal
+        assert_eq!(step(&mut j, &p, Input::Start, 0.0), vec![Effect::Spawn]);
+        assert_eq!(j.failures, 0);
+    }
+
+    #[test]
+    fn healthy_run_resets_failures() {
+        let p = policy();
+        let mut j = started(&p);
+        step(&mut j, &p, Input::Exited(Exit::Code(1)), 0.0);
+        let e = j.epoch;
+        step(&mut j, &p, Input::Timer { kind: TimerKind::Backoff, epoch: e }, 0.0);
+        step(&mut j, &p, Input::Spawned { pid: 7 }, 0.0);
+        assert_eq!(j.failures, 1);
+        let e = j.epoch;
+        step(&mut j, &p, Input::Timer { kind: TimerKind::Healthy, epoch: e }, 0.0);
+        assert_eq!((j.state, j.failures), (State::Running, 0));
+        let fx = step(&mut j, &p, Input::Exited(Exit::Signal(libc::SIGSEGV)), 0.0);
+        assert!(fx.contains(&Effect::ArmTimer { kind: TimerKind::Backoff, after: Duration::from_secs(1), epoch: j.epoch }));
+    }
+
+    #[test]
+    fn success_code_under_on_failure_is_exited() {
+        let mut p = policy();
+        p.success_codes = vec![0, 3];
+        let mut j = started(&p);
+        step(&mut j, &p, Input::Exited(Exit::Code(3)), 0.0);
+        assert_eq!(j.state, State::Exited);
+        assert_eq!(j.failures, 0);
+    }
+
+    #[test]
+    fn never_stays_exited_even_on_failure() {
+        let mut p = policy();
+        p.restart = RestartPolicy::Never;
+        let mut j = started(&p);
+        step(&mut j, &p, Input::Exited(Exit::Code(9)), 0.0);
+        assert_eq!(j.state, State::Exited);
+    }
+
+    #[test]
+    fn zero_backoff_respawns_immediately() {
+        let mut p = policy();
+        p.backoff.initial = Duration::ZERO;
+        p.restart = RestartPolicy::Always;
+        let mut j = started(&p);
+        let fx = step(&mut j, &p, Input::Exited(Exit::Code(0)), 0.0);
+        assert!(fx.contains(&Effect::Spawn));
+        assert_eq!(j.state, State::Starting);
+    }
+
+    #[test]
+    fn stop_signals_group_then_kills_after_timeout() {
+        let p = policy();
+        let mut j = started(&p);
+        let fx = step(&mut j, &p, Input::Stop, 0.0);
+        assert_eq!(fx[0], Effect::Signal { pgid: 42, signal: libc::SIGTERM });
+        let e = j.epoch;
+        let fx = step(&mut j, &p, Input::Timer { kind: TimerKind::StopTimeout, epoch: e }, 0.0);
+        assert_eq!(fx, vec![Effect::Signal { pgid: 42, signal: libc::SIGKILL }]);
+        step(&mut j, &p, Input::Exited(Exit::Signal(libc::SIGKILL)), 0.0);
+        assert_eq!(j.state, State::Stopped);
+    }
+
+    #[test]
+    fn restart_stops_then_starts() {
+        let p = policy();
+        let mut j = started(&p);
+        step(&mut j, &p, Input::Restart, 0.0);
+        assert_eq!(j.state, State::Stopping);
+        let fx = step(&mut j, &p, Input::Exited(Exit::Signal(libc::SIGTERM)), 0.0);
+        assert!(fx.contains(&Effect::Spawn));
+        assert_eq!(j.state, State::Starting);
+    }
+
+    #[test]
+    fn stale_timers_are_ignored() {
+        let p = policy();
+        let mut j = started(&p);
+        let old = j.epoch;
+        step(&mut j, &p, Input::Stop, 0.0);
+        step(&mut j, &p, Input::Exited(Exit::Code(0)), 0.0);
+        assert!(step(&mut j, &p, Input::Timer { kind: TimerKind::Healthy, epoch: old }, 0.0).is_empty());
+        assert_eq!(j.state, State::Stopped);
+    }
+
+    /// Walk every (state, input) pair: nothing panics, and the machine's
+    /// invariants hold after each step.
+    #[test]
+    fn every_state_input_pair_keeps_invariants() {
+        let p = policy();
+        let inputs = |epoch: u64| {
+            vec![
+                Input::Start,
+                Input::Stop,
+                Input::Restart,
+                Input::Spawned { pid: 9 },
+                Input::SpawnFailed { error: "ENOENT".into() },
+                Input::Blocked { reason: "lock".into() },
+                Input::Exited(Exit::Code(1)),
+                Input::Exited(Exit::Code(0)),
+                Input::Exited(Exit::Signal(9)),
+                Input::KillNow,
+                Input::Timer { kind: TimerKind::Healthy, epoch },
+                Input::Timer { kind: TimerKind::Backoff, epoch },
+                Input::Timer { kind: TimerKind::StopTimeout, epoch },
+                Input::Timer { kind: TimerKind::RetryWait, epoch },
+            ]
+        };
+        for state in State::ALL {
+            for pid in [None, Some(5)] {
+                if pid.is_some() && !state.is_live() {
+                    continue; // not a reachable combination
+                }
+                for input in inputs(3) {
+                    let mut j = Job { state, pid, epoch: 3, ..Job::default() };
+                    let fx = step(&mut j, &p, input.clone(), 0.5);
+                    // A spawn is requested only from the starting state, without a pid.
+                    if fx.contains(&Effect::Spawn) {
+                        assert_eq!((j.state, j.pid), (State::Starting, None), "{state:?} {input:?}");
+                    }
+                    // Non-live states never track a process.
+                    if matches!(j.state, State::Stopped | State::Exited | State::Fatal | State::Backoff | State::Waiting) {
+                        assert_eq!(j.pid, None, "{state:?} {pid:?} {input:?} -> {j:?}");
+                    }
+                    // Fatal and waiting always say why.
+                    if matches!(j.state, State::Fatal | State::Waiting) && j.state != state {
+                        assert!(j.reason.is_some(), "{state:?} {input:?}");
+                    }
+                    // Signals only go to the tracked process group.
+                    for e in &fx {
+                        if let Effect::Signal { pgid, .. } = e {
+                            assert_eq!(Some(*pgid), pid.or(j.pid));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! corral: a PID-1-capable supervisor for worker fleets that share one
+//! PostgreSQL connection budget. The contract is SPEC.md; the architecture:
+//!
+//! - `config`   parse → expand `${VAR}` → validate into a typed `Config`; diff two configs.
+//! - `job`      the pure job state machine (`step(state, input) -> effects`) and backoff.
+//! - `budget`   the pure, deterministic connection allocator, plan arithmetic, job env.
+//! - `process`  spawn (own process group, inherited lock fd), the one reaper (`waitpid(-1)`),
+//!              signals, PID-1 duties, output capture, flock locks, process scans.
+//! - `db`       corral's own database connection: health probe, usage, redaction.
+//! - `protocol` request/response types shared by daemon and client, line framing.
+//! - `daemon`   `corral run`: one actor owns the job table; signals, the socket server,
+//!              the file watcher and timers send it events. Only the actor mutates jobs.
+//! - `cli`      the client verbs: clap, socket client, rendering.
+//!
+//! `cli` and `daemon` never import each other; both speak `protocol`.
+
+pub mod budget;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod db;
+pub mod job;
+pub mod process;
+pub mod protocol;

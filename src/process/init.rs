@@ -1,0 +1,51 @@
+//! PID-1 and subreaper duties (SPEC §7).
+//!
+//! As PID 1 the kernel reparents every orphan in the namespace to us; otherwise
+//! we ask for the same with PR_SET_CHILD_SUBREAPER so a job's double-forked
+//! grandchildren become our children and get reaped instead of lingering.
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+pub fn is_pid1() -> bool {
+    std::process::id() == 1
+}
+
+pub fn become_subreaper() -> std::io::Result<()> {
+    // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes plain integer arguments.
+    let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// The last act of PID 1: SIGTERM every process left in the namespace, wait
+/// up to `grace` while reaping, then SIGKILL the rest, so `docker stop` never
+/// ends in the kernel's kill. Returns (reaped, killed) counts.
+pub fn final_sweep(grace: Duration) -> (usize, bool) {
+    let mut reaped = super::reaper::reap().len();
+    if !super::reaper::has_children() {
+        return (reaped, false);
+    }
+    // kill(-1) from PID 1 reaches every process in the namespace but us.
+    let _ = kill(Pid::from_raw(-1), Signal::SIGTERM);
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        reaped += super::reaper::reap().len();
+        if !super::reaper::has_children() {
+            return (reaped, false);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while super::reaper::has_children() && Instant::now() < deadline {
+        reaped += super::reaper::reap().len();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    (reaped, true)
+}

@@ -1,0 +1,34 @@
+//! Signals to jobs' process groups and to single processes.
+//! A group that is already gone (ESRCH) counts as success: that is the goal.
+
+use nix::errno::Errno;
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+
+pub fn signal_group(pgid: i32, signal: i32) -> std::io::Result<()> {
+    if pgid <= 1 {
+        // Never let a bookkeeping bug turn into kill(-1) or kill(0).
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("refusing to signal pgid {pgid}")));
+    }
+    let sig = Signal::try_from(signal).map_err(std::io::Error::from)?;
+    match killpg(Pid::from_raw(pgid), sig) {
+        Ok(()) | Err(Errno::ESRCH) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub fn signal_pid(pid: i32, signal: i32) -> std::io::Result<()> {
+    if pid <= 1 {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("refusing to signal pid {pid}")));
+    }
+    let sig = Signal::try_from(signal).map_err(std::io::Error::from)?;
+    match kill(Pid::from_raw(pid), sig) {
+        Ok(()) | Err(Errno::ESRCH) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether a process group still has members.
+pub fn group_alive(pgid: i32) -> bool {
+    pgid > 1 && killpg(Pid::from_raw(pgid), None).is_ok()
+}

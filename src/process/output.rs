@@ -1,0 +1,130 @@
+//! Job output (SPEC §9): each line of a job's stdout/stderr is written to
+//! corral's stdout, prefixed with the job's name (text) or as a JSON object,
+//! and kept in a per-job ring buffer for `corral logs` (with a broadcast for
+//! `logs -f`).
+//!
+//! Readers are plain tasks that own the pipe; they never touch job state, so a
+//! chatty job cannot slow down the supervisor actor.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::broadcast;
+
+use crate::config::LogFormat;
+use crate::protocol::LogLine;
+
+/// Lines kept per job for `corral logs`.
+pub const RING_LINES: usize = 1000;
+/// Longer lines are cut (a runaway job must not grow our memory).
+pub const MAX_LINE_BYTES: usize = 16 * 1024;
+
+#[derive(Default)]
+struct JobLog {
+    lines: VecDeque<LogLine>,
+    follow: Option<broadcast::Sender<LogLine>>,
+}
+
+/// Shared between readers (writers of lines) and the control server (readers).
+#[derive(Clone, Default)]
+pub struct LogStore {
+    inner: Arc<Mutex<HashMap<String, JobLog>>>,
+}
+
+impl LogStore {
+    pub fn push(&self, line: LogLine) {
+        let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let log = map.entry(line.job.clone()).or_default();
+        if let Some(tx) = &log.follow {
+            if tx.send(line.clone()).is_err() {
+                log.follow = None;
+            }
+        }
+        if log.lines.len() == RING_LINES {
+            log.lines.pop_front();
+        }
+        log.lines.push_back(line);
+    }
+
+    /// The last `n` lines and, when `follow`, a receiver for the next ones
+    /// (taken under the same lock so no line falls between the two).
+    pub fn tail(&self, job: &str, n: usize, follow: bool) -> (Vec<LogLine>, Option<broadcast::Receiver<LogLine>>) {
+        let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let log = map.entry(job.to_string()).or_default();
+        let skip = log.lines.len().saturating_sub(n);
+        let lines = log.lines.iter().skip(skip).cloned().collect();
+        let rx = follow.then(|| log.follow.get_or_insert_with(|| broadcast::channel(1024).0).subscribe());
+        (lines, rx)
+    }
+
+    pub fn forget(&self, job: &str) {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).remove(job);
+    }
+}
+
+/// Read `fd` line by line until EOF, printing and storing each line.
+pub fn start_reader(fd: OwnedFd, job: String, stream: &'static str, format: LogFormat, store: LogStore) {
+    let Ok(pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
+        return;
+    };
+    tokio::spawn(async move {
+        let mut reader = BufReader::with_capacity(8192, pipe);
+        let mut buf = Vec::with_capacity(256);
+        loop {
+            buf.clear();
+            match read_line_capped(&mut reader, &mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            while matches!(buf.last(), Some(b'\n' | b'\r')) {
+                buf.pop();
+            }
+            let text = String::from_utf8_lossy(&buf).into_owned();
+            let line = LogLine { job: job.clone(), stream: stream.to_string(), ts: unix_now(), line: text };
+            emit(&line, format);
+            store.push(line);
+        }
+    });
+}
+
+/// Like `read_until(b'\n')` but stops collecting after MAX_LINE_BYTES, then
+/// discards the rest of the line.
+async fn read_line_capped<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    let mut total = 0;
+    loop {
+        let chunk = r.fill_buf().await?;
+        if chunk.is_empty() {
+            return Ok(total);
+        }
+        let (used, done) = match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (chunk.len(), false),
+        };
+        let room = MAX_LINE_BYTES.saturating_sub(buf.len());
+        buf.extend_from_slice(&chunk[..used.min(room)]);
+        r.consume(used);
+        total += used;
+        if done {
+            return Ok(total);
+        }
+    }
+}
+
+fn emit(line: &LogLine, format: LogFormat) {
+    let mut out = std::io::stdout().lock();
+    let _ = match format {
+        LogFormat::Text => writeln!(out, "[{}] {}", line.job, line.line),
+        LogFormat::Json => {
+            let v = serde_json::json!({"ts": line.ts, "job": line.job, "stream": line.stream, "line": line.line});
+            writeln!(out, "{v}")
+        }
+    };
+    let _ = out.flush();
+}
+
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}

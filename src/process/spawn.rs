@@ -1,0 +1,77 @@
+//! Starting a job's process (SPEC §7).
+//!
+//! `std::process::Command`, never `tokio::process`: the one reaper must be the
+//! only waiter. The child gets its own process group (so stopping a job stops
+//! everything it forked), std's reset of the signal mask and SIGPIPE, and the
+//! job's lock descriptor without close-on-exec so the lock outlives corral.
+
+use std::collections::BTreeMap;
+use std::os::fd::{OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+pub struct SpawnSpec<'a> {
+    pub command: &'a [String],
+    pub cwd: Option<&'a PathBuf>,
+    pub env: &'a BTreeMap<String, String>,
+    pub extra_env: &'a [(String, String)],
+    pub user: Option<&'a str>,
+    pub inherit_fd: Option<RawFd>,
+}
+
+pub struct Spawned {
+    pub pid: i32,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+}
+
+pub fn spawn(spec: &SpawnSpec<'_>) -> std::io::Result<Spawned> {
+    let (program, args) = spec
+        .command
+        .split_first()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty command"))?;
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .envs(spec.env)
+        .envs(spec.extra_env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    if let Some(cwd) = spec.cwd {
+        cmd.current_dir(cwd);
+    }
+    if let Some(user) = spec.user {
+        let u = nix::unistd::User::from_name(user)
+            .map_err(std::io::Error::from)?
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, format!("unknown user {user:?}")))?;
+        if !nix::unistd::geteuid().is_root() && u.uid != nix::unistd::geteuid() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!("user = {user:?} needs corral to run as root"),
+            ));
+        }
+        cmd.uid(u.uid.as_raw()).gid(u.gid.as_raw());
+        cmd.env("USER", &u.name).env("LOGNAME", &u.name).env("HOME", &u.dir);
+    }
+    if let Some(fd) = spec.inherit_fd {
+        // SAFETY: fcntl is async-signal-safe and touches only the child's fd table.
+        unsafe {
+            cmd.pre_exec(move || {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let mut child = cmd.spawn()?;
+    let pid = child.id() as i32;
+    let stdout = child.stdout.take().map(OwnedFd::from).expect("stdout is piped");
+    let stderr = child.stderr.take().map(OwnedFd::from).expect("stderr is piped");
+    // Dropping `Child` neither waits nor kills: the reaper owns the exit.
+    drop(child);
+    Ok(Spawned { pid, stdout, stderr })
+}

@@ -1,0 +1,247 @@
+//! The control protocol shared by daemon and client (SPEC §1, §4).
+//!
+//! One JSON object per line in each direction. Every request carries the
+//! protocol version `v`; the daemon answers each request with one response
+//! line (`logs -f` streams several). This module owns the types and the
+//! framing limits; it does no I/O beyond splitting lines.
+
+use serde::{Deserialize, Serialize};
+
+/// Bumped on incompatible changes; the daemon refuses other versions.
+pub const VERSION: u32 = 1;
+
+/// Longest request line the daemon reads. Longer lines get an error reply
+/// and the connection is closed, so a hostile client cannot grow our memory.
+pub const MAX_REQUEST_LINE: usize = 1 << 20;
+
+/// A request line: `{"v":1,"cmd":"status","jobs":[]}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub v: u32,
+    #[serde(flatten)]
+    pub request: Request,
+}
+
+/// One variant per CLI verb (SPEC §1), same names end to end.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    Status {
+        #[serde(default)]
+        jobs: Vec<String>,
+    },
+    Start {
+        jobs: Vec<String>,
+    },
+    Stop {
+        jobs: Vec<String>,
+    },
+    Restart {
+        jobs: Vec<String>,
+    },
+    Reload {
+        #[serde(default)]
+        dry_run: bool,
+    },
+    Logs {
+        job: String,
+        #[serde(default = "default_log_lines")]
+        lines: usize,
+        #[serde(default)]
+        follow: bool,
+    },
+    Budget,
+    Reserve {
+        name: String,
+        count: u32,
+        #[serde(default)]
+        ttl_s: Option<f64>,
+    },
+    Release {
+        name: String,
+    },
+    Health,
+    Shutdown,
+}
+
+fn default_log_lines() -> usize {
+    20
+}
+
+/// A response line: either `{"ok":true,"result":...}` or `{"ok":false,"error":...}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Reply>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorReply>,
+}
+
+impl Response {
+    pub fn ok(reply: Reply) -> Self {
+        Response { ok: true, result: Some(reply), error: None }
+    }
+    pub fn err(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Response { ok: false, result: None, error: Some(ErrorReply { kind, message: message.into(), result: None }) }
+    }
+    /// A refusal that still carries what was done (e.g. `stop a b` where `b` is unknown).
+    pub fn err_with(kind: ErrorKind, message: impl Into<String>, reply: Reply) -> Self {
+        Response { ok: false, result: None, error: Some(ErrorReply { kind, message: message.into(), result: Some(Box::new(reply)) }) }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    pub kind: ErrorKind,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Box<Reply>>,
+}
+
+/// Why the daemon said no. `Config` maps to client exit code 2, the rest to 1 (SPEC §1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// Not JSON, unknown verb, wrong fields, too long, wrong version.
+    BadRequest,
+    UnknownJob,
+    /// The verb could not be carried out for a job (fatal, waiting, not running).
+    Refused,
+    /// The config file is invalid (reload).
+    Config,
+    /// The feature needs a `[database]` section.
+    NoDatabase,
+    ShuttingDown,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Reply {
+    Status(StatusReport),
+    Actions { jobs: Vec<JobStatus> },
+    Reload(ReloadReport),
+    Logs { lines: Vec<LogLine> },
+    Log(LogLine),
+    Budget(serde_json::Value),
+    Health(HealthReport),
+    Done { message: String },
+}
+
+/// `status --json` (SPEC §4): stable names, fields may be added but never renamed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub jobs: Vec<JobStatus>,
+    pub config_error: Option<String>,
+    #[serde(default)]
+    pub supervisor: SupervisorInfo,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SupervisorInfo {
+    pub pid: u32,
+    pub version: String,
+    pub config: String,
+    pub uptime_s: f64,
+    pub zombies_reaped: u64,
+    pub orphans_killed: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobStatus {
+    pub name: String,
+    pub state: String,
+    pub pid: Option<i32>,
+    pub uptime_s: Option<f64>,
+    pub restarts: u32,
+    pub last_exit: Option<ExitInfo>,
+    pub quota: Option<u32>,
+    pub connections: Option<u32>,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitInfo {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReloadReport {
+    pub applied: bool,
+    pub plan: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogLine {
+    pub job: String,
+    pub stream: String,
+    /// Unix time in seconds.
+    pub ts: f64,
+    pub line: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthReport {
+    pub healthy: bool,
+    pub supervisor: bool,
+    pub database: Option<serde_json::Value>,
+    pub message: String,
+}
+
+/// Parse one request line, mapping every failure to an error response.
+pub fn decode_request(line: &[u8]) -> Result<Request, Response> {
+    let value: serde_json::Value = serde_json::from_slice(line)
+        .map_err(|e| Response::err(ErrorKind::BadRequest, format!("malformed JSON: {e}")))?;
+    let v = value.get("v").and_then(|v| v.as_u64());
+    if v != Some(VERSION as u64) {
+        return Err(Response::err(
+            ErrorKind::BadRequest,
+            format!("unsupported protocol version {v:?}: this corral speaks v{VERSION}"),
+        ));
+    }
+    let env: Envelope = serde_json::from_value(value)
+        .map_err(|e| Response::err(ErrorKind::BadRequest, format!("bad request: {e}")))?;
+    Ok(env.request)
+}
+
+pub fn encode_request(request: &Request) -> String {
+    let mut s = serde_json::to_string(&Envelope { v: VERSION, request: request.clone() }).expect("requests serialize");
+    s.push('\n');
+    s
+}
+
+pub fn encode_response(response: &Response) -> String {
+    let mut s = serde_json::to_string(response).expect("responses serialize");
+    s.push('\n');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_round_trips() {
+        let r = Request::Stop { jobs: vec!["a".into()] };
+        let line = encode_request(&r);
+        assert_eq!(line, "{\"v\":1,\"cmd\":\"stop\",\"jobs\":[\"a\"]}\n");
+        assert_eq!(decode_request(line.trim_end().as_bytes()).unwrap(), r);
+    }
+
+    #[test]
+    fn bad_requests_are_errors_not_panics() {
+        for line in [&b"{"[..], b"null", b"[]", b"{\"v\":1}", b"{\"v\":1,\"cmd\":\"nope\"}", b"{\"v\":2,\"cmd\":\"status\"}", b"\xff\xfe"] {
+            let err = decode_request(line).unwrap_err();
+            assert!(!err.ok);
+            assert_eq!(err.error.unwrap().kind, ErrorKind::BadRequest);
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+            let _ = decode_request(&bytes);
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! One integration-test binary (ripgrep style): every test drives the real
+//! `corral` binary against real processes and, for the budget, a real PostgreSQL.
+
+mod harness;
+mod pg;
+
+mod config_errors;
+mod core;
