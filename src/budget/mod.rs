@@ -13,10 +13,41 @@
 //!   environment variables and the quota file. Its only I/O is
 //!   [`env::write_quota_file`].
 //!
-//! These modules deliberately do not import `crate::config`: the daemon
-//! converts config types (`MaxConnections`, `Reserve`, `Connections`) into
-//! the small input types defined here.
+//! The three modules deliberately do not import `crate::config`; the one
+//! conversion from config types lives in [`plan_input`] below, shared by the
+//! daemon and `corral check`.
 
 pub mod allocate;
 pub mod env;
 pub mod plan;
+
+use crate::config::{DatabaseConfig, MaxConnections, Reserve};
+
+/// corral's own connections counted in every plan: the probe it keeps (SPEC §5).
+pub const OWN_CONNECTIONS: u32 = 1;
+
+/// Server readings that enter the plan: (max_connections, superuser_reserved, reserved).
+pub type ServerReading = (u32, u32, u32);
+
+/// The plan input for a `[database]` section, a server reading (if any),
+/// active reservations and corral's own connections.
+pub fn plan_input(db: &DatabaseConfig, server: Option<ServerReading>, reservations: u32, own: u32) -> plan::PlanInput {
+    plan::PlanInput {
+        server_max_connections: server.map(|s| s.0),
+        superuser_reserved: server.map(|s| s.1).unwrap_or(0),
+        reserved_connections: server.map(|s| s.2).unwrap_or(0),
+        configured: match db.max_connections {
+            MaxConnections::Auto => plan::LimitSetting::Auto,
+            MaxConnections::Fixed(n) => plan::LimitSetting::Fixed(n),
+        },
+        preset: db.preset.as_deref().and_then(crate::config::preset_limit),
+        provider_reserve: match db.provider_reserve {
+            Reserve::Count(n) => plan::ReserveSetting::Count(n),
+            Reserve::Percent(p) => plan::ReserveSetting::Percent(p),
+        },
+        adhoc_reserve: db.adhoc_reserve,
+        external_reserve: db.external_reserve,
+        reservations,
+        own_connections: own,
+    }
+}

@@ -179,8 +179,24 @@ fn exit_code(request: &Request, resp: &Response) -> i32 {
 fn check(path: &Path, json: bool) -> i32 {
     match config::load(path) {
         Ok(cfg) => {
-            render::check(&cfg, json);
-            EXIT_OK
+            let plan = cfg.database.as_ref().map(|db| {
+                crate::budget::plan::plan(&crate::budget::plan_input(db, None, 0, crate::budget::OWN_CONNECTIONS))
+            });
+            let minimums: u32 =
+                cfg.jobs.values().filter(|j| j.autostart).filter_map(|j| j.connections).map(|c| c.min).sum();
+            render::check(&cfg, plan.as_ref(), minimums, json);
+            match &plan {
+                Some(p) if p.limit_source != crate::budget::plan::LimitSource::Unknown && minimums > p.usable => {
+                    eprintln!(
+                        "error: {}: the autostart jobs need at least {minimums} connections but only {} are usable",
+                        cfg.path.display(),
+                        p.usable
+                    );
+                    eprintln!("  hint: lower some jobs' connections.min, set autostart = false, or lower the reserves");
+                    EXIT_USAGE
+                }
+                _ => EXIT_OK,
+            }
         }
         Err(errs) => {
             eprintln!("{errs}");

@@ -1,6 +1,7 @@
 //! Everything the CLI prints. Human output looks like supervisorctl's; `--json`
 //! prints the reply's data with the stable field names of SPEC §4.
 
+use crate::budget::plan::{LimitSource, Plan};
 use crate::config::Config;
 use crate::job::machine::signal_name;
 use crate::protocol::{JobStatus, Reply, Request, Response, StatusReport};
@@ -143,7 +144,7 @@ pub fn uptime(secs: f64) -> String {
 }
 
 /// `corral check` output: the parsed jobs.
-pub fn check(cfg: &Config, json: bool) {
+pub fn check(cfg: &Config, plan: Option<&Plan>, minimums: u32, json: bool) {
     if json {
         let jobs: Vec<_> = cfg
             .jobs
@@ -151,12 +152,16 @@ pub fn check(cfg: &Config, json: bool) {
             .map(|j| {
                 serde_json::json!({
                     "name": j.name, "command": j.command, "autostart": j.autostart,
-                    "restart": format!("{:?}", j.restart).to_lowercase(), "priority": j.priority,
+                    "restart": restart_name(j.restart), "priority": j.priority,
                     "connections": j.connections.map(|c| serde_json::json!({"min": c.min, "max": c.max, "overflow": c.overflow})),
                 })
             })
             .collect();
-        println!("{}", serde_json::json!({ "config": cfg.path.display().to_string(), "valid": true, "jobs": jobs }));
+        println!(
+            "{}",
+            serde_json::json!({ "config": cfg.path.display().to_string(), "valid": true, "jobs": jobs,
+                                "budget": plan, "autostart_minimums": minimums })
+        );
         return;
     }
     println!("{}: ok, {} job(s)", cfg.path.display(), cfg.jobs.len());
@@ -167,7 +172,7 @@ pub fn check(cfg: &Config, json: bool) {
             [
                 j.name.clone(),
                 if j.autostart { "autostart".into() } else { "manual".into() },
-                format!("restart={}", format!("{:?}", j.restart).to_lowercase()),
+                format!("restart={}", restart_name(j.restart)),
                 j.connections.map(|c| format!("conn {}..{}", c.min, c.max)).unwrap_or_else(|| "no db".into()),
                 j.command.join(" "),
             ]
@@ -179,11 +184,43 @@ pub fn check(cfg: &Config, json: bool) {
             *w = (*w).max(c.len());
         }
     }
-    for r in rows {
+    for r in rows.iter() {
         println!(
             "  {:<w0$}  {:<w1$}  {:<w2$}  {:<w3$}  {}",
             r[0], r[1], r[2], r[3], r[4],
             w0 = widths[0], w1 = widths[1], w2 = widths[2], w3 = widths[3]
         );
+    }
+    if let Some(p) = plan {
+        budget_plan(p, minimums);
+    }
+}
+
+fn budget_plan(p: &Plan, minimums: u32) {
+    println!("connection budget:");
+    match p.limit_source {
+        LimitSource::Unknown => {
+            println!("  limit            auto: read from the server at startup (set `preset` or an integer to check offline)");
+            return;
+        }
+        LimitSource::Server => println!("  limit            {:>4}  (server)", p.limit),
+        LimitSource::Configured => println!("  limit            {:>4}  (max_connections)", p.limit),
+        LimitSource::Preset => println!("  limit            {:>4}  (preset; the server's value wins at run time)", p.limit),
+    }
+    println!("  provider_reserve {:>4}", format!("-{}", p.provider_reserve));
+    println!("  adhoc_reserve    {:>4}", format!("-{}", p.adhoc_reserve));
+    println!("  external_reserve {:>4}", format!("-{}", p.external_reserve));
+    println!("  corral itself    {:>4}", format!("-{}", p.own));
+    println!("  usable for jobs  {:>4}  (autostart minimums: {minimums})", p.usable);
+    for w in &p.warnings {
+        println!("  warning: {w}");
+    }
+}
+
+fn restart_name(r: crate::config::RestartPolicy) -> &'static str {
+    match r {
+        crate::config::RestartPolicy::Always => "always",
+        crate::config::RestartPolicy::OnFailure => "on-failure",
+        crate::config::RestartPolicy::Never => "never",
     }
 }

@@ -5,6 +5,8 @@
 //! the one actor in `supervisor`. Tasks talk to the actor only through its
 //! event channel; nothing else mutates job state.
 
+mod budget;
+mod health;
 mod server;
 mod supervisor;
 mod watch;
@@ -45,7 +47,8 @@ pub fn run(config: Config, socket: PathBuf) -> i32 {
             return 1;
         }
     };
-    rt.block_on(async move {
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
         let listener = match server::bind(&socket, config.supervisor.socket_group.as_deref()).await {
             Ok(l) => l,
             Err(e) => {

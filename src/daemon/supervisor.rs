@@ -14,7 +14,12 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
-use crate::config::{self, Config, JobConfig, OnDuplicate, OrphanPolicy};
+use std::sync::Arc;
+
+use super::budget::{Budget, JobView};
+use super::health::{self, DbReport, ProbeCmd};
+use crate::config::{self, Config, Enforce, JobConfig, OnDuplicate, OrphanPolicy};
+use crate::db::{self, Probe};
 use crate::job::machine::{self, describe_exit};
 use crate::job::{Effect, Exit, Input, Job, Policy, State, TimerKind};
 use crate::process::lock::{JobLock, LockError};
@@ -40,6 +45,14 @@ pub enum Event {
     KillGroup { pgid: i32 },
     KillPids { pids: Vec<i32> },
     ConfigFileChanged,
+    /// A database reading from the probe task.
+    Db(DbReport),
+    /// Answer `corral health` (sent by the probe task after a fresh check).
+    HealthAnswer(oneshot::Sender<Response>),
+    /// Reservations may have expired: rebalance.
+    SweepBudget,
+    /// Sweep now (on demand), without re-arming the periodic timer.
+    SweepNow,
     ReloadDebounced { generation: u64 },
     Sweep,
 }
@@ -87,13 +100,17 @@ pub struct Supervisor {
     own_pid: i32,
     snapshot: Option<(Instant, Snapshot)>,
     reload_generation: u64,
+    last_sweep: Instant,
+    budget: Option<Budget>,
+    probe: Option<Arc<Probe>>,
+    probe_cmd: Option<mpsc::UnboundedSender<ProbeCmd>>,
     queue: VecDeque<(String, Input)>,
 }
 
 impl Supervisor {
     pub fn new(config: Config, tx: EventTx, logs: LogStore) -> Supervisor {
         let jobs = config.jobs.values().map(|c| (c.name.clone(), JobRt::new(c.clone()))).collect();
-        Supervisor {
+        let mut sup = Supervisor {
             config,
             config_error: None,
             jobs,
@@ -109,7 +126,24 @@ impl Supervisor {
             own_pid: std::process::id() as i32,
             snapshot: None,
             reload_generation: 0,
+            last_sweep: Instant::now(),
+            budget: None,
+            probe: None,
+            probe_cmd: None,
             queue: VecDeque::new(),
+        };
+        sup.setup_budget();
+        sup
+    }
+
+    /// With a `[database]`: the budget and corral's own connection (SPEC §5, §6).
+    fn setup_budget(&mut self) {
+        let Some(db_cfg) = self.config.database.clone() else { return };
+        let quota_dir = self.config.supervisor.lock_dir.with_file_name("quota");
+        self.budget = Some(Budget::new(db_cfg.clone(), self.config.budget.clone(), quota_dir));
+        match Probe::new(&db_cfg.url, &self.config.budget.service) {
+            Ok(p) => self.probe = Some(Arc::new(p)),
+            Err(e) => error!("database url rejected: {e}"),
         }
     }
 
@@ -122,6 +156,19 @@ impl Supervisor {
 
         // Children that exited before our handler existed (e.g. PID 1 inheriting zombies).
         self.reap();
+        if let (Some(probe), Some(db)) = (self.probe.clone(), self.config.database.clone()) {
+            // corral opens its own connection first and keeps it (SPEC §5), and
+            // knows the server's limit before granting anything.
+            let report = health::full_check(&probe, db.health_timeout).await;
+            self.on_db(report);
+            self.probe_cmd = Some(health::spawn(
+                probe,
+                db.health_interval,
+                self.config.budget.rebalance_interval,
+                db.health_timeout,
+                self.tx.clone(),
+            ));
+        }
         let autostart: Vec<String> = self.jobs.iter().filter(|(_, j)| j.cfg.autostart).map(|(n, _)| n.clone()).collect();
         for name in autostart {
             self.feed(&name, Input::Start);
@@ -191,6 +238,16 @@ impl Supervisor {
                 self.sweep();
                 self.arm_sweep();
             }
+            Event::Db(report) => self.on_db(report),
+            Event::SweepBudget => self.rebalance(),
+            Event::HealthAnswer(reply) => {
+                let _ = reply.send(self.health());
+            }
+            Event::SweepNow => {
+                if self.last_sweep.elapsed() >= ORPHAN_GRACE {
+                    self.sweep();
+                }
+            }
         }
     }
 
@@ -237,6 +294,7 @@ impl Supervisor {
                     job.lock = None;
                     job.started_at = None;
                 }
+                self.rebalance();
             }
             Effect::ReapGroup { pgid } => {
                 if self.config.supervisor.orphans == OrphanPolicy::Kill && kill::group_alive(pgid) {
@@ -266,6 +324,11 @@ impl Supervisor {
             match JobLock::acquire(&lock_dir, name) {
                 Ok(lock) => job.lock = Some(lock),
                 Err(LockError::Held { path, holder }) => {
+                    // The recorded job is gone but something it forked still holds
+                    // the lock: a stray orphan. Sweep now instead of at reap_interval.
+                    if holder.is_some_and(|p| !kill::pid_alive(p)) && self.config.supervisor.orphans == OrphanPolicy::Kill {
+                        let _ = self.tx.send(Event::SweepNow);
+                    }
                     let who = holder.map(|p| format!("pid {p}")).unwrap_or_else(|| "another process".into());
                     return Input::Blocked { reason: format!("lock: {} held by {who}", path.display()) };
                 }
@@ -292,7 +355,35 @@ impl Supervisor {
             }
         }
 
-        let extra_env = vec![("CORRAL_JOB".to_string(), name.to_string())];
+        let mut quota = None;
+        let mut extra_env = crate::budget::env::identity_env(&self.config.budget.service, name);
+        if let (Some(budget), Some(_)) = (self.budget.as_mut(), job.cfg.connections) {
+            let views = job_views(&self.jobs);
+            let (alloc, changes) = budget.allocate(&views, Instant::now(), Some(name));
+            let grant = alloc.get(name).cloned();
+            let job = &self.jobs[name];
+            let tell = changes.tell;
+            match grant {
+                Some(g) if !g.waiting_budget && g.grant > 0 => {
+                    if let Err(e) = budget.write_quota(&job.cfg, g.grant) {
+                        warn!(job = name, "cannot write quota file: {e}");
+                    }
+                    extra_env = budget.env_for(&job.cfg, g.grant);
+                    quota = Some(g.grant);
+                }
+                other => {
+                    let why = other.and_then(|g| g.wait_reason).map(|r| r.to_string()).unwrap_or_else(|| "budget".into());
+                    let usable = budget.plan(Instant::now()).usable;
+                    let min = job.cfg.connections.map(|c| c.min).unwrap_or(0);
+                    self.deliver(tell);
+                    return Input::Blocked {
+                        reason: format!("{why}: needs {min} connection(s), {} of {usable} usable are granted", alloc.total),
+                    };
+                }
+            }
+            self.deliver(tell.into_iter().filter(|(j, _)| j != name).collect());
+        }
+        let job = self.jobs.get_mut(name).expect("job exists");
         let spec = spawn::SpawnSpec {
             command: &job.cfg.command,
             cwd: job.cfg.cwd.as_ref(),
@@ -308,6 +399,9 @@ impl Supervisor {
                 }
                 job.started_at = Some(Instant::now());
                 job.check_duplicates = false;
+                if let (Some(b), Some(q)) = (self.budget.as_mut(), quota) {
+                    b.spawned(name, q);
+                }
                 job.dup_termed.clear();
                 self.by_pid.insert(child.pid, name.to_string());
                 output::start_reader(child.stdout, name.to_string(), "stdout", format, self.logs.clone());
@@ -339,7 +433,11 @@ impl Supervisor {
                         let up = job.started_at.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0);
                         info!(job = %name, pid, uptime_s = format!("{up:.1}"), "exited: {}", describe_exit(exit));
                     }
+                    if let Some(b) = self.budget.as_mut() {
+                        b.exited(&name);
+                    }
                     self.feed(&name, Input::Exited(exit));
+                    self.rebalance();
                 }
                 None => self.zombies_reaped += 1,
             }
@@ -349,6 +447,7 @@ impl Supervisor {
     /// The periodic sweep (SPEC §7): reap, then find processes reparented to us
     /// that belong to no live job, and terminate them when `orphans = "kill"`.
     fn sweep(&mut self) {
+        self.last_sweep = Instant::now();
         let before = self.zombies_reaped;
         self.reap();
         let reaped = self.zombies_reaped - before;
@@ -424,11 +523,15 @@ impl Supervisor {
     }
 
     fn finish_shutdown(&mut self) {
-        // Leftover groups of stopped jobs: give no more grace.
-        if self.config.supervisor.orphans == OrphanPolicy::Kill || init::is_pid1() {
-            if init::is_pid1() {
-                let (reaped, killed) = init::final_sweep(Duration::from_secs(3));
-                info!(reaped, sigkill_needed = killed, "final sweep of the namespace done");
+        if init::is_pid1() {
+            let (reaped, killed) = init::final_sweep(Duration::from_secs(3));
+            info!(reaped, sigkill_needed = killed, "final sweep of the namespace done");
+        } else if self.config.supervisor.orphans == OrphanPolicy::Kill {
+            // Orphans adopted as subreaper would otherwise pass to init and live on.
+            let strays = Snapshot::take().stray_children(self.own_pid, &HashSet::new(), &HashSet::new());
+            if !strays.is_empty() {
+                let killed = init::terminate_pids(&strays, ORPHAN_GRACE);
+                info!(orphans = strays.len(), sigkill_needed = killed, "terminated adopted orphans before exit");
             }
         }
         for reply in self.shutdown_waiters.drain(..) {
@@ -462,20 +565,43 @@ impl Supervisor {
                 };
                 let _ = reply.send(resp);
             }
-            Request::Budget | Request::Reserve { .. } | Request::Release { .. } => {
+            Request::Budget | Request::Reserve { .. } | Request::Release { .. } if self.budget.is_none() => {
                 let _ = reply.send(Response::err(
                     ErrorKind::NoDatabase,
                     "the connection budget needs a [database] section in the config",
                 ));
             }
-            Request::Health => {
-                let _ = reply.send(Response::ok(Reply::Health(HealthReport {
-                    healthy: true,
-                    supervisor: true,
-                    database: None,
-                    message: "supervisor running; no database configured".into(),
-                })));
+            Request::Budget => {
+                let views = job_views(&self.jobs);
+                let report = self.budget.as_ref().map(|b| b.report(&views, Instant::now())).unwrap_or_default();
+                let _ = reply.send(Response::ok(Reply::Budget(report)));
             }
+            Request::Reserve { name, count, ttl_s } => {
+                let _ = reply.send(self.reserve(name, count, ttl_s));
+            }
+            Request::Release { name } => {
+                let removed = self.budget.as_mut().and_then(|b| b.reservations.remove(&name));
+                let resp = match removed {
+                    Some(r) => {
+                        info!(reservation = %name, count = r.count, "reservation released");
+                        self.rebalance();
+                        Response::ok(Reply::Done { message: format!("released {name} ({} connections)", r.count) })
+                    }
+                    None => Response::err(ErrorKind::Refused, format!("no reservation named {name:?}")),
+                };
+                let _ = reply.send(resp);
+            }
+            Request::Health => match &self.probe_cmd {
+                Some(cmd) => {
+                    if let Err(e) = cmd.send(ProbeCmd::CheckNow { then: reply }) {
+                        let ProbeCmd::CheckNow { then } = e.0;
+                        let _ = then.send(self.health());
+                    }
+                }
+                None => {
+                    let _ = reply.send(self.health());
+                }
+            },
             Request::Shutdown => {
                 self.shutdown_waiters.push(reply);
                 self.begin_shutdown("shutdown requested");
@@ -595,8 +721,8 @@ impl Supervisor {
                 Exit::Code(c) => ExitInfo { code: Some(c), signal: None },
                 Exit::Signal(s) => ExitInfo { code: None, signal: Some(s) },
             }),
-            quota: None,
-            connections: None,
+            quota: self.budget.as_ref().filter(|_| j.cfg.connections.is_some() && j.m.state.wants_to_run()).and_then(|b| b.jobs.get(name)).map(|b| b.grant),
+            connections: self.budget.as_ref().filter(|_| j.cfg.connections.is_some()).and_then(|b| b.jobs.get(name)).and_then(|b| b.live),
             reason: match j.m.state {
                 State::Fatal | State::Waiting | State::Backoff => j.m.reason.clone(),
                 _ => None,
@@ -630,6 +756,14 @@ impl Supervisor {
         }
         let old_jobs = std::mem::take(&mut self.config.jobs);
         self.config = new;
+        match (self.budget.as_mut(), self.config.database.clone()) {
+            (Some(b), Some(db)) => {
+                b.db = db;
+                b.cfg = self.config.budget.clone();
+            }
+            (None, None) => {}
+            _ => warn!("adding or removing [database] takes effect after a restart of corral"),
+        }
         let _ = old_jobs;
         for name in &plan.removed {
             if let Some(j) = self.jobs.get_mut(name) {
@@ -662,6 +796,7 @@ impl Supervisor {
                 self.feed(name, Input::Start);
             }
         }
+        self.rebalance();
         info!(
             added = plan.added.len(),
             removed = plan.removed.len(),
@@ -671,6 +806,189 @@ impl Supervisor {
         );
         Response::ok(Reply::Reload(ReloadReport { applied: true, plan: plan_json }))
     }
+}
+
+// ----- the connection budget (SPEC §5, §6) -----
+
+impl Supervisor {
+    fn on_db(&mut self, report: DbReport) {
+        let Some(budget) = self.budget.as_mut() else { return };
+        let now = Instant::now();
+        if let Some(h) = &report.health {
+            match h {
+                Ok((health, limits)) => {
+                    if budget.status.healthy != Some(true) {
+                        info!(latency_ms = format!("{:.1}", health.latency_ms()), max_connections = limits.max_connections, "database healthy");
+                    }
+                    if let Some(preset) = budget.db.preset.as_deref().and_then(config::preset_limit) {
+                        if preset != limits.max_connections && budget.limits.is_none() {
+                            warn!(preset, server = limits.max_connections, "preset disagrees with the server's max_connections; using the server's");
+                        }
+                    }
+                    budget.limits = Some(*limits);
+                    budget.status.healthy = Some(true);
+                    budget.status.latency_ms = Some(health.latency_ms());
+                    budget.status.error = None;
+                    budget.status.consecutive_failures = 0;
+                }
+                Err(e) => {
+                    budget.status.consecutive_failures += 1;
+                    // Only the first failure of a streak is an error; jobs are never touched.
+                    if budget.status.healthy != Some(false) {
+                        error!("database health check failed (jobs keep running): {e}");
+                    } else {
+                        warn!(failures = budget.status.consecutive_failures, "database still unreachable: {e}");
+                    }
+                    budget.status.healthy = Some(false);
+                    budget.status.error = Some(e.clone());
+                }
+            }
+            budget.status.checked_at = Some(std::time::SystemTime::now());
+        }
+        if let Ok(usage) = report.usage {
+            let service = budget.cfg.service.clone();
+            for (name, job) in &self.jobs {
+                let Some(b) = budget.jobs.get(name) else { continue };
+                if job.cfg.connections.is_none() || !job.m.state.is_live() {
+                    continue;
+                }
+                let live = usage.job(&service, name);
+                if live > b.grant && budget.db.enforce != Enforce::Off {
+                    warn!(job = %name, live, quota = b.grant, "job uses more connections than its quota");
+                    if budget.db.enforce == Enforce::Terminate {
+                        if let Some(probe) = self.probe.clone() {
+                            let app = crate::budget::env::application_name(&service, name);
+                            let (keep, timeout, job) = (b.grant, budget.db.health_timeout, name.clone());
+                            // The db future is not Send; the daemon runs on a LocalSet.
+                            tokio::task::spawn_local(async move {
+                                match probe.terminate_newest_idle(&app, keep, timeout).await {
+                                    Ok(pids) if !pids.is_empty() => warn!(job = %job, ?pids, "terminated connections over quota"),
+                                    Ok(_) => {}
+                                    Err(e) => warn!(job = %job, "cannot terminate connections over quota: {e}"),
+                                }
+                            });
+                        }
+                    }
+                }
+                for g in usage.groups.iter().filter(|g| matches!(&g.attribution, db::Attribution::Job { service: s, job } if *s == service && job == name)) {
+                    if g.state == db::BackendState::IdleInTransaction && g.max_idle_secs.unwrap_or(0.0) > 60.0 {
+                        warn!(job = %name, sessions = g.count, idle_s = g.max_idle_secs, "sessions stuck idle in transaction");
+                    }
+                }
+            }
+            // Readings that started before a quota was told cannot confirm it.
+            let stale: Vec<String> =
+                budget.jobs.iter().filter(|(_, b)| b.told_at.is_some_and(|t| t > report.started)).map(|(n, _)| n.clone()).collect();
+            budget.observe(usage, now);
+            for name in stale {
+                if let Some(p) = budget.jobs.get_mut(&name).and_then(|b| b.process.as_mut()) {
+                    p.measured = None;
+                }
+            }
+        }
+        self.rebalance();
+        // A database that came back may unblock jobs waiting for the budget.
+        let waiting: Vec<String> = self
+            .jobs
+            .iter()
+            .filter(|(_, j)| j.m.state == State::Waiting && j.m.reason.as_deref().is_some_and(|r| r.starts_with("budget")))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in waiting {
+            let epoch = self.jobs[&name].m.epoch;
+            self.feed(&name, Input::Timer { kind: TimerKind::RetryWait, epoch });
+        }
+    }
+
+    /// Recompute grants and tell jobs whose quota changed (SPEC §5).
+    fn rebalance(&mut self) {
+        let Some(budget) = self.budget.as_mut() else { return };
+        let views = job_views(&self.jobs);
+        let (_, changes) = budget.allocate(&views, Instant::now(), None);
+        self.deliver(changes.tell);
+        for name in changes.evict {
+            warn!(job = %name, "usable budget fell below the running minimums: stopping lowest-priority job");
+            self.feed(&name, Input::Stop);
+        }
+    }
+
+    /// Write quota files and send `quota_signal` (SPEC §3).
+    fn deliver(&mut self, tell: Vec<(String, u32)>) {
+        let Some(budget) = self.budget.as_mut() else { return };
+        for (name, quota) in tell {
+            let Some(job) = self.jobs.get(&name) else { continue };
+            if let Err(e) = budget.write_quota(&job.cfg, quota) {
+                warn!(job = %name, "cannot write quota file: {e}");
+                continue;
+            }
+            if let Some(b) = budget.jobs.get_mut(&name) {
+                b.told_at = Some(Instant::now());
+            }
+            info!(job = %name, quota, "quota changed");
+            if let (Some(sig), Some(pid)) = (job.cfg.quota_signal, job.m.pid) {
+                let _ = kill::signal_pid(pid, sig);
+            }
+        }
+    }
+
+    fn reserve(&mut self, name: String, count: u32, ttl_s: Option<f64>) -> Response {
+        let Some(budget) = self.budget.as_mut() else {
+            return Response::err(ErrorKind::NoDatabase, "no [database] configured");
+        };
+        let now = Instant::now();
+        let expires = match ttl_s {
+            Some(t) if !(t.is_finite() && t > 0.0) => return Response::err(ErrorKind::BadRequest, "ttl must be positive"),
+            Some(t) => Some(now + Duration::from_secs_f64(t.min(1e9))),
+            None => None,
+        };
+        // A reservation must fit beside what is already granted: never over-commit.
+        let previous = budget.reservations.remove(&name);
+        let plan = budget.plan(now);
+        let occupied: u32 = budget.jobs.values().map(|b| b.process.map(|p| p.held.max(p.told)).unwrap_or(0)).sum();
+        let free = plan.usable.saturating_sub(occupied);
+        if count > free {
+            if let Some(p) = previous {
+                budget.reservations.insert(name.clone(), p);
+            }
+            return Response::err(
+                ErrorKind::Refused,
+                format!("cannot reserve {count}: only {free} of {} usable connections are not held by jobs", plan.usable),
+            );
+        }
+        budget.reservations.insert(name.clone(), super::budget::Reservation { count, expires });
+        info!(reservation = %name, count, ttl_s, "reservation added");
+        if let Some(t) = ttl_s {
+            self.after(Duration::from_secs_f64(t.min(1e9)), Event::SweepBudget);
+        }
+        self.rebalance();
+        Response::ok(Reply::Done { message: format!("reserved {count} connection(s) as {name}") })
+    }
+
+    fn health(&self) -> Response {
+        let (healthy, database, message) = match &self.budget {
+            None => (true, None, "supervisor running; no database configured".to_string()),
+            Some(b) => {
+                let ok = b.status.healthy == Some(true);
+                let msg = match (&b.status.error, b.status.latency_ms) {
+                    (Some(e), _) => format!("database unhealthy: {e}"),
+                    (None, Some(l)) => format!("supervisor running; database healthy ({l:.1} ms)"),
+                    (None, None) => "database not checked yet".to_string(),
+                };
+                (ok, Some(b.db_json()), msg)
+            }
+        };
+        Response::ok(Reply::Health(HealthReport { healthy, supervisor: !self.shutting_down, database, message }))
+    }
+}
+
+fn job_views(jobs: &BTreeMap<String, JobRt>) -> Vec<JobView<'_>> {
+    jobs.values()
+        .map(|j| JobView {
+            cfg: &j.cfg,
+            wants_to_run: j.m.state.wants_to_run() && !j.removed,
+            live: j.m.pid.is_some(),
+        })
+        .collect()
 }
 
 impl JobRt {

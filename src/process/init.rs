@@ -49,3 +49,27 @@ pub fn final_sweep(grace: Duration) -> (usize, bool) {
     }
     (reaped, true)
 }
+
+/// SIGTERM `pids` (our children), reap them for up to `grace`, SIGKILL the
+/// rest. Returns whether SIGKILL was needed.
+pub fn terminate_pids(pids: &[i32], grace: Duration) -> bool {
+    for &p in pids {
+        let _ = super::kill::signal_pid(p, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + grace;
+    loop {
+        super::reaper::reap();
+        let alive: Vec<i32> = pids.iter().copied().filter(|&p| super::kill::pid_alive(p)).collect();
+        if alive.is_empty() {
+            return false;
+        }
+        if Instant::now() >= deadline {
+            for p in alive {
+                let _ = super::kill::signal_pid(p, libc::SIGKILL);
+            }
+            super::reaper::reap();
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -32,3 +32,14 @@ pub fn signal_pid(pid: i32, signal: i32) -> std::io::Result<()> {
 pub fn group_alive(pgid: i32) -> bool {
     pgid > 1 && killpg(Pid::from_raw(pgid), None).is_ok()
 }
+
+/// Whether `pid` exists and is not a zombie.
+pub fn pid_alive(pid: i32) -> bool {
+    if pid <= 0 || kill(Pid::from_raw(pid), None).is_err() {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Err(_) => false,
+    }
+}

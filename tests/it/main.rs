@@ -6,3 +6,4 @@ mod pg;
 
 mod config_errors;
 mod core;
+mod pid1;

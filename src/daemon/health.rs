@@ -1,0 +1,81 @@
+//! The database probe task (SPEC §6): every `health_interval` a full check
+//! (connect, `SELECT 1` under `health_timeout`, server limits, usage), and
+//! every `rebalance_interval` a cheaper usage reading, all on corral's one
+//! kept connection. Results go to the actor as events; a failed check is
+//! retried with backoff and never touches jobs.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::supervisor::{Event, EventTx};
+use crate::db::{Health, Probe, ServerLimits, Usage};
+
+#[derive(Debug)]
+pub struct DbReport {
+    /// When the reading started: usage taken before a quota was told cannot confirm it.
+    pub started: Instant,
+    /// Present for full checks.
+    pub health: Option<Result<(Health, ServerLimits), String>>,
+    pub usage: Result<Usage, String>,
+}
+
+pub enum ProbeCmd {
+    /// Run a full check now; send `then` to the actor after the report.
+    CheckNow { then: oneshot::Sender<crate::protocol::Response> },
+}
+
+pub async fn full_check(probe: &Probe, timeout: Duration) -> DbReport {
+    let started = Instant::now();
+    let health = async {
+        let h = probe.health(timeout).await.map_err(|e| e.to_string())?;
+        let l = probe.server_limits(timeout).await.map_err(|e| e.to_string())?;
+        Ok::<_, String>((h, l))
+    }
+    .await;
+    let usage = match &health {
+        Ok(_) => probe.usage(timeout).await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.clone()),
+    };
+    DbReport { started, health: Some(health), usage }
+}
+
+pub fn spawn(probe: Arc<Probe>, health_interval: Duration, rebalance: Duration, timeout: Duration, tx: EventTx) -> mpsc::UnboundedSender<ProbeCmd> {
+    let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut failures: u32 = 0;
+        let mut next_full = Instant::now() + health_interval;
+        let mut next_usage = Instant::now() + rebalance;
+        loop {
+            let wake = next_full.min(next_usage);
+            let cmd = tokio::select! {
+                _ = tokio::time::sleep_until(wake.into()) => None,
+                c = cmd_rx.recv() => match c { Some(c) => Some(c), None => return },
+            };
+            let now = Instant::now();
+            let full = cmd.is_some() || now >= next_full;
+            let report = if full {
+                full_check(&probe, timeout).await
+            } else {
+                let started = Instant::now();
+                DbReport { started, health: None, usage: probe.usage(timeout).await.map_err(|e| e.to_string()) }
+            };
+            let failed = report.usage.is_err();
+            if full {
+                failures = if failed { failures + 1 } else { 0 };
+                // A failing database is re-checked sooner, backing off up to health_interval.
+                let retry = Duration::from_secs(1u64 << failures.min(8)).min(health_interval);
+                next_full = Instant::now() + if failed { retry } else { health_interval };
+            }
+            next_usage = Instant::now() + rebalance;
+            if tx.send(Event::Db(report)).is_err() {
+                return;
+            }
+            if let Some(ProbeCmd::CheckNow { then }) = cmd {
+                let _ = tx.send(Event::HealthAnswer(then));
+            }
+        }
+    });
+    cmd_tx
+}
