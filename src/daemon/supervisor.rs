@@ -71,6 +71,9 @@ struct JobRt {
     check_duplicates: bool,
     /// Duplicates we already sent SIGTERM to (next time: SIGKILL).
     dup_termed: HashSet<i32>,
+    /// About to be started (autostart, reload): counted as wanting budget so
+    /// the first jobs started do not take everything before the others ask.
+    start_pending: bool,
 }
 
 enum WaitFor {
@@ -170,7 +173,15 @@ impl Supervisor {
             ));
         }
         let autostart: Vec<String> = self.jobs.iter().filter(|(_, j)| j.cfg.autostart).map(|(n, _)| n.clone()).collect();
+        for name in &autostart {
+            if let Some(j) = self.jobs.get_mut(name) {
+                j.start_pending = true;
+            }
+        }
         for name in autostart {
+            if let Some(j) = self.jobs.get_mut(&name) {
+                j.start_pending = false;
+            }
             self.feed(&name, Input::Start);
         }
         self.arm_sweep();
@@ -985,7 +996,7 @@ fn job_views(jobs: &BTreeMap<String, JobRt>) -> Vec<JobView<'_>> {
     jobs.values()
         .map(|j| JobView {
             cfg: &j.cfg,
-            wants_to_run: j.m.state.wants_to_run() && !j.removed,
+            wants_to_run: (j.m.state.wants_to_run() || j.start_pending) && !j.removed,
             live: j.m.pid.is_some(),
         })
         .collect()
@@ -1002,6 +1013,7 @@ impl JobRt {
             removed: false,
             check_duplicates: true,
             dup_termed: HashSet::new(),
+            start_pending: false,
         }
     }
 }

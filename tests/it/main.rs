@@ -4,6 +4,7 @@
 mod harness;
 mod pg;
 
+mod budget;
 mod config_errors;
 mod core;
 mod pid1;

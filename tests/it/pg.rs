@@ -92,6 +92,12 @@ impl TestPg {
                 };
             }
         }
+        Self::start_local(max_connections)
+    }
+
+    /// Always a throwaway cluster, even when `CORRAL_TEST_DATABASE_URL` is set:
+    /// for fault tests that stop and restart the server.
+    pub fn start_local(max_connections: u32) -> TestPg {
         TestPg {
             inner: Inner::Local(Cluster::create(max_connections)),
         }

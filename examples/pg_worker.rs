@@ -1,0 +1,102 @@
+//! A test worker for the connection budget (used by `tests/it/budget.rs`, and
+//! handy for trying corral by hand): it opens exactly
+//! `DB_POOL_SIZE + DB_MAX_OVERFLOW` connections with `DATABASE_URL` and keeps
+//! them busy (`SELECT pg_sleep(...)` in a loop, so they show as active). On
+//! SIGHUP it re-reads `CORRAL_QUOTA_FILE` and grows or shrinks to the new
+//! quota, printing `quota N`. `WORKER_EXTRA=n` opens n more idle connections
+//! than allowed (to test enforcement); `WORKER_IDLE=1` holds them idle.
+//!
+//! Run: cargo run --example pg_worker (with the env corral gives a job).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_postgres::{Client, NoTls};
+
+fn env_u32(name: &str) -> u32 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+fn quota_from_file() -> Option<u32> {
+    let path = std::env::var("CORRAL_QUOTA_FILE").ok()?;
+    let text = std::fs::read_to_string(path).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v.get("quota")?.as_u64().map(|q| q as u32)
+}
+
+struct Conn {
+    client: Arc<Client>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn open(url: &str, busy: bool) -> Result<Conn, tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let client = Arc::new(client);
+    let c2 = client.clone();
+    let task = tokio::spawn(async move {
+        if !busy {
+            return;
+        }
+        while c2.simple_query("SELECT pg_sleep(0.2)").await.is_ok() {}
+    });
+    Ok(Conn { client, task })
+}
+
+async fn resize(conns: &mut Vec<Conn>, want: usize, url: &str, busy: bool) {
+    while conns.len() > want {
+        let c = conns.pop().expect("non-empty");
+        // Dropping the last handle closes the connection.
+        c.task.abort();
+        let _ = c.task.await;
+        drop(c.client);
+    }
+    while conns.len() < want {
+        match open(url, busy).await {
+            Ok(c) => conns.push(c),
+            Err(e) => {
+                println!("connect failed: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let url = std::env::var("DATABASE_URL").expect("DATABASE_URL");
+    let busy = std::env::var("WORKER_IDLE").is_err();
+    let mut quota = env_u32("DB_POOL_SIZE") + env_u32("DB_MAX_OVERFLOW");
+    let extra = env_u32("WORKER_EXTRA");
+    let mut conns = Vec::new();
+    let mut extras = Vec::new();
+    resize(&mut conns, quota as usize, &url, busy).await;
+    resize(&mut extras, extra as usize, &url, false).await;
+    println!("holding {} connections (quota {quota})", conns.len() + extras.len());
+    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP");
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM");
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                if let Some(q) = quota_from_file() {
+                    quota = q;
+                    resize(&mut conns, quota as usize, &url, busy).await;
+                    println!("quota {quota}");
+                    if let Ok(log) = std::env::var("WORKER_LOG") {
+                        use std::io::Write;
+                        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+                            let _ = writeln!(f, "quota {quota}");
+                        }
+                    }
+                }
+            }
+            _ = term.recv() => {
+                println!("SIGTERM: closing {} connections", conns.len());
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! The connection budget end to end (SPEC §3, §5, §6): real PostgreSQL, real
+//! corral, real workers holding their quota of busy connections.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::harness::{poll, stderr, stdout, Corral, SEC};
+use crate::pg::TestPg;
+
+fn worker() -> &'static str {
+    env!("CARGO_BIN_EXE_corral-pg-worker")
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+/// Samples pg_stat_activity from a superuser connection until stopped:
+/// the peak number of job connections (application_name corral/<svc>/<job>).
+struct Sampler {
+    stop: Arc<AtomicBool>,
+    peak: Arc<AtomicU32>,
+    last: Arc<AtomicU32>,
+    samples: Arc<AtomicU32>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Sampler {
+    fn start(admin_url: String) -> Sampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let peak = Arc::new(AtomicU32::new(0));
+        let last = Arc::new(AtomicU32::new(0));
+        let samples = Arc::new(AtomicU32::new(0));
+        let (s, p, l, n) = (stop.clone(), peak.clone(), last.clone(), samples.clone());
+        let handle = std::thread::spawn(move || {
+            rt().block_on(async move {
+                let (client, conn) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls).await.expect("admin connect");
+                tokio::spawn(conn);
+                while !s.load(Ordering::SeqCst) {
+                    let row = client
+                        .query_one(
+                            "SELECT count(*)::int FROM pg_stat_activity WHERE backend_type = 'client backend' \
+                             AND application_name LIKE 'corral/%' AND application_name NOT LIKE '%/\\_corral'",
+                            &[],
+                        )
+                        .await
+                        .expect("sample");
+                    let c: i32 = row.get(0);
+                    l.store(c as u32, Ordering::SeqCst);
+                    p.fetch_max(c as u32, Ordering::SeqCst);
+                    n.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+        });
+        Sampler { stop, peak, last, samples, handle: Some(handle) }
+    }
+
+    fn finish(mut self) -> (u32, u32) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            h.join().expect("sampler thread");
+        }
+        (self.peak.load(Ordering::SeqCst), self.samples.load(Ordering::SeqCst))
+    }
+}
+
+fn budget_json(c: &Corral) -> serde_json::Value {
+    let out = c.ctl(&["budget", "--json"]);
+    assert!(out.status.success(), "budget failed: {}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn quota_in_file(c: &Corral, job: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(c.path(&format!("quota/{job}.json"))).ok()?;
+    serde_json::from_str::<serde_json::Value>(&text).ok()?["quota"].as_u64()
+}
+
+fn worker_jobs(n: usize, extra: &str) -> String {
+    let mut s = String::new();
+    for i in 1..=n {
+        s.push_str(&format!(
+            "[jobs.w{i}]\ncommand = [\"{w}\"]\nconnections = {{ min = 2, max = 6, overflow = 2 }}\npriority = {p}\n\
+             quota_signal = \"SIGHUP\"\non_duplicate = \"ignore\"\nstop_timeout = \"5s\"\nenv = {{ WORKER_LOG = \"{{dir}}/w{i}.log\" }}\n{extra}\n",
+            w = worker(),
+            p = 7 - i as i32,
+        ));
+    }
+    s
+}
+
+#[test]
+fn budget_never_exceeded_adhoc_always_works_and_stopped_jobs_give_back() {
+    let pg = TestPg::start(30);
+    let sampler = Sampler::start(pg.admin_url());
+    let body = format!(
+        "[supervisor]\nsocket = \"{{dir}}/corral.sock\"\nlock_dir = \"{{dir}}/locks\"\n\n\
+         [database]\nurl = \"{url}\"\nprovider_reserve = 2\nadhoc_reserve = 3\nhealth_interval = \"2s\"\n\n\
+         [budget]\nservice = \"scraper\"\nrebalance_interval = \"300ms\"\n\n{jobs}",
+        url = pg.url(),
+        jobs = worker_jobs(6, "")
+    );
+    let c = Corral::start(&body);
+    let b = budget_json(&c);
+    let usable = b["usable"].as_u64().unwrap() as u32;
+    if !pg.is_external() {
+        // 30 - 3 superuser_reserved = 27; - 2 provider - 3 ad hoc - 1 corral = 21.
+        assert_eq!((b["limit"].as_u64(), usable), (Some(27), 21), "{b}");
+    }
+    for i in 1..=6 {
+        c.wait_state(&format!("w{i}"), "running", 20 * SEC);
+    }
+    // The workers saturate their grants.
+    assert!(poll(20 * SEC, || sampler.last.load(Ordering::SeqCst) == usable), "jobs never saturated usable={usable}: {}", c.output());
+
+    // While saturated, a person can always connect with psql-like ad hoc sessions.
+    let (attempts, ok) = rt().block_on(async {
+        let mut ok = 0;
+        for _ in 0..20 {
+            if let Ok((client, conn)) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls).await {
+                let h = tokio::spawn(conn);
+                if client.simple_query("SELECT 1").await.is_ok() {
+                    ok += 1;
+                }
+                drop(client);
+                let _ = h.await;
+            }
+        }
+        (20, ok)
+    });
+    assert_eq!(ok, attempts, "ad hoc connections failed while jobs saturated the budget");
+
+    // Stopping three workers raises the others' quotas: file + signal observed.
+    let out = c.ctl(&["stop", "w4", "w5", "w6"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for i in 1..=3 {
+        let job = format!("w{i}");
+        assert!(poll(15 * SEC, || quota_in_file(&c, &job) == Some(6)), "{job} quota file never reached 6: {}", c.output());
+        let log = c.path(&format!("w{i}.log"));
+        assert!(
+            poll(15 * SEC, || std::fs::read_to_string(&log).unwrap_or_default().contains("quota 6")),
+            "{job} never saw its new quota"
+        );
+        c.wait_job(&job, 10 * SEC, "quota 6 in status", |j| j["quota"] == 6);
+    }
+    assert!(poll(15 * SEC, || sampler.last.load(Ordering::SeqCst) == 18));
+    let (peak, samples) = sampler.finish();
+    eprintln!("budget e2e: peak job connections {peak} / usable {usable} over {samples} samples; ad hoc {ok}/{attempts}");
+    assert!(peak <= usable, "peak {peak} exceeded usable {usable}");
+    assert!(samples > 10);
+    // The password never shows.
+    for text in [c.output(), stdout(&c.ctl(&["status", "--json"])), stdout(&c.ctl(&["budget", "--json"]))] {
+        assert!(!text.contains(pg.password()), "password leaked: {text}");
+    }
+}
+
+#[test]
+fn over_quota_job_is_reported_and_cut_back_under_terminate() {
+    let pg = TestPg::start(30);
+    let body = format!(
+        "[supervisor]\nsocket = \"{{dir}}/corral.sock\"\nlock_dir = \"{{dir}}/locks\"\n\n\
+         [database]\nurl = \"{url}\"\nprovider_reserve = 0\nadhoc_reserve = 3\nenforce = \"terminate\"\n\n\
+         [budget]\nservice = \"svc\"\nrebalance_interval = \"300ms\"\n\n\
+         [jobs.greedy]\ncommand = [\"{w}\"]\non_duplicate = \"ignore\"\nconnections = 2\nenv = {{ WORKER_EXTRA = \"3\", WORKER_IDLE = \"1\" }}\n",
+        url = pg.url(),
+        w = worker()
+    );
+    let c = Corral::start(&body);
+    c.wait_output("uses more connections than its quota", 20 * SEC);
+    let count = || {
+        pg.admin_sql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'corral/svc/greedy'")
+            .trim()
+            .parse::<u32>()
+            .unwrap_or(99)
+    };
+    assert!(poll(20 * SEC, || count() <= 2), "greedy still has {} connections\n{}", count(), c.output());
+    c.wait_output("terminated connections over quota", 5 * SEC);
+    c.wait_state("greedy", "running", 5 * SEC);
+}
+
+#[test]
+fn database_outage_degrades_health_but_never_touches_jobs() {
+    // Stopping the server needs a cluster of our own, even with CORRAL_TEST_DATABASE_URL.
+    let pg = TestPg::start_local(20);
+    let body = format!(
+        "[supervisor]\nsocket = \"{{dir}}/corral.sock\"\nlock_dir = \"{{dir}}/locks\"\n\n\
+         [database]\nurl = \"{url}\"\nprovider_reserve = 0\nadhoc_reserve = 2\nhealth_interval = \"1s\"\nhealth_timeout = \"2s\"\n\n\
+         [budget]\nrebalance_interval = \"500ms\"\n\n\
+         [jobs.w]\ncommand = [\"{w}\"]\non_duplicate = \"ignore\"\nconnections = {{ min = 1, max = 2 }}\n",
+        url = pg.url(),
+        w = worker()
+    );
+    let c = Corral::start(&body);
+    let before = c.wait_state("w", "running", 20 * SEC);
+    assert_eq!(c.ctl(&["health"]).status.code(), Some(0));
+
+    pg.stop_immediate();
+    let mut last = String::new();
+    assert!(
+        poll(15 * SEC, || {
+            let out = c.ctl(&["health", "--json"]);
+            last = stdout(&out);
+            out.status.code() == Some(1)
+        }),
+        "health never turned unhealthy: {last}"
+    );
+    let h: serde_json::Value = serde_json::from_str(&last).unwrap();
+    let err = h["database"]["error"].as_str().unwrap_or_default().to_string();
+    assert!(err.contains("connect") || err.contains("refused") || err.contains("closed"), "unclear cause: {err}");
+    assert!(!last.contains(pg.password()));
+    let during = c.job("w");
+    assert_eq!((during["pid"].clone(), during["restarts"].clone()), (before["pid"].clone(), before["restarts"].clone()));
+
+    pg.start_again();
+    let t = Instant::now();
+    assert!(poll(15 * SEC, || c.ctl(&["health"]).status.code() == Some(0)), "health never recovered\n{}", c.output());
+    eprintln!("database recovered in health after {:?}", t.elapsed());
+    let after = c.job("w");
+    assert_eq!(after["pid"], before["pid"], "the job was restarted because of the database");
+    assert_eq!(after["state"], "running");
+    assert!(!c.output().contains(pg.password()), "password leaked in logs");
+}
