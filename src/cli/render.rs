@@ -69,7 +69,7 @@ pub fn response(request: &Request, resp: &Response, json: bool) {
             }
         }
         Reply::Log(l) => println!("{}", l.line),
-        Reply::Budget(b) => println!("{}", serde_json::to_string_pretty(b).unwrap_or_default()),
+        Reply::Budget(b) => print!("{}", budget(b)),
         Reply::Health(h) => println!("{}: {}", if h.healthy { "healthy" } else { "UNHEALTHY" }, h.message),
         Reply::Done { message } => println!("{message}"),
     }
@@ -223,4 +223,93 @@ fn restart_name(r: crate::config::RestartPolicy) -> &'static str {
         crate::config::RestartPolicy::OnFailure => "on-failure",
         crate::config::RestartPolicy::Never => "never",
     }
+}
+
+/// `corral budget`: the SPEC §5 arithmetic, then one line per job.
+pub fn budget(b: &serde_json::Value) -> String {
+    let n = |k: &str| b[k].as_u64().map(|v| v.to_string()).unwrap_or_else(|| "?".into());
+    let reserved: u64 = b["reservations"].as_array().map(|r| r.iter().filter_map(|x| x["count"].as_u64()).sum()).unwrap_or(0);
+    let mut out = String::new();
+    out.push_str(&format!(
+        "limit {} ({})  - provider {}  - ad hoc {}  - external {}  - reserved {}  - corral {}  = usable {}\n",
+        n("limit"),
+        b["limit_source"].as_str().unwrap_or("?"),
+        n("provider_reserve"),
+        n("adhoc_reserve"),
+        n("external_reserve"),
+        reserved,
+        n("own"),
+        n("usable")
+    ));
+    out.push_str(&format!(
+        "granted {}  headroom {}  live {}  external live {}\n",
+        n("granted"),
+        n("headroom"),
+        n("live"),
+        n("external_live")
+    ));
+    let header = ["JOB", "PRIORITY", "MIN", "MAX", "QUOTA", "LIVE", "IDLE", "WAITING"];
+    let rows: Vec<Vec<String>> = b["jobs"]
+        .as_array()
+        .map(|jobs| {
+            jobs.iter()
+                .map(|j| {
+                    vec![
+                        j["name"].as_str().unwrap_or("?").to_string(),
+                        j["priority"].to_string(),
+                        j["min"].to_string(),
+                        j["max"].to_string(),
+                        j["quota"].to_string(),
+                        j["connections"].to_string(),
+                        if j["idle"].as_bool() == Some(true) { "idle".into() } else { "-".into() },
+                        j["state_waiting"].as_str().unwrap_or("").to_string(),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.push_str(&table(&header, &rows));
+    for r in b["reservations"].as_array().into_iter().flatten() {
+        let ttl = r["expires_in_s"].as_f64().map(|s| format!(", expires in {:.0}s", s)).unwrap_or_default();
+        out.push_str(&format!("reservation {}: {}{ttl}\n", r["name"].as_str().unwrap_or("?"), r["count"]));
+    }
+    for e in b["external"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "external: {} connection(s) as role {} ({})\n",
+            e["connections"],
+            e["role"].as_str().unwrap_or("?"),
+            e["application_name"].as_str().filter(|a| !a.is_empty()).unwrap_or("no application_name")
+        ));
+    }
+    let db = &b["database"];
+    match (db["healthy"].as_bool(), db["error"].as_str()) {
+        (_, Some(e)) => out.push_str(&format!("database UNHEALTHY: {e}\n")),
+        (Some(true), None) => out.push_str(&format!("database healthy ({:.1} ms)\n", db["latency_ms"].as_f64().unwrap_or(0.0))),
+        _ => out.push_str("database not checked yet\n"),
+    }
+    for w in b["warnings"].as_array().into_iter().flatten() {
+        out.push_str(&format!("warning: {}\n", w.as_str().unwrap_or_default()));
+    }
+    out
+}
+
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            s.push_str(&format!("{c:<w$}  ", w = widths[i]));
+        }
+        s.trim_end().to_string() + "\n"
+    };
+    let mut out = line(header.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        out.push_str(&line(r.clone()));
+    }
+    out
 }

@@ -221,3 +221,48 @@ fn database_outage_degrades_health_but_never_touches_jobs() {
     assert_eq!(after["state"], "running");
     assert!(!c.output().contains(pg.password()), "password leaked in logs");
 }
+
+#[test]
+fn reservation_lowers_usable_and_expires_on_time() {
+    let pg = TestPg::start(30);
+    let body = format!(
+        "[supervisor]\nsocket = \"{{dir}}/corral.sock\"\nlock_dir = \"{{dir}}/locks\"\n\n\
+         [database]\nurl = \"{url}\"\nmax_connections = 40\nprovider_reserve = \"10%\"\nadhoc_reserve = 5\n",
+        url = pg.url()
+    );
+    let c = Corral::start(&body);
+    let usable = |c: &Corral| budget_json(c)["usable"].as_u64().unwrap();
+    let before = usable(&c);
+    let out = c.ctl(&["reserve", "nightly-etl", "-n", "4", "--ttl", "1s"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(usable(&c), before - 4);
+    let human = stdout(&c.ctl(&["budget"]));
+    assert!(human.contains("reservation nightly-etl: 4"), "{human}");
+    assert!(poll(5 * SEC, || usable(&c) == before), "reservation never expired");
+    // Release of an unknown reservation is refused; reserving more than is free too.
+    assert_eq!(c.ctl(&["release", "nope"]).status.code(), Some(1));
+    assert_eq!(c.ctl(&["reserve", "huge", "-n", "1000"]).status.code(), Some(1));
+    assert!(c.ctl(&["reserve", "psql", "-n", "2"]).status.success());
+    assert_eq!(usable(&c), before - 2);
+    assert!(c.ctl(&["release", "psql"]).status.success());
+    assert_eq!(usable(&c), before);
+}
+
+#[test]
+fn check_prints_the_plan_and_fails_when_minimums_cannot_fit() {
+    let ok = "[database]\nurl = \"postgres://u:pw@db.example.com/x\"\npreset = \"free\"\n\n\
+              [jobs.a]\ncommand = [\"true\"]\nconnections = { min = 20, max = 30 }\n";
+    let (_dir, config, _) = crate::harness::setup(ok);
+    let out = std::process::Command::new(crate::harness::bin()).args(["check", "-c"]).arg(&config).output().unwrap();
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}{}", stderr(&out));
+    // The Supabase free plan: 60 - 6 (10%) - 5 ad hoc - 1 corral = 48.
+    assert!(text.contains("usable for jobs      48"), "{text}");
+    assert!(!text.contains("pw@"), "password printed: {text}");
+
+    let too_big = ok.replace("min = 20, max = 30", "min = 49, max = 60");
+    let (_dir, config, _) = crate::harness::setup(&too_big);
+    let out = std::process::Command::new(crate::harness::bin()).args(["check", "-c"]).arg(&config).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("need at least 49 connections but only 48 are usable"), "{}", stderr(&out));
+}
