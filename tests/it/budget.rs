@@ -257,7 +257,7 @@ fn check_prints_the_plan_and_fails_when_minimums_cannot_fit() {
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(0), "{text}{}", stderr(&out));
     // The Supabase free plan: 60 - 6 (10%) - 5 ad hoc - 1 corral = 48.
-    assert!(text.contains("usable for jobs      48"), "{text}");
+    assert!(text.contains("usable for jobs    48"), "{text}");
     assert!(!text.contains("pw@"), "password printed: {text}");
 
     let too_big = ok.replace("min = 20, max = 30", "min = 49, max = 60");
