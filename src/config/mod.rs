@@ -288,3 +288,36 @@ pub fn socket_hint(path: &Path) -> Option<PathBuf> {
     let p = PathBuf::from(socket);
     Some(if p.is_relative() { path.parent().unwrap_or(Path::new(".")).join(p) } else { p })
 }
+
+#[cfg(test)]
+mod fuzz_tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        (name == "SET").then(|| "value".to_string())
+    }
+
+    proptest::proptest! {
+        /// Arbitrary text never panics the parser: it is a config or located errors.
+        #[test]
+        fn arbitrary_text_gives_config_or_errors(text in "\\PC{0,400}") {
+            if let Err(errs) = parse(Path::new("f.toml"), &text, &env) {
+                proptest::prop_assert!(!errs.0.is_empty());
+            }
+        }
+
+        /// Near-valid manifests (TOML-ish fragments glued together) never panic either.
+        #[test]
+        fn manifest_fragments_never_panic(parts in proptest::collection::vec(proptest::sample::select(vec![
+            "[supervisor]\n", "[jobs.a]\n", "[jobs.b]\n", "[database]\n", "[budget]\n", "[http]\n",
+            "command = [\"x\"]\n", "command = []\n", "command = \"x\"\n", "restart = \"always\"\n",
+            "restrat = 1\n", "backoff = { initial = \"1s\", max = \"0s\" }\n", "stop_timeout = \"10 parsecs\"\n",
+            "url = \"${SET}\"\n", "url = \"${UNSET}\"\n", "connections = { min = 3, max = 2 }\n", "connections = 0\n",
+            "env = { A = \"${UNSET:-d}\" }\n", "priority = 99999999999\n", "listen = 5\n", "scope = \"fleet\"\n",
+            "provider_reserve = \"150%\"\n", "max_connections = \"auto\"\n", "= =\n", "[[jobs]]\n", "\"\\u0000\" = 1\n",
+        ]), 0..12)) {
+            let text: String = parts.concat();
+            let _ = parse(Path::new("f.toml"), &text, &env);
+        }
+    }
+}
