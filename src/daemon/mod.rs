@@ -7,6 +7,8 @@
 
 mod budget;
 mod health;
+mod http;
+mod notify;
 mod server;
 mod supervisor;
 mod watch;
@@ -40,6 +42,8 @@ pub fn socket_path(config: &Config, flag: Option<&Path>) -> PathBuf {
 
 /// Run the supervisor until shutdown. Returns the process exit code.
 pub fn run(config: Config, socket: PathBuf) -> i32 {
+    // Before any thread exists: this removes NOTIFY_SOCKET from our environment.
+    let notifier = notify::Notifier::from_env();
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -56,6 +60,17 @@ pub fn run(config: Config, socket: PathBuf) -> i32 {
                 return 1;
             }
         };
+        let http_listener = match &config.http {
+            Some(h) => match http::bind(&h.listen).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    error!("{e}");
+                    let _ = std::fs::remove_file(&socket);
+                    return 1;
+                }
+            },
+            None => None,
+        };
         if init::is_pid1() {
             info!("running as PID 1: reaping every orphan in this namespace");
         } else if let Err(e) = init::become_subreaper() {
@@ -70,7 +85,14 @@ pub fn run(config: Config, socket: PathBuf) -> i32 {
                 None
             }
         };
-        let server = tokio::spawn(server::serve(listener, tx.clone(), logs.clone()));
+        let server = server::Server::spawn(listener, tx.clone(), logs.clone());
+        let http_server = http_listener.map(|l| {
+            if let Ok(addr) = l.local_addr() {
+                info!(%addr, "serving /health, /metrics and /status over HTTP");
+            }
+            tokio::spawn(http::serve(l, tx.clone()))
+        });
+        let has_database = config.database.is_some();
         info!(
             pid = std::process::id(),
             config = %config.path.display(),
@@ -79,9 +101,19 @@ pub fn run(config: Config, socket: PathBuf) -> i32 {
             "corral {} supervising",
             env!("CARGO_PKG_VERSION")
         );
-        let sup = supervisor::Supervisor::new(config, tx, logs);
-        let code = sup.run(rx, || {}).await;
-        server.abort();
+        let status_tx = tx.clone();
+        let sup = supervisor::Supervisor::new(config, tx, logs).with_notifier(notifier.clone());
+        let code = sup
+            .run(rx, move || {
+                notifier.ready();
+                notify::spawn_status(notifier, status_tx, has_database);
+            })
+            .await;
+        // Let replies in flight (the answer to `corral shutdown`) reach their clients.
+        server.finish().await;
+        if let Some(h) = http_server {
+            h.abort();
+        }
         let _ = std::fs::remove_file(&socket);
         code
     })

@@ -5,21 +5,31 @@
 //! slow, silent or hostile client only ever costs its own task. Requests are
 //! forwarded to the actor with a oneshot reply; `logs -f` is streamed from the
 //! log store without involving the actor.
+//!
+//! Shutdown (mini-redis style) is a broadcast and a drain: [`Server::finish`]
+//! stops accepting, tells every connection to close, and waits a bounded time
+//! for the answers already on their way, so `corral shutdown` gets its reply
+//! before the process exits.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use super::supervisor::{Event, EventTx};
 use crate::process::output::LogStore;
 use crate::protocol::{self, ErrorKind, Reply, Request, Response, MAX_REQUEST_LINE};
 
-/// A client that connects and sends nothing is answered and dropped after this.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client that connects and sends nothing is answered and dropped after
+/// this. Every corral client writes its request at once; only a stuck or
+/// hostile peer waits this long.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// At exit, how long answers already on their way get to reach their clients.
+const FLUSH_GRACE: Duration = Duration::from_secs(1);
 
 pub async fn bind(path: &Path, group: Option<&str>) -> Result<UnixListener, String> {
     if path.exists() {
@@ -79,67 +89,148 @@ async fn other_pid(s: &mut UnixStream) -> Option<u32> {
     tokio::time::timeout(Duration::from_secs(2), fut).await.ok().flatten()
 }
 
-pub async fn serve(listener: UnixListener, tx: EventTx, logs: LogStore) {
+/// The running control server.
+pub struct Server {
+    shutdown: watch::Sender<bool>,
+    /// Yields `None` once the accept loop and every connection task are gone:
+    /// each holds a clone of the sender.
+    done: mpsc::Receiver<()>,
+}
+
+impl Server {
+    pub fn spawn(listener: UnixListener, tx: EventTx, logs: LogStore) -> Server {
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (done_tx, done) = mpsc::channel(1);
+        tokio::spawn(serve(listener, tx, logs, shutdown_rx, done_tx));
+        Server { shutdown, done }
+    }
+
+    /// Stop accepting, close idle and following connections, and give replies
+    /// in flight (the answer to `shutdown` among them) a bounded time to be written.
+    pub async fn finish(mut self) {
+        let _ = self.shutdown.send(true);
+        let _ = tokio::time::timeout(FLUSH_GRACE, self.done.recv()).await;
+    }
+}
+
+async fn serve(
+    listener: UnixListener,
+    tx: EventTx,
+    logs: LogStore,
+    mut shutdown: watch::Receiver<bool>,
+    done: mpsc::Sender<()>,
+) {
     loop {
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                tokio::spawn(connection(stream, tx.clone(), logs.clone()));
-            }
-            Err(e) => {
-                // EMFILE and friends: back off briefly instead of spinning.
-                tracing::warn!("accept on control socket failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let conn = Connection { tx: tx.clone(), logs: logs.clone(), shutdown: shutdown.clone(), _done: done.clone() };
+                    tokio::spawn(conn.run(stream));
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!("accept on control socket failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
         }
     }
 }
 
-async fn connection(stream: UnixStream, tx: EventTx, logs: LogStore) {
-    let (read, mut write) = stream.into_split();
-    let mut reader = BufReader::new(read);
-    let mut buf = Vec::new();
-    loop {
-        buf.clear();
-        let read = tokio::time::timeout(IDLE_TIMEOUT, read_line_limited(&mut reader, &mut buf)).await;
-        let resp = match read {
-            Err(_) => {
-                let r = Response::err(ErrorKind::BadRequest, "timed out waiting for a request");
-                let _ = write.write_all(protocol::encode_response(&r).as_bytes()).await;
+/// What one connection task holds.
+struct Connection {
+    tx: EventTx,
+    logs: LogStore,
+    shutdown: watch::Receiver<bool>,
+    /// Dropped with the task: tells [`Server::finish`] this connection is done.
+    _done: mpsc::Sender<()>,
+}
+
+impl Connection {
+    async fn run(mut self, stream: UnixStream) {
+        let (read, mut write) = stream.into_split();
+        let mut reader = BufReader::new(read);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            let read = tokio::select! {
+                r = tokio::time::timeout(IDLE_TIMEOUT, read_line_limited(&mut reader, &mut buf)) => r,
+                _ = self.shutdown.changed() => {
+                    let r = Response::err(ErrorKind::ShuttingDown, "supervisor is shutting down");
+                    let _ = write.write_all(protocol::encode_response(&r).as_bytes()).await;
+                    return;
+                }
+            };
+            let resp = match read {
+                Err(_) => {
+                    let r = Response::err(ErrorKind::BadRequest, "timed out waiting for a request");
+                    let _ = write.write_all(protocol::encode_response(&r).as_bytes()).await;
+                    return;
+                }
+                Ok(Err(_)) | Ok(Ok(LineRead::Eof)) => return,
+                Ok(Ok(LineRead::TooLong)) => {
+                    let r = Response::err(ErrorKind::BadRequest, format!("request longer than {MAX_REQUEST_LINE} bytes"));
+                    let _ = write.write_all(protocol::encode_response(&r).as_bytes()).await;
+                    return;
+                }
+                Ok(Ok(LineRead::Line)) => match protocol::decode_request(&buf) {
+                    Err(r) => r,
+                    Ok(Request::Logs { job, lines, follow }) => {
+                        let check = ask(&self.tx, Request::Logs { job: job.clone(), lines, follow }).await;
+                        if !check.ok {
+                            check
+                        } else {
+                            let (tail, rx) = self.logs.tail(&job, lines, follow);
+                            let r = Response::ok(Reply::Logs { lines: tail });
+                            if write.write_all(protocol::encode_response(&r).as_bytes()).await.is_err() {
+                                return;
+                            }
+                            if let Some(rx) = rx {
+                                self.follow_logs(rx, reader, write).await;
+                                return;
+                            }
+                            continue;
+                        }
+                    }
+                    Ok(req) => ask(&self.tx, req).await,
+                },
+            };
+            if write.write_all(protocol::encode_response(&resp).as_bytes()).await.is_err() {
                 return;
             }
-            Ok(Err(_)) | Ok(Ok(LineRead::Eof)) => return,
-            Ok(Ok(LineRead::TooLong)) => {
-                let r = Response::err(
-                    ErrorKind::BadRequest,
-                    format!("request longer than {MAX_REQUEST_LINE} bytes"),
-                );
-                let _ = write.write_all(protocol::encode_response(&r).as_bytes()).await;
-                return;
-            }
-            Ok(Ok(LineRead::Line)) => match protocol::decode_request(&buf) {
-                Err(r) => r,
-                Ok(Request::Logs { job, lines, follow }) => {
-                    let check = ask(&tx, Request::Logs { job: job.clone(), lines, follow }).await;
-                    if !check.ok {
-                        check
-                    } else {
-                        let (tail, rx) = logs.tail(&job, lines, follow);
-                        let r = Response::ok(Reply::Logs { lines: tail });
+        }
+    }
+
+    /// Stream new lines until the client hangs up (its read half reaches EOF,
+    /// even when the job prints nothing) or the supervisor exits.
+    async fn follow_logs(
+        mut self,
+        mut rx: broadcast::Receiver<crate::protocol::LogLine>,
+        mut reader: BufReader<OwnedReadHalf>,
+        mut write: OwnedWriteHalf,
+    ) {
+        let mut scratch = [0u8; 512];
+        loop {
+            tokio::select! {
+                line = rx.recv() => match line {
+                    Ok(line) => {
+                        let r = Response::ok(Reply::Log(line));
                         if write.write_all(protocol::encode_response(&r).as_bytes()).await.is_err() {
                             return;
                         }
-                        if let Some(rx) = rx {
-                            follow_logs(rx, &mut write).await;
-                            return;
-                        }
-                        continue;
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                // Anything a follower sends is ignored; EOF or an error means it is gone.
+                n = reader.read(&mut scratch) => {
+                    if !matches!(n, Ok(n) if n > 0) {
+                        return;
                     }
                 }
-                Ok(req) => ask(&tx, req).await,
-            },
-        };
-        if write.write_all(protocol::encode_response(&resp).as_bytes()).await.is_err() {
-            return;
+                _ = self.shutdown.changed() => return,
+            }
         }
     }
 }
@@ -150,21 +241,6 @@ async fn ask(tx: &EventTx, req: Request) -> Response {
         return Response::err(ErrorKind::ShuttingDown, "supervisor is shutting down");
     }
     reply_rx.await.unwrap_or_else(|_| Response::err(ErrorKind::ShuttingDown, "supervisor is shutting down"))
-}
-
-async fn follow_logs(mut rx: broadcast::Receiver<crate::protocol::LogLine>, write: &mut tokio::net::unix::OwnedWriteHalf) {
-    loop {
-        match rx.recv().await {
-            Ok(line) => {
-                let r = Response::ok(Reply::Log(line));
-                if write.write_all(protocol::encode_response(&r).as_bytes()).await.is_err() {
-                    return;
-                }
-            }
-            Err(broadcast::error::RecvError::Lagged(_)) => continue,
-            Err(broadcast::error::RecvError::Closed) => return,
-        }
-    }
 }
 
 enum LineRead {

@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use super::budget::{Budget, JobView};
 use super::health::{self, DbReport, ProbeCmd};
+use super::notify::Notifier;
 use crate::config::{self, Config, Enforce, JobConfig, OnDuplicate, OrphanPolicy};
 use crate::db::{self, Probe};
 use crate::job::machine::{self, describe_exit};
@@ -32,6 +33,8 @@ use crate::protocol::{
 
 /// How long leftovers of an exited job or sweep get between SIGTERM and SIGKILL.
 const ORPHAN_GRACE: Duration = Duration::from_secs(3);
+/// At exit, how long job output readers get to reach EOF.
+const OUTPUT_DRAIN: Duration = Duration::from_millis(500);
 /// Editors save in bursts (write temp, rename, chmod): wait for quiet.
 const RELOAD_DEBOUNCE: Duration = Duration::from_millis(200);
 /// A process snapshot younger than this is reused for duplicate checks, so
@@ -108,6 +111,8 @@ pub struct Supervisor {
     probe: Option<Arc<Probe>>,
     probe_cmd: Option<mpsc::UnboundedSender<ProbeCmd>>,
     queue: VecDeque<(String, Input)>,
+    /// systemd's notification socket (SPEC §9); disabled unless set.
+    notify: Notifier,
 }
 
 impl Supervisor {
@@ -134,9 +139,16 @@ impl Supervisor {
             probe: None,
             probe_cmd: None,
             queue: VecDeque::new(),
+            notify: Notifier::default(),
         };
         sup.setup_budget();
         sup
+    }
+
+    /// Tell systemd about reloads and shutdown through `notify`.
+    pub fn with_notifier(mut self, notify: Notifier) -> Supervisor {
+        self.notify = notify;
+        self
     }
 
     /// With a `[database]`: the budget and corral's own connection (SPEC §5, §6).
@@ -189,7 +201,8 @@ impl Supervisor {
         let mut interrupts = 0;
         loop {
             tokio::select! {
-                biased;
+                // Not biased: under a crash storm SIGCHLD is nearly always
+                // pending and would starve timers and control requests.
                 _ = sigchld.recv() => self.reap(),
                 _ = sigterm.recv() => self.begin_shutdown("SIGTERM"),
                 _ = sigint.recv() => {
@@ -205,7 +218,16 @@ impl Supervisor {
                     info!("SIGHUP: reloading config");
                     let _ = self.reload(false);
                 }
-                Some(ev) = events.recv() => self.handle(ev),
+                Some(ev) = events.recv() => {
+                    self.handle(ev);
+                    // Drain what is already queued (bounded) before the next select.
+                    for _ in 0..256 {
+                        match events.try_recv() {
+                            Ok(ev) => self.handle(ev),
+                            Err(_) => break,
+                        }
+                    }
+                }
             }
             self.settle_waiters();
             if self.shutting_down && self.jobs.values().all(|j| !j.m.state.is_live()) {
@@ -213,6 +235,9 @@ impl Supervisor {
             }
         }
         self.finish_shutdown();
+        // Jobs and orphans are gone: print what they wrote last before the
+        // runtime (and with it the reader tasks) is dropped.
+        self.logs.drain(OUTPUT_DRAIN).await;
         0
     }
 
@@ -440,14 +465,12 @@ impl Supervisor {
         for (pid, exit) in reaper::reap() {
             match self.by_pid.remove(&pid) {
                 Some(name) => {
-                    if let Some(job) = self.jobs.get(&name) {
-                        let up = job.started_at.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0);
-                        info!(job = %name, pid, uptime_s = format!("{up:.1}"), "exited: {}", describe_exit(exit));
-                    }
+                    let uptime = self.jobs.get(&name).and_then(|j| j.started_at).map(|t| t.elapsed()).unwrap_or_default();
+                    info!(job = %name, pid, uptime_s = format!("{:.1}", uptime.as_secs_f64()), "exited: {}", describe_exit(exit));
                     if let Some(b) = self.budget.as_mut() {
                         b.exited(&name);
                     }
-                    self.feed(&name, Input::Exited(exit));
+                    self.feed(&name, Input::Exited(exit, uptime));
                     self.rebalance();
                 }
                 None => self.zombies_reaped += 1,
@@ -517,6 +540,7 @@ impl Supervisor {
         }
         info!("{why}: stopping all jobs");
         self.shutting_down = true;
+        self.notify.stopping();
         // Stop inputs signal every group at once, so jobs stop in parallel.
         let names: Vec<String> = self.jobs.keys().cloned().collect();
         for name in names {
@@ -743,7 +767,19 @@ impl Supervisor {
 
     // ----- reload (SPEC §8) -----
 
+    /// A reload, framed for systemd by RELOADING=1 and READY=1 (also when the
+    /// new file is rejected: the old config keeps running, so we are ready).
     fn reload(&mut self, dry_run: bool) -> Response {
+        if dry_run {
+            return self.apply_reload(true);
+        }
+        self.notify.reloading();
+        let resp = self.apply_reload(false);
+        self.notify.ready();
+        resp
+    }
+
+    fn apply_reload(&mut self, dry_run: bool) -> Response {
         let path: PathBuf = self.config.path.clone();
         let new = match config::load(&path) {
             Ok(c) => c,

@@ -117,8 +117,10 @@ pub enum Input {
     SpawnFailed { error: String },
     /// The start is held back (lock, duplicate, budget); retried later.
     Blocked { reason: String },
-    /// The reaper collected the job's main process.
-    Exited(Exit),
+    /// The reaper collected the job's main process, which ran for `uptime`.
+    /// Uptime (not only the Healthy timer) decides whether the start counted:
+    /// under load the exit can be processed before the timer event.
+    Exited(Exit, Duration),
     Timer { kind: TimerKind, epoch: u64 },
     /// Second Ctrl-C: no more grace.
     KillNow,
@@ -234,7 +236,13 @@ pub fn step(job: &mut Job, policy: &Policy, input: Input, jitter: f64) -> Vec<Ef
             job.reason = Some(reason);
             fx.push(Effect::ArmTimer { kind: TimerKind::RetryWait, after: RETRY_WAIT, epoch: job.epoch });
         }
-        Input::Exited(exit) => on_exit(job, policy, exit, jitter, &mut fx),
+        Input::Exited(exit, uptime) => {
+            if job.state == State::Starting && job.pid.is_some() && uptime >= policy.healthy_after {
+                job.state = State::Running;
+                job.failures = 0;
+            }
+            on_exit(job, policy, exit, jitter, &mut fx)
+        }
         Input::Timer { kind, epoch } => {
             if epoch != job.epoch {
                 return fx;
@@ -387,7 +395,7 @@ mod tests {
         let mut j = started(&p);
         let mut delays = vec![];
         for _ in 0..2 {
-            let fx = step(&mut j, &p, Input::Exited(Exit::Code(1)), 0.0);
+            let fx = step(&mut j, &p, Input::Exited(Exit::Code(1), Duration::ZERO), 0.0);
             assert_eq!(j.state, State::Backoff);
             let (after, epoch) = fx
                 .iter()
@@ -401,7 +409,7 @@ mod tests {
             step(&mut j, &p, Input::Spawned { pid: 43 }, 0.0);
         }
         assert!(delays[1] > delays[0]);
-        let fx = step(&mut j, &p, Input::Exited(Exit::Code(1)), 0.0);
+        let fx = step(&mut j, &p, Input::Exited(Exit::Code(1), Duration::ZERO), 0.0);
         assert_eq!(j.state, State::Fatal);
         assert!(fx.contains(&Effect::Release));
         assert!(j.reason.as_deref().unwrap().contains("3 failed starts"));
@@ -414,7 +422,7 @@ mod tests {
     fn healthy_run_resets_failures() {
         let p = policy();
         let mut j = started(&p);
-        step(&mut j, &p, Input::Exited(Exit::Code(1)), 0.0);
+        step(&mut j, &p, Input::Exited(Exit::Code(1), Duration::ZERO), 0.0);
         let e = j.epoch;
         step(&mut j, &p, Input::Timer { kind: TimerKind::Backoff, epoch: e }, 0.0);
         step(&mut j, &p, Input::Spawned { pid: 7 }, 0.0);
@@ -422,7 +430,7 @@ mod tests {
         let e = j.epoch;
         step(&mut j, &p, Input::Timer { kind: TimerKind::Healthy, epoch: e }, 0.0);
         assert_eq!((j.state, j.failures), (State::Running, 0));
-        let fx = step(&mut j, &p, Input::Exited(Exit::Signal(libc::SIGSEGV)), 0.0);
+        let fx = step(&mut j, &p, Input::Exited(Exit::Signal(libc::SIGSEGV), Duration::ZERO), 0.0);
         assert!(fx.contains(&Effect::ArmTimer { kind: TimerKind::Backoff, after: Duration::from_secs(1), epoch: j.epoch }));
     }
 
@@ -431,7 +439,7 @@ mod tests {
         let mut p = policy();
         p.success_codes = vec![0, 3];
         let mut j = started(&p);
-        step(&mut j, &p, Input::Exited(Exit::Code(3)), 0.0);
+        step(&mut j, &p, Input::Exited(Exit::Code(3), Duration::ZERO), 0.0);
         assert_eq!(j.state, State::Exited);
         assert_eq!(j.failures, 0);
     }
@@ -441,7 +449,7 @@ mod tests {
         let mut p = policy();
         p.restart = RestartPolicy::Never;
         let mut j = started(&p);
-        step(&mut j, &p, Input::Exited(Exit::Code(9)), 0.0);
+        step(&mut j, &p, Input::Exited(Exit::Code(9), Duration::ZERO), 0.0);
         assert_eq!(j.state, State::Exited);
     }
 
@@ -451,7 +459,7 @@ mod tests {
         p.backoff.initial = Duration::ZERO;
         p.restart = RestartPolicy::Always;
         let mut j = started(&p);
-        let fx = step(&mut j, &p, Input::Exited(Exit::Code(0)), 0.0);
+        let fx = step(&mut j, &p, Input::Exited(Exit::Code(0), Duration::ZERO), 0.0);
         assert!(fx.contains(&Effect::Spawn));
         assert_eq!(j.state, State::Starting);
     }
@@ -465,7 +473,7 @@ mod tests {
         let e = j.epoch;
         let fx = step(&mut j, &p, Input::Timer { kind: TimerKind::StopTimeout, epoch: e }, 0.0);
         assert_eq!(fx, vec![Effect::Signal { pgid: 42, signal: libc::SIGKILL }]);
-        step(&mut j, &p, Input::Exited(Exit::Signal(libc::SIGKILL)), 0.0);
+        step(&mut j, &p, Input::Exited(Exit::Signal(libc::SIGKILL), Duration::ZERO), 0.0);
         assert_eq!(j.state, State::Stopped);
     }
 
@@ -475,7 +483,7 @@ mod tests {
         let mut j = started(&p);
         step(&mut j, &p, Input::Restart, 0.0);
         assert_eq!(j.state, State::Stopping);
-        let fx = step(&mut j, &p, Input::Exited(Exit::Signal(libc::SIGTERM)), 0.0);
+        let fx = step(&mut j, &p, Input::Exited(Exit::Signal(libc::SIGTERM), Duration::ZERO), 0.0);
         assert!(fx.contains(&Effect::Spawn));
         assert_eq!(j.state, State::Starting);
     }
@@ -486,7 +494,7 @@ mod tests {
         let mut j = started(&p);
         let old = j.epoch;
         step(&mut j, &p, Input::Stop, 0.0);
-        step(&mut j, &p, Input::Exited(Exit::Code(0)), 0.0);
+        step(&mut j, &p, Input::Exited(Exit::Code(0), Duration::ZERO), 0.0);
         assert!(step(&mut j, &p, Input::Timer { kind: TimerKind::Healthy, epoch: old }, 0.0).is_empty());
         assert_eq!(j.state, State::Stopped);
     }
@@ -504,9 +512,9 @@ mod tests {
                 Input::Spawned { pid: 9 },
                 Input::SpawnFailed { error: "ENOENT".into() },
                 Input::Blocked { reason: "lock".into() },
-                Input::Exited(Exit::Code(1)),
-                Input::Exited(Exit::Code(0)),
-                Input::Exited(Exit::Signal(9)),
+                Input::Exited(Exit::Code(1), Duration::ZERO),
+                Input::Exited(Exit::Code(0), Duration::ZERO),
+                Input::Exited(Exit::Signal(9), Duration::ZERO),
                 Input::KillNow,
                 Input::Timer { kind: TimerKind::Healthy, epoch },
                 Input::Timer { kind: TimerKind::Backoff, epoch },

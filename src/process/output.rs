@@ -32,6 +32,9 @@ struct JobLog {
 #[derive(Clone, Default)]
 pub struct LogStore {
     inner: Arc<Mutex<HashMap<String, JobLog>>>,
+    /// Reader tasks still running, so shutdown can print a job's last lines
+    /// (written just before it exited) before the runtime is dropped.
+    readers: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
 
 impl LogStore {
@@ -60,6 +63,24 @@ impl LogStore {
         (lines, rx)
     }
 
+    fn track(&self, reader: tokio::task::JoinHandle<()>) {
+        let mut readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
+        readers.retain(|r| !r.is_finished());
+        readers.push(reader);
+    }
+
+    /// Wait up to `timeout` for every reader to reach EOF (all writers gone).
+    /// A pipe held open by a surviving orphan only costs the timeout.
+    pub async fn drain(&self, timeout: std::time::Duration) {
+        let readers = std::mem::take(&mut *self.readers.lock().unwrap_or_else(|e| e.into_inner()));
+        let _ = tokio::time::timeout(timeout, async {
+            for r in readers {
+                let _ = r.await;
+            }
+        })
+        .await;
+    }
+
     pub fn forget(&self, job: &str) {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).remove(job);
     }
@@ -70,7 +91,8 @@ pub fn start_reader(fd: OwnedFd, job: String, stream: &'static str, format: LogF
     let Ok(pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
         return;
     };
-    tokio::spawn(async move {
+    let tracker = store.clone();
+    let reader = tokio::spawn(async move {
         let mut reader = BufReader::with_capacity(8192, pipe);
         let mut buf = Vec::with_capacity(256);
         loop {
@@ -88,6 +110,7 @@ pub fn start_reader(fd: OwnedFd, job: String, stream: &'static str, format: LogF
             store.push(line);
         }
     });
+    tracker.track(reader);
 }
 
 /// Like `read_until(b'\n')` but stops collecting after MAX_LINE_BYTES, then

@@ -5,7 +5,7 @@
 //! exit can never be collected before we know whose it is.
 
 use nix::errno::Errno;
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use crate::job::Exit;
@@ -29,9 +29,12 @@ pub fn reap() -> Vec<(i32, Exit)> {
 }
 
 /// Whether this process has any child left (used by the final PID-1 sweep).
+/// `waitid`, not `waitpid`: wait4(2) rejects WNOWAIT/WEXITED with EINVAL,
+/// which read as "children left" and made every final sweep wait its full
+/// grace and SIGKILL an empty namespace. WNOWAIT leaves a zombie for `reap`.
 pub fn has_children() -> bool {
     !matches!(
-        waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT | WaitPidFlag::WEXITED)),
+        waitid(Id::All, WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT | WaitPidFlag::WEXITED),
         Err(Errno::ECHILD)
     )
 }

@@ -6,5 +6,8 @@ mod pg;
 
 mod budget;
 mod config_errors;
+mod control;
 mod core;
+mod integration;
 mod pid1;
+mod reload;

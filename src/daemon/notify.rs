@@ -1,0 +1,318 @@
+//! The systemd notification protocol (SPEC §9), without libsystemd: a few
+//! datagrams to `$NOTIFY_SOCKET`.
+//!
+//! Owns the socket and the status/watchdog task. Sends `READY=1` once the
+//! autostart jobs are launched, `RELOADING=1` (with `MONOTONIC_USEC`) and
+//! `READY=1` around a reload, `STOPPING=1` when shutdown begins, a one-line
+//! `STATUS=` at most once a second when it changed, and `WATCHDOG=1` at half of
+//! `$WATCHDOG_USEC`. The watchdog ping is sent only after the actor answered a
+//! status request, so a hung actor stops the pings and systemd restarts us.
+//! Everything is a no-op when `$NOTIFY_SOCKET` is unset. It never touches job
+//! state: it only asks the actor, like any client.
+
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+use tracing::{debug, warn};
+
+use super::supervisor::{Event, EventTx};
+use crate::protocol::{Reply, Request, StatusReport};
+
+/// `STATUS=` is recomputed at most this often.
+const STATUS_EVERY: Duration = Duration::from_secs(1);
+
+/// A handle on systemd's notification socket; cheap to clone. The default
+/// value is disabled and sends nothing.
+#[derive(Clone, Default)]
+pub struct Notifier {
+    inner: Option<Arc<Inner>>,
+    /// Half of `$WATCHDOG_USEC`, when the watchdog is enabled for us.
+    watchdog: Option<Duration>,
+}
+
+struct Inner {
+    sock: UnixDatagram,
+    addr: SocketAddr,
+}
+
+impl Notifier {
+    /// Read `$NOTIFY_SOCKET`, `$WATCHDOG_USEC` and `$WATCHDOG_PID`, then remove
+    /// them from the environment so jobs do not inherit them: a job that speaks
+    /// sd_notify itself would otherwise talk to systemd on our behalf (refused
+    /// under `NotifyAccess=main`, believed under `all`). Call it before any
+    /// other thread exists, since it changes the process environment.
+    pub fn from_env() -> Notifier {
+        let socket = std::env::var_os("NOTIFY_SOCKET");
+        let usec = std::env::var("WATCHDOG_USEC").ok();
+        let wd_pid = std::env::var("WATCHDOG_PID").ok();
+        for var in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] {
+            std::env::remove_var(var);
+        }
+        let Some(socket) = socket else { return Notifier::default() };
+        let inner = match open(socket.as_bytes()) {
+            Ok(inner) => inner,
+            Err(e) => {
+                warn!("NOTIFY_SOCKET={}: {e}; systemd will not hear from corral", socket.to_string_lossy());
+                return Notifier::default();
+            }
+        };
+        Notifier { inner: Some(Arc::new(inner)), watchdog: watchdog_interval(usec.as_deref(), wd_pid.as_deref(), std::process::id()) }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.inner.is_some()
+    }
+
+    pub fn ready(&self) {
+        self.send("READY=1");
+    }
+
+    /// Before a reload; follow with [`Notifier::ready`] when it is done.
+    pub fn reloading(&self) {
+        if self.enabled() {
+            self.send(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
+        }
+    }
+
+    pub fn stopping(&self) {
+        self.send("STOPPING=1");
+    }
+
+    pub fn status(&self, line: &str) {
+        if self.enabled() {
+            // One line: a newline would start another assignment.
+            self.send(&format!("STATUS={}", line.replace('\n', " ")));
+        }
+    }
+
+    fn watchdog_ping(&self) {
+        self.send("WATCHDOG=1");
+    }
+
+    fn send(&self, msg: &str) {
+        let Some(inner) = &self.inner else { return };
+        // Non-blocking: a full queue at systemd loses a message, never stalls the actor.
+        match inner.sock.send_to_addr(msg.as_bytes(), &inner.addr) {
+            Ok(_) => debug!("sd_notify: {}", msg.replace('\n', " ")),
+            Err(e) => warn!("sd_notify {:?} failed: {e}", msg.lines().next().unwrap_or("")),
+        }
+    }
+}
+
+fn open(path: &[u8]) -> std::io::Result<Inner> {
+    let addr = match path.first() {
+        Some(b'/') => SocketAddr::from_pathname(std::ffi::OsStr::from_bytes(path))?,
+        Some(b'@') => {
+            use std::os::linux::net::SocketAddrExt;
+            SocketAddr::from_abstract_name(&path[1..])?
+        }
+        _ => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "only absolute paths and @abstract sockets are supported",
+            ))
+        }
+    };
+    let sock = UnixDatagram::unbound()?;
+    sock.set_nonblocking(true)?;
+    Ok(Inner { sock, addr })
+}
+
+/// Half of `WATCHDOG_USEC`, as `sd_watchdog_enabled` decides: unset, zero or
+/// unparsable means off, and a `WATCHDOG_PID` naming another process means the
+/// watchdog is not ours.
+fn watchdog_interval(usec: Option<&str>, pid: Option<&str>, own_pid: u32) -> Option<Duration> {
+    let usec: u64 = usec?.trim().parse().ok().filter(|&u| u > 0)?;
+    if let Some(pid) = pid {
+        if pid.trim().parse::<u32>().ok() != Some(own_pid) {
+            return None;
+        }
+    }
+    Some(Duration::from_micros(usec / 2))
+}
+
+/// CLOCK_MONOTONIC in microseconds, as systemd expects with `RELOADING=1`.
+fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime only writes the timespec we pass it.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } != 0 {
+        return 0;
+    }
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
+}
+
+/// Start the task that keeps `STATUS=` current and pings the watchdog. Call
+/// from inside the runtime, once the actor's loop is about to run.
+pub fn spawn_status(notifier: Notifier, tx: EventTx, has_database: bool) {
+    if !notifier.enabled() {
+        return;
+    }
+    let tick = notifier.watchdog.map_or(STATUS_EVERY, |w| w.min(STATUS_EVERY)).max(Duration::from_millis(1));
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(tick);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_line = String::new();
+        let mut last_at: Option<Instant> = None;
+        loop {
+            interval.tick().await;
+            // The answer is the proof of life: no answer within a tick, no ping.
+            let status = match ask(&tx, Request::Status { jobs: Vec::new() }, tick).await {
+                Asked::Gone => return,
+                Asked::Late => continue,
+                Asked::Answer(Reply::Status(s)) => s,
+                Asked::Answer(_) => continue,
+            };
+            if notifier.watchdog.is_some() {
+                notifier.watchdog_ping();
+            }
+            if last_at.is_some_and(|t| t.elapsed() < STATUS_EVERY) {
+                continue;
+            }
+            last_at = Some(Instant::now());
+            let budget = if has_database {
+                match ask(&tx, Request::Budget, tick).await {
+                    Asked::Answer(Reply::Budget(b)) => Some(b),
+                    _ => None,
+                }
+            } else {
+                None
+            };
+            let line = summary(&status, budget.as_ref());
+            if line != last_line {
+                notifier.status(&line);
+                last_line = line;
+            }
+        }
+    });
+}
+
+enum Asked {
+    Answer(Reply),
+    /// No answer in time (the actor is busy or hung), or an error reply.
+    Late,
+    /// The actor is gone.
+    Gone,
+}
+
+async fn ask(tx: &EventTx, req: Request, within: Duration) -> Asked {
+    let (reply_tx, reply_rx) = oneshot::channel();
+    if tx.send(Event::Request(req, reply_tx)).is_err() {
+        return Asked::Gone;
+    }
+    match tokio::time::timeout(within, reply_rx).await {
+        Ok(Ok(resp)) => resp.result.map_or(Asked::Late, Asked::Answer),
+        Ok(Err(_)) => Asked::Gone,
+        Err(_) => Asked::Late,
+    }
+}
+
+/// The one-line `STATUS=`: "3/3 jobs running, budget 21/48".
+pub fn summary(status: &StatusReport, budget: Option<&serde_json::Value>) -> String {
+    let total = status.jobs.len();
+    let count = |state: &str| status.jobs.iter().filter(|j| j.state == state).count();
+    let mut line = format!("{}/{total} jobs running", count("running"));
+    for state in ["starting", "backoff", "waiting", "fatal"] {
+        let n = count(state);
+        if n > 0 {
+            line.push_str(&format!(", {n} {state}"));
+        }
+    }
+    if let Some(b) = budget {
+        let num = |k: &str| b.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+        line.push_str(&format!(", budget {}/{}", num("granted"), num("usable")));
+        if b.pointer("/database/healthy").and_then(|v| v.as_bool()) == Some(false) {
+            line.push_str(", database unhealthy");
+        }
+    }
+    if status.config_error.is_some() {
+        line.push_str(", config reload rejected (see corral status)");
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{JobStatus, SupervisorInfo};
+
+    fn job(name: &str, state: &str) -> JobStatus {
+        JobStatus {
+            name: name.into(),
+            state: state.into(),
+            pid: None,
+            uptime_s: None,
+            restarts: 0,
+            last_exit: None,
+            quota: None,
+            connections: None,
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn summary_counts_running_jobs_and_budget() {
+        let st = StatusReport {
+            jobs: vec![job("a", "running"), job("b", "running"), job("c", "fatal")],
+            config_error: None,
+            supervisor: SupervisorInfo::default(),
+        };
+        assert_eq!(summary(&st, None), "2/3 jobs running, 1 fatal");
+        let b = serde_json::json!({"granted": 21, "usable": 48, "database": {"healthy": true}});
+        assert_eq!(summary(&st, Some(&b)), "2/3 jobs running, 1 fatal, budget 21/48");
+        let st = StatusReport { config_error: Some("x".into()), jobs: vec![], ..st };
+        let b = serde_json::json!({"granted": 0, "usable": 48, "database": {"healthy": false}});
+        assert_eq!(
+            summary(&st, Some(&b)),
+            "0/0 jobs running, budget 0/48, database unhealthy, config reload rejected (see corral status)"
+        );
+    }
+
+    #[test]
+    fn watchdog_interval_is_half_and_only_ours() {
+        assert_eq!(watchdog_interval(Some("400000"), None, 7), Some(Duration::from_millis(200)));
+        assert_eq!(watchdog_interval(Some("400000"), Some("7"), 7), Some(Duration::from_millis(200)));
+        assert_eq!(watchdog_interval(Some("400000"), Some("8"), 7), None);
+        assert_eq!(watchdog_interval(Some("0"), None, 7), None);
+        assert_eq!(watchdog_interval(Some("soon"), None, 7), None);
+        assert_eq!(watchdog_interval(None, None, 7), None);
+    }
+
+    #[test]
+    fn messages_reach_a_bound_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify.sock");
+        let rx = UnixDatagram::bind(&path).unwrap();
+        let n = Notifier { inner: Some(Arc::new(open(path.as_os_str().as_bytes()).unwrap())), watchdog: None };
+        n.ready();
+        n.reloading();
+        n.status("a\nb");
+        let mut buf = [0u8; 256];
+        let mut next = || {
+            let len = rx.recv(&mut buf).unwrap();
+            String::from_utf8_lossy(&buf[..len]).into_owned()
+        };
+        assert_eq!(next(), "READY=1");
+        let reload = next();
+        assert!(reload.starts_with("RELOADING=1\nMONOTONIC_USEC="), "{reload}");
+        assert!(reload.rsplit('=').next().unwrap().parse::<u64>().unwrap() > 0);
+        assert_eq!(next(), "STATUS=a b");
+    }
+
+    #[test]
+    fn disabled_notifier_sends_nothing() {
+        let n = Notifier::default();
+        assert!(!n.enabled());
+        n.ready();
+        n.stopping();
+    }
+
+    #[test]
+    fn relative_socket_paths_are_refused() {
+        assert!(open(b"relative.sock").is_err());
+        assert!(open(b"").is_err());
+        assert!(open(b"@corral-test-abstract").is_ok());
+    }
+}
