@@ -144,7 +144,6 @@ pub fn run_client(cli: &Cli) -> i32 {
         Command::Shutdown { json } => (Request::Shutdown, *json),
     };
     let socket = client_socket(cli.socket.as_deref(), &config_path);
-    let follow = matches!(request, Request::Logs { follow: true, .. });
     let result = client::call(&socket, &request, |resp| {
         // Streamed log lines arrive one response at a time.
         render::response(&request, resp, json);
@@ -155,10 +154,7 @@ pub fn run_client(cli: &Cli) -> i32 {
             eprintln!("  hint: start one with `corral run`, or point to its socket with -s PATH or $CORRAL_SOCKET");
             EXIT_NO_DAEMON
         }
-        Ok(last) => {
-            let _ = follow;
-            exit_code(&request, &last)
-        }
+        Ok(last) => exit_code(&request, &last),
     }
 }
 

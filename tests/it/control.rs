@@ -64,7 +64,7 @@ fn socket_fds(pid: i32) -> usize {
 
 const SLEEPER: &str = r#"
 [jobs.alpha]
-command = ["sleep", "100000"]
+command = ["sh", "-c", "exec sleep 100000", "{dir}"]
 healthy_after = "0s"
 "#;
 
@@ -75,11 +75,11 @@ fn status_table_has_aligned_columns_and_status_job_selects_rows() {
     let c = Corral::start(
         r#"
 [jobs.alpha]
-command = ["sleep", "100000"]
+command = ["sh", "-c", "exec sleep 100000", "{dir}"]
 healthy_after = "0s"
 
 [jobs.a_much_longer_job_name]
-command = ["sleep", "100000"]
+command = ["sh", "-c", "exec sleep 100000", "{dir}"]
 autostart = false
 
 [jobs.quitter]
@@ -152,11 +152,11 @@ fn status_json_has_exactly_the_spec_field_names() {
     let c = Corral::start(
         r#"
 [jobs.alpha]
-command = ["sleep", "100000"]
+command = ["sh", "-c", "exec sleep 100000", "{dir}"]
 healthy_after = "0s"
 
 [jobs.idle]
-command = ["sleep", "100000"]
+command = ["sh", "-c", "exec sleep 100000", "{dir}"]
 autostart = false
 
 [jobs.quitter]
@@ -213,7 +213,7 @@ fn stop_returns_only_once_the_job_is_stopped_and_start_restart_give_new_pids() {
     let c = Corral::start(
         r#"
 [jobs.slowstop]
-command = ["sh", "-c", "trap 'sleep 0.4; exit 0' TERM; while :; do sleep 0.05; done"]
+command = ["sh", "-c", "trap 'sleep 0.4; exit 0' TERM; while :; do sleep 0.05; done", "{dir}"]
 healthy_after = "0s"
 "#,
     );
@@ -297,7 +297,7 @@ fn logs_n_prints_the_last_n_lines() {
     let c = Corral::start(
         r#"
 [jobs.counter]
-command = ["sh", "-c", "seq 1 100; exec sleep 100000"]
+command = ["sh", "-c", "seq 1 100; exec sleep 100000", "{dir}"]
 "#,
     );
     assert!(
@@ -341,7 +341,7 @@ fn logs_follow_streams_new_lines() {
     let c = Corral::start(
         r#"
 [jobs.ticker]
-command = ["sh", "-c", "i=0; while :; do i=$((i+1)); echo tick $i; sleep 0.05; done"]
+command = ["sh", "-c", "i=0; while :; do i=$((i+1)); echo tick $i; sleep 0.05; done", "{dir}"]
 "#,
     );
     let mut child = Command::new(bin())
@@ -372,7 +372,7 @@ fn a_logs_follow_client_that_goes_away_is_dropped_even_when_the_job_is_silent() 
     let c = Corral::start(
         r#"
 [jobs.quiet]
-command = ["sh", "-c", "echo hello; exec sleep 100000"]
+command = ["sh", "-c", "echo hello; exec sleep 100000", "{dir}"]
 "#,
     );
     assert!(poll(10 * SEC, || stdout(&c.ctl(&["logs", "quiet"])).contains("hello")));
@@ -557,11 +557,11 @@ fn fifty_parallel_clients_are_all_answered() {
     let c = Corral::start(
         r#"
 [jobs.alpha]
-command = ["sleep", "100000"]
+command = ["sh", "-c", "exec sleep 100000", "{dir}"]
 healthy_after = "0s"
 
 [jobs.beta]
-command = ["sleep", "100000"]
+command = ["sh", "-c", "exec sleep 100000", "{dir}"]
 healthy_after = "0s"
 "#,
     );

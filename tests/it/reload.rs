@@ -64,11 +64,11 @@ fn wait_applied(c: &Corral) {
 
 const TWO: &str = r#"
 [jobs.alpha]
-command = ["sleep", "100000"]
+command = ["sh", "-c", "exec sleep 100000", "{dir}"]
 healthy_after = "0s"
 
 [jobs.beta]
-command = ["sleep", "100001"]
+command = ["sh", "-c", "exec sleep 100001", "{dir}"]
 healthy_after = "0s"
 priority = 1
 "#;
@@ -84,7 +84,7 @@ fn start_two() -> (Corral, i64, i64) {
 fn an_added_job_starts_and_the_others_keep_running() {
     let (c, a, b) = start_two();
     c.write_config(&format!(
-        "{TWO}\n[jobs.gamma]\ncommand = [\"sleep\", \"100002\"]\nhealthy_after = \"0s\"\n\n[jobs.manual]\ncommand = [\"sleep\", \"100003\"]\nautostart = false\n"
+        "{TWO}\n[jobs.gamma]\ncommand = [\"sh\", \"-c\", \"exec sleep 100002\", \"{{dir}}\"]\nhealthy_after = \"0s\"\n\n[jobs.manual]\ncommand = [\"sh\", \"-c\", \"exec sleep 100003\", \"{{dir}}\"]\nautostart = false\n"
     ));
     c.wait_state("gamma", "running", 10 * SEC);
     c.wait_state("manual", "stopped", 10 * SEC);
@@ -95,7 +95,7 @@ fn an_added_job_starts_and_the_others_keep_running() {
 #[test]
 fn a_removed_job_is_stopped_and_disappears() {
     let (c, a, b) = start_two();
-    c.write_config("[jobs.alpha]\ncommand = [\"sleep\", \"100000\"]\nhealthy_after = \"0s\"\n");
+    c.write_config("[jobs.alpha]\ncommand = [\"sh\", \"-c\", \"exec sleep 100000\", \"{dir}\"]\nhealthy_after = \"0s\"\n");
     assert!(poll(10 * SEC, || names(&c) == ["alpha"]), "beta still listed: {:?}", names(&c));
     assert!(poll(5 * SEC, || !pid_alive(b as i32)), "beta's process {b} survived its removal");
     assert_eq!(pid_of(&c.job("alpha")), a);
@@ -127,7 +127,7 @@ fn a_priority_only_change_keeps_the_pid() {
 fn an_invalid_edit_changes_nothing_and_is_shown_until_a_valid_one() {
     let (c, a, b) = start_two();
     // Would remove beta and change alpha, but has a typo.
-    let bad = "[jobs.alpha]\ncommand = [\"sleep\", \"100020\"]\nrestrat = \"always\"\n";
+    let bad = "[jobs.alpha]\ncommand = [\"sh\", \"-c\", \"exec sleep 100020\", \"{dir}\"]\nrestrat = \"always\"\n";
     c.write_config(bad);
     let line = std::fs::read_to_string(&c.config).unwrap().lines().position(|l| l.starts_with("restrat")).unwrap() + 1;
     let at = format!("supervisor.toml:{line}:1: unknown key \"restrat\"");
@@ -157,7 +157,7 @@ fn an_invalid_edit_changes_nothing_and_is_shown_until_a_valid_one() {
     assert_eq!((pid_of(&c.job("alpha")), pid_of(&c.job("beta"))), (a, b));
 
     // A valid edit applies and clears the error.
-    c.write_config(&format!("{TWO}\n[jobs.gamma]\ncommand = [\"sleep\", \"100021\"]\n"));
+    c.write_config(&format!("{TWO}\n[jobs.gamma]\ncommand = [\"sh\", \"-c\", \"exec sleep 100021\", \"{{dir}}\"]\n"));
     c.wait_job("gamma", 10 * SEC, "added", |j| !j.is_null());
     let st = c.status();
     assert!(st["config_error"].is_null(), "{st}");
@@ -173,10 +173,10 @@ fn an_atomic_rename_save_is_picked_up_every_time() {
         std::fs::write(&tmp, config_text(&c, body)).unwrap();
         std::fs::rename(&tmp, &c.config).unwrap();
     };
-    save(&format!("{TWO}\n[jobs.gamma]\ncommand = [\"sleep\", \"100030\"]\nhealthy_after = \"0s\"\n"));
+    save(&format!("{TWO}\n[jobs.gamma]\ncommand = [\"sh\", \"-c\", \"exec sleep 100030\", \"{{dir}}\"]\nhealthy_after = \"0s\"\n"));
     let g = pid_of(&c.wait_state("gamma", "running", 10 * SEC));
     // The watch survives the file being replaced by another inode.
-    save(&format!("{TWO}\n[jobs.gamma]\ncommand = [\"sleep\", \"100031\"]\nhealthy_after = \"0s\"\n"));
+    save(&format!("{TWO}\n[jobs.gamma]\ncommand = [\"sh\", \"-c\", \"exec sleep 100031\", \"{{dir}}\"]\nhealthy_after = \"0s\"\n"));
     c.wait_job("gamma", 10 * SEC, "restarted", |j| j["state"] == "running" && j["pid"].as_i64() != Some(g));
     assert_eq!((pid_of(&c.job("alpha")), pid_of(&c.job("beta"))), (a, b));
 }
@@ -199,7 +199,7 @@ fn reload_dry_run_prints_the_diff_and_applies_nothing() {
     let a = pid_of(&c.wait_state("alpha", "running", 10 * SEC));
     let b = pid_of(&c.wait_state("beta", "running", 10 * SEC));
     let next = TWO.replace("100000", "100050").replace("priority = 1", "priority = 2")
-        + "\n[jobs.gamma]\ncommand = [\"sleep\", \"100051\"]\n";
+        + "\n[jobs.gamma]\ncommand = [\"sh\", \"-c\", \"exec sleep 100051\", \"{dir}\"]\n";
     write_unwatched(&c, &link, &next);
 
     let out = c.ctl(&["reload", "--dry-run"]);
@@ -235,18 +235,22 @@ fn reload_dry_run_prints_the_diff_and_applies_nothing() {
 #[test]
 fn editing_the_target_of_a_symlinked_config_reloads() {
     let (dir, _config, socket) = setup("");
-    let real_dir = dir.path().join("real");
+    let d = dir.path().to_path_buf();
+    let real_dir = d.join("real");
     std::fs::create_dir(&real_dir).unwrap();
     let target = real_dir.join("corral.toml");
-    let header = format!("[supervisor]\nsocket = \"{}\"\nlock_dir = \"{}/locks\"\n\n", socket.display(), dir.path().display());
-    std::fs::write(&target, format!("{header}[jobs.alpha]\ncommand = [\"sleep\", \"100060\"]\n")).unwrap();
-    let config = dir.path().join("supervisor.toml");
+    let text = |body: &str| {
+        format!("[supervisor]\nsocket = \"{}\"\nlock_dir = \"{}/locks\"\n\n{}", socket.display(), d.display(), body.replace("{dir}", d.to_str().unwrap()))
+    };
+    let alpha = "[jobs.alpha]\ncommand = [\"sh\", \"-c\", \"exec sleep 100060\", \"{dir}\"]\n";
+    std::fs::write(&target, text(alpha)).unwrap();
+    let config = d.join("supervisor.toml");
     std::fs::remove_file(&config).unwrap();
     std::os::unix::fs::symlink(&target, &config).unwrap();
-    let c = Corral::spawn_in(dir, config, socket, &[]);
+    let c = Corral::spawn_in(dir, config, socket.clone(), &[]);
     c.wait_ready();
     c.wait_job("alpha", 10 * SEC, "started", |j| j["pid"].is_i64());
-    std::fs::write(&target, format!("{header}[jobs.alpha]\ncommand = [\"sleep\", \"100060\"]\n[jobs.beta]\ncommand = [\"sleep\", \"100061\"]\n")).unwrap();
+    std::fs::write(&target, text(&format!("{alpha}[jobs.beta]\ncommand = [\"sh\", \"-c\", \"exec sleep 100061\", \"{{dir}}\"]\n"))).unwrap();
     c.wait_job("beta", 10 * SEC, "added by editing the symlink's target", |j| j["pid"].is_i64());
 }
 
@@ -260,21 +264,21 @@ fn a_configmap_style_symlink_swap_reloads() {
     let version = |n: u32, body: &str| {
         let v = d.join(format!("..2024_0{n}"));
         std::fs::create_dir(&v).unwrap();
-        std::fs::write(v.join("supervisor.toml"), format!("{header}{body}")).unwrap();
+        std::fs::write(v.join("supervisor.toml"), format!("{header}{}", body.replace("{dir}", d.to_str().unwrap()))).unwrap();
         let tmp = d.join("..data_tmp");
         std::os::unix::fs::symlink(format!("..2024_0{n}"), &tmp).unwrap();
         std::fs::rename(&tmp, d.join("..data")).unwrap();
     };
-    version(1, "[jobs.alpha]\ncommand = [\"sleep\", \"100070\"]\n");
+    version(1, "[jobs.alpha]\ncommand = [\"sh\", \"-c\", \"exec sleep 100070\", \"{dir}\"]\n");
     let config = d.join("supervisor.toml");
     std::fs::remove_file(&config).unwrap();
     std::os::unix::fs::symlink("..data/supervisor.toml", &config).unwrap();
     let c = Corral::spawn_in(dir, config, socket, &[]);
     c.wait_ready();
     c.wait_job("alpha", 10 * SEC, "started", |j| j["pid"].is_i64());
-    version(2, "[jobs.alpha]\ncommand = [\"sleep\", \"100070\"]\n[jobs.beta]\ncommand = [\"sleep\", \"100071\"]\n");
+    version(2, "[jobs.alpha]\ncommand = [\"sh\", \"-c\", \"exec sleep 100070\", \"{dir}\"]\n[jobs.beta]\ncommand = [\"sh\", \"-c\", \"exec sleep 100071\", \"{dir}\"]\n");
     c.wait_job("beta", 10 * SEC, "added by the ConfigMap update", |j| j["pid"].is_i64());
     std::fs::remove_dir_all(d.join("..2024_01")).unwrap();
-    version(3, "[jobs.beta]\ncommand = [\"sleep\", \"100071\"]\n");
+    version(3, "[jobs.beta]\ncommand = [\"sh\", \"-c\", \"exec sleep 100071\", \"{dir}\"]\n");
     assert!(poll(10 * SEC, || names(&c) == ["beta"]), "second update not seen: {:?}", names(&c));
 }
