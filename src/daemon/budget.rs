@@ -17,6 +17,9 @@ use crate::db::{ServerLimits, Usage};
 
 use crate::budget::OWN_CONNECTIONS;
 
+/// How long an exited job's connections count as occupied without a reading.
+const DRAIN_FALLBACK: std::time::Duration = std::time::Duration::from_secs(5);
+
 #[derive(Debug, Clone)]
 pub struct Reservation {
     pub count: u32,
@@ -37,8 +40,10 @@ pub struct JobBudget {
     /// Quota-file generation counter.
     pub generation: u64,
     pub waiting: Option<String>,
-    /// When the current quota was last delivered (file + signal).
+    /// When the current quota was last delivered (file + signal) or the process exited.
     pub told_at: Option<Instant>,
+    /// The process exited; its connections are draining.
+    pub exited_at: Option<Instant>,
 }
 
 /// Result of the last database check (SPEC §6).
@@ -129,7 +134,7 @@ impl Budget {
                     max: conn.max,
                     wants,
                     grant: b.grant,
-                    process: if j.live { b.process } else { None },
+                    process: b.process,
                 })
             })
             .collect()
@@ -150,6 +155,12 @@ impl Budget {
     /// counted as wanting to run.
     pub fn allocate(&mut self, jobs: &[JobView<'_>], now: Instant, starting: Option<&str>) -> (Allocation, Changes) {
         self.expire_reservations(now);
+        for b in self.jobs.values_mut() {
+            if b.exited_at.is_some_and(|t| now.duration_since(t) >= DRAIN_FALLBACK) {
+                b.process = None;
+                b.exited_at = None;
+            }
+        }
         let usable = self.plan(now).usable;
         let demands = self.demands(jobs, now, starting);
         let alloc = allocate::allocate(usable, &demands);
@@ -159,8 +170,10 @@ impl Budget {
             let live = jobs.iter().any(|j| j.cfg.name == g.id && j.live);
             b.grant = g.grant;
             b.waiting = g.wait_reason.as_ref().map(|r| r.to_string());
-            if let Some(p) = b.process.as_mut().filter(|_| live) {
+            if let Some(p) = b.process.as_mut() {
                 p.held = g.held;
+            }
+            if let Some(p) = b.process.as_mut().filter(|_| live) {
                 if g.grant != p.told && g.grant > 0 {
                     p.told = g.grant;
                     p.measured = None;
@@ -177,29 +190,48 @@ impl Budget {
     /// The job spawned with `quota`.
     pub fn spawned(&mut self, job: &str, quota: u32) {
         let b = self.jobs.entry(job.to_string()).or_default();
+        b.exited_at = None;
         b.grant = quota;
         b.process = Some(Process { told: quota, held: quota, measured: None });
         b.last_active = Some(Instant::now());
     }
 
     /// The job's process is gone: everything it held is free again.
+    ///
+    /// Its backends may outlive the process for a moment (PostgreSQL frees a
+    /// slot when the backend exits, after the client is gone), so what it held
+    /// stays occupied until a reading taken after the exit shows none left, or
+    /// DRAIN_FALLBACK passed (no readings: pooler or database down).
     pub fn exited(&mut self, job: &str) {
         if let Some(b) = self.jobs.get_mut(job) {
-            b.process = None;
+            let now = Instant::now();
+            if let Some(p) = b.process.as_mut() {
+                p.told = 0;
+                p.measured = None;
+                b.told_at = Some(now);
+                b.exited_at = Some(now);
+            }
         }
     }
 
     /// Apply a usage reading: live use per job and idle tracking.
-    pub fn observe(&mut self, usage: Usage, now: Instant) {
+    /// Readings that started before a quota was told (or the job exited)
+    /// cannot confirm it.
+    pub fn observe(&mut self, usage: Usage, now: Instant, started: Instant) {
         let service = self.cfg.service.clone();
         for (name, b) in self.jobs.iter_mut() {
+            let fresh = b.told_at.is_none_or(|t| t <= started);
             let live = usage.job(&service, name);
             b.live = Some(live);
             if usage.job_active(&service, name) > 0 || b.last_active.is_none() {
                 b.last_active = Some(now);
             }
-            if let Some(p) = b.process.as_mut() {
+            if let Some(p) = b.process.as_mut().filter(|_| fresh) {
                 p.measured = Some(live);
+                if b.exited_at.is_some() && live == 0 {
+                    b.process = None;
+                    b.exited_at = None;
+                }
             }
         }
         self.usage = Some(usage);

@@ -923,15 +923,7 @@ impl Supervisor {
                     }
                 }
             }
-            // Readings that started before a quota was told cannot confirm it.
-            let stale: Vec<String> =
-                budget.jobs.iter().filter(|(_, b)| b.told_at.is_some_and(|t| t > report.started)).map(|(n, _)| n.clone()).collect();
-            budget.observe(usage, now);
-            for name in stale {
-                if let Some(p) = budget.jobs.get_mut(&name).and_then(|b| b.process.as_mut()) {
-                    p.measured = None;
-                }
-            }
+            budget.observe(usage, now, report.started);
         }
         self.rebalance();
         // A database that came back may unblock jobs waiting for the budget.
