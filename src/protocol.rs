@@ -7,6 +7,9 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Default socket when neither config, `-s` nor `$CORRAL_SOCKET` names one.
+pub const DEFAULT_SOCKET: &str = "/run/corral/corral.sock";
+
 /// Bumped on incompatible changes; the daemon refuses other versions.
 pub const VERSION: u32 = 1;
 

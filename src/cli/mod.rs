@@ -212,5 +212,5 @@ fn client_socket(flag: Option<&Path>, config_path: &Path) -> PathBuf {
     if let Some(p) = std::env::var_os("CORRAL_SOCKET") {
         return PathBuf::from(p);
     }
-    PathBuf::from(crate::daemon::DEFAULT_SOCKET)
+    PathBuf::from(crate::protocol::DEFAULT_SOCKET)
 }

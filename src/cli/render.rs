@@ -15,7 +15,12 @@ pub fn response(request: &Request, resp: &Response, json: bool) {
             print!("{}", status_table(jobs));
         }
         if let Some(e) = err {
-            eprintln!("error: {}", e.message);
+            // Config errors already read `error: file:line:col: ...`.
+            if e.message.starts_with("error: ") {
+                eprintln!("{}", e.message);
+            } else {
+                eprintln!("error: {}", e.message);
+            }
         }
         return;
     }

@@ -24,8 +24,7 @@ use crate::process::output::LogStore;
 
 pub use supervisor::Event;
 
-/// Default socket when neither config, `-s` nor `$CORRAL_SOCKET` names one.
-pub const DEFAULT_SOCKET: &str = "/run/corral/corral.sock";
+pub use crate::protocol::DEFAULT_SOCKET;
 
 pub fn socket_path(config: &Config, flag: Option<&Path>) -> PathBuf {
     if let Some(p) = flag {

@@ -31,6 +31,16 @@ use crate::protocol::{
     ErrorKind, ExitInfo, HealthReport, JobStatus, ReloadReport, Reply, Request, Response, StatusReport, SupervisorInfo,
 };
 
+/// The database variables of SPEC §3.
+const DB_VARS: &[&str] = &[
+    "DATABASE_URL",
+    "PGAPPNAME",
+    "CORRAL_CONN_QUOTA",
+    "CORRAL_QUOTA_FILE",
+    "DB_POOL_SIZE",
+    "DB_MAX_OVERFLOW",
+];
+
 /// How long leftovers of an exited job or sweep get between SIGTERM and SIGKILL.
 const ORPHAN_GRACE: Duration = Duration::from_secs(3);
 /// At exit, how long job output readers get to reach EOF.
@@ -74,6 +84,8 @@ struct JobRt {
     check_duplicates: bool,
     /// Duplicates we already sent SIGTERM to (next time: SIGKILL).
     dup_termed: HashSet<i32>,
+    /// The waiting reason last logged (to log each wait once).
+    last_wait_logged: Option<String>,
     /// About to be started (autostart, reload): counted as wanting budget so
     /// the first jobs started do not take everything before the others ask.
     start_pending: bool,
@@ -427,6 +439,9 @@ impl Supervisor {
             extra_env: &extra_env,
             user: job.cfg.user.as_deref(),
             inherit_fd: job.lock.as_ref().map(|l| l.raw_fd()),
+            // SPEC §3: a job without `connections` gets none of the DB variables,
+            // not even the ones corral itself was started with.
+            remove_env: if job.cfg.connections.is_none() { DB_VARS } else { &[] },
         };
         match spawn::spawn(&spec) {
             Ok(child) => {
@@ -512,9 +527,22 @@ impl Supervisor {
         });
     }
 
-    fn log_transition(&self, name: &str, from: State, to: State) {
+    fn log_transition(&mut self, name: &str, from: State, to: State) {
+        let Some(job) = self.jobs.get_mut(name) else { return };
+        let reason = job.m.reason.clone().unwrap_or_default();
+        // A held-back job retries every second: log the wait once per reason.
+        if from == State::Waiting && to == State::Starting && job.m.pid.is_none() {
+            return;
+        }
+        if to == State::Waiting {
+            if job.last_wait_logged.as_deref() == Some(reason.as_str()) {
+                return;
+            }
+            job.last_wait_logged = Some(reason.clone());
+        } else if job.m.pid.is_some() || !matches!(to, State::Starting) {
+            job.last_wait_logged = None;
+        }
         let job = &self.jobs[name];
-        let reason = job.m.reason.as_deref().unwrap_or("");
         match to {
             State::Fatal => error!(job = name, "{} -> fatal: {reason}", from.as_str()),
             State::Waiting => warn!(job = name, "{} -> waiting: {reason}", from.as_str()),
@@ -1041,6 +1069,7 @@ impl JobRt {
             removed: false,
             check_duplicates: true,
             dup_termed: HashSet::new(),
+            last_wait_logged: None,
             start_pending: false,
         }
     }

@@ -18,6 +18,8 @@ pub struct SpawnSpec<'a> {
     pub extra_env: &'a [(String, String)],
     pub user: Option<&'a str>,
     pub inherit_fd: Option<RawFd>,
+    /// Inherited variables the job must not see (set again by `env`/`extra_env` if wanted).
+    pub remove_env: &'a [&'a str],
 }
 
 pub struct Spawned {
@@ -32,6 +34,9 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> std::io::Result<Spawned> {
         .split_first()
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty command"))?;
     let mut cmd = Command::new(program);
+    for k in spec.remove_env {
+        cmd.env_remove(k);
+    }
     cmd.args(args)
         .envs(spec.env)
         .envs(spec.extra_env.iter().map(|(k, v)| (k, v)))
