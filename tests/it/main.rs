@@ -10,4 +10,5 @@ mod control;
 mod core;
 mod integration;
 mod pid1;
+mod python_examples;
 mod reload;
