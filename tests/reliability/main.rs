@@ -79,3 +79,43 @@ fn crash_storm_keeps_memory_and_fds_flat_and_leaves_no_zombies() {
     assert!(poll(10 * SEC, || zombies_of(pid).is_empty()), "zombies left: {:?}", zombies_of(pid));
     assert!(poll(10 * SEC, || fd_count(pid) <= fds0), "fds after stop: {} (was {fds0})", fd_count(pid));
 }
+
+#[path = "../it/pg.rs"]
+mod pg;
+
+/// The budget issue's database fault, while 50 other jobs crash constantly:
+/// health degrades with a cause, the DB job is untouched, health recovers.
+#[test]
+fn database_outage_under_a_crash_storm_never_touches_jobs() {
+    let pg = pg::TestPg::start_local(20);
+    let worker = env!("CARGO_BIN_EXE_corral-pg-worker");
+    let mut body = format!(
+        "[supervisor]\nsocket = \"{{dir}}/corral.sock\"\nlock_dir = \"{{dir}}/locks\"\n\n\
+         [database]\nurl = \"{url}\"\nprovider_reserve = 0\nadhoc_reserve = 2\nhealth_interval = \"1s\"\nhealth_timeout = \"2s\"\n\n\
+         [budget]\nrebalance_interval = \"500ms\"\n\n\
+         [jobs.db]\ncommand = [\"{worker}\"]\non_duplicate = \"ignore\"\nconnections = {{ min = 1, max = 2 }}\n\n",
+        url = pg.url()
+    );
+    for i in 0..50 {
+        body.push_str(&format!(
+            "[jobs.storm{i}]\ncommand = [\"sleep\", \"0.05\"]\nrestart = \"always\"\nhealthy_after = \"10ms\"\n\
+             backoff = {{ initial = \"200ms\", max = \"200ms\" }}\non_duplicate = \"ignore\"\n"
+        ));
+    }
+    let c = Corral::start(&body);
+    let before = c.wait_state("db", "running", 20 * SEC);
+    assert!(poll(10 * SEC, || c.ctl(&["health"]).status.code() == Some(0)), "never healthy\n{}", c.output());
+
+    pg.stop_immediate();
+    assert!(poll(20 * SEC, || c.ctl(&["health"]).status.code() == Some(1)), "never unhealthy\n{}", c.output());
+    let h: serde_json::Value = serde_json::from_slice(&c.ctl(&["health", "--json"]).stdout).unwrap();
+    assert!(h["database"]["error"].as_str().is_some_and(|e| !e.is_empty()), "{h}");
+    let during = c.job("db");
+    assert_eq!(during["pid"], before["pid"]);
+
+    pg.start_again();
+    assert!(poll(20 * SEC, || c.ctl(&["health"]).status.code() == Some(0)), "never recovered\n{}", c.output());
+    let after = c.job("db");
+    assert_eq!((after["pid"].clone(), after["state"].clone()), (before["pid"].clone(), "running".into()));
+    assert!(!c.output().contains(pg.password()), "password leaked");
+}
