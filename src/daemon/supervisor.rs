@@ -833,6 +833,15 @@ impl Supervisor {
         self.config = new;
         match (self.budget.as_mut(), self.config.database.clone()) {
             (Some(b), Some(db)) => {
+                // The probe task keeps its connection and timers from startup.
+                if b.db.url != db.url
+                    || b.db.health_interval != db.health_interval
+                    || b.db.health_timeout != db.health_timeout
+                    || b.cfg.rebalance_interval != self.config.budget.rebalance_interval
+                    || b.cfg.service != self.config.budget.service
+                {
+                    warn!("changes to [database] url, health_interval, health_timeout or [budget] service, rebalance_interval take effect after a restart of corral");
+                }
                 b.db = db;
                 b.cfg = self.config.budget.clone();
             }
