@@ -608,7 +608,7 @@ impl Supervisor {
     fn request(&mut self, req: Request, reply: oneshot::Sender<Response>) {
         match req {
             Request::Status { jobs } => {
-                let resp = match self.check_names(&jobs, false) {
+                let resp = match self.check_names(&jobs) {
                     Ok(names) => Response::ok(Reply::Status(self.status(&names))),
                     Err(resp) => resp,
                 };
@@ -672,8 +672,8 @@ impl Supervisor {
         }
     }
 
-    fn check_names(&self, jobs: &[String], allow_empty_means_all: bool) -> Result<Vec<String>, Response> {
-        let _ = allow_empty_means_all;
+    /// No names or `all` means every job; unknown names are an error.
+    fn check_names(&self, jobs: &[String]) -> Result<Vec<String>, Response> {
         if jobs.is_empty() || jobs.iter().any(|j| j == "all") {
             return Ok(self.jobs.keys().cloned().collect());
         }
@@ -694,7 +694,7 @@ impl Supervisor {
             let _ = reply.send(Response::err(ErrorKind::BadRequest, format!("{verb} needs job names or `all`")));
             return;
         }
-        let names = match self.check_names(&jobs, false) {
+        let names = match self.check_names(&jobs) {
             Ok(n) => n,
             Err(resp) => {
                 let _ = reply.send(resp);
@@ -829,7 +829,6 @@ impl Supervisor {
         for item in &plan.needs_restart {
             warn!("config change needs a restart of corral to take effect: {item}");
         }
-        let old_jobs = std::mem::take(&mut self.config.jobs);
         self.config = new;
         match (self.budget.as_mut(), self.config.database.clone()) {
             (Some(b), Some(db)) => {
@@ -848,7 +847,6 @@ impl Supervisor {
             (None, None) => {}
             _ => warn!("adding or removing [database] takes effect after a restart of corral"),
         }
-        let _ = old_jobs;
         for name in &plan.removed {
             if let Some(j) = self.jobs.get_mut(name) {
                 j.removed = true;
