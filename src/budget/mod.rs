@@ -9,6 +9,8 @@
 //!   reserves into the `limit` and `usable` numbers of SPEC §5.
 //! - [`allocate`] shares `usable` between jobs: minimums first by priority,
 //!   the rest by priority weight up to each `max`, and the shrink rule.
+//! - [`fleet`] is the same allocation over every corral sharing the database
+//!   (`scope = "fleet"`): the fleet's `usable` and each member's rows.
 //! - [`env`](mod@env) renders a job's grant into what the job receives (SPEC §3): the
 //!   environment variables and the quota file. Its only I/O is
 //!   [`env::write_quota_file`].
@@ -19,12 +21,15 @@
 
 pub mod allocate;
 pub mod env;
+pub mod fleet;
 pub mod plan;
 
 use crate::config::{DatabaseConfig, MaxConnections, Reserve};
 
 /// corral's own connections counted in every plan: the probe it keeps (SPEC §5).
 pub const OWN_CONNECTIONS: u32 = 1;
+/// In fleet scope: the probe and the coordination connection.
+pub const OWN_CONNECTIONS_FLEET: u32 = 2;
 
 /// Server readings that enter the plan: (max_connections, superuser_reserved, reserved).
 pub type ServerReading = (u32, u32, u32);

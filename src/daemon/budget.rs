@@ -11,11 +11,13 @@ use std::time::{Instant, SystemTime};
 use serde_json::json;
 
 use crate::budget::allocate::{self, Allocation, Demand, Process, Wants};
+use crate::budget::fleet::{reported_process, FleetPlan};
 use crate::budget::plan::{self, Plan};
-use crate::config::{BudgetConfig, DatabaseConfig, JobConfig};
+use crate::config::{BudgetConfig, DatabaseConfig, JobConfig, Scope};
+use crate::db::fleet::{FleetView, LocalJob, LockOutcome, SyncRequest, SyncResult};
 use crate::db::{ServerLimits, Usage};
 
-use crate::budget::OWN_CONNECTIONS;
+use crate::budget::{OWN_CONNECTIONS, OWN_CONNECTIONS_FLEET};
 
 /// How long an exited job's connections count as occupied without a reading.
 const DRAIN_FALLBACK: std::time::Duration = std::time::Duration::from_secs(5);
@@ -44,6 +46,32 @@ pub struct JobBudget {
     pub told_at: Option<Instant>,
     /// The process exited; its connections are draining.
     pub exited_at: Option<Instant>,
+    /// Fleet scope: what the last sync said this job may be using.
+    pub fleet_held: u32,
+}
+
+/// Fleet scope: what the last syncs told us (SPEC §5 across the fleet, §7).
+#[derive(Debug, Default)]
+pub struct FleetState {
+    pub member: String,
+    /// The last successful sync.
+    pub last_ok: Option<Instant>,
+    pub last_error: Option<String>,
+    pub plan: Option<FleetPlan>,
+    pub view: Option<FleetView>,
+    pub locks: BTreeMap<String, LockOutcome>,
+    /// When each fleet-wide lock was last confirmed ours.
+    pub lock_renewed: BTreeMap<String, Instant>,
+    pub lease_losses: u64,
+    pub syncs: u64,
+}
+
+impl FleetState {
+    /// The fleet-wide lock of `job` is ours and was confirmed within `grace`.
+    pub fn holds(&self, job: &str, grace: std::time::Duration, now: Instant) -> bool {
+        self.locks.get(job) == Some(&LockOutcome::Held)
+            && self.lock_renewed.get(job).is_some_and(|t| now.duration_since(*t) <= grace)
+    }
 }
 
 /// Result of the last database check (SPEC §6).
@@ -65,6 +93,8 @@ pub struct Budget {
     pub usage: Option<Usage>,
     pub status: DbStatus,
     pub quota_dir: PathBuf,
+    /// Present in fleet scope: grants come from the fleet's allocation, not a local one.
+    pub fleet: Option<FleetState>,
 }
 
 /// What the actor must do after an allocation.
@@ -89,19 +119,36 @@ impl Budget {
     pub fn new(db: DatabaseConfig, cfg: BudgetConfig, quota_dir: PathBuf) -> Budget {
         Budget {
             db,
-            cfg,
             limits: None,
             reservations: BTreeMap::new(),
             jobs: BTreeMap::new(),
             usage: None,
             status: DbStatus::default(),
+            fleet: (cfg.scope == Scope::Fleet).then(FleetState::default),
+            cfg,
             quota_dir,
+        }
+    }
+
+    /// corral's own connections: the probe, plus the coordination connection in fleet scope.
+    pub fn own(&self) -> u32 {
+        if self.fleet.is_some() {
+            OWN_CONNECTIONS_FLEET
+        } else {
+            OWN_CONNECTIONS
         }
     }
 
     pub fn plan(&self, now: Instant) -> Plan {
         let server = self.limits.map(|l| (l.max_connections, l.superuser_reserved_connections, l.reserved_connections));
-        plan::plan(&crate::budget::plan_input(&self.db, server, self.active_reservations(now), OWN_CONNECTIONS))
+        plan::plan(&crate::budget::plan_input(&self.db, server, self.active_reservations(now), self.own()))
+    }
+
+    /// This member's base for the fleet: `limit` minus the configured reserves, before
+    /// reservations and own connections (which the fleet deducts once, for everyone).
+    pub fn fleet_base(&self) -> u32 {
+        let server = self.limits.map(|l| (l.max_connections, l.superuser_reserved_connections, l.reserved_connections));
+        plan::plan(&crate::budget::plan_input(&self.db, server, 0, 0)).usable
     }
 
     pub fn active_reservations(&self, now: Instant) -> u32 {
@@ -187,6 +234,123 @@ impl Budget {
         (alloc, changes)
     }
 
+    // ----- fleet scope -----
+
+    /// What this member reports in a fleet sync: its jobs with connections (wants,
+    /// processes as the fleet must count them) and the single-instance locks it wants.
+    pub fn fleet_request(&self, jobs: &[JobView<'_>], now: Instant) -> SyncRequest {
+        let demands = self.demands(jobs, now, None);
+        let local = demands
+            .into_iter()
+            .map(|d| {
+                let b = self.jobs.get(&d.id).cloned().unwrap_or_default();
+                LocalJob {
+                    process: reported_process(d.wants, b.grant, b.fleet_held, b.process),
+                    job: d.id,
+                    priority: d.priority,
+                    min: d.min,
+                    max: d.max,
+                    wants: d.wants,
+                    live: b.live,
+                }
+            })
+            .collect();
+        let singletons = jobs
+            .iter()
+            .filter(|j| j.cfg.single_instance && (j.wants_to_run || j.live))
+            .map(|j| (j.cfg.name.clone(), j.cfg.stop_timeout))
+            .collect();
+        SyncRequest {
+            base: self.fleet_base(),
+            own: self.own(),
+            interval: self.cfg.rebalance_interval,
+            grace: self.cfg.fleet_grace,
+            jobs: local,
+            singletons,
+        }
+    }
+
+    /// Apply a successful sync: grants, quotas to tell, evictions, locks.
+    pub fn apply_fleet(&mut self, result: SyncResult, jobs: &[JobView<'_>], now: Instant) -> Changes {
+        let mut changes = Changes::default();
+        for j in jobs {
+            let name = &j.cfg.name;
+            let Some(r) = result.jobs.get(name) else { continue };
+            let b = self.jobs.entry(name.clone()).or_default();
+            // A job that stopped wanting since the snapshot keeps nothing it was granted.
+            if !j.wants_to_run {
+                b.grant = 0;
+                continue;
+            }
+            b.grant = if r.waiting.is_some() { 0 } else { r.grant };
+            b.waiting = r.waiting.clone();
+            b.fleet_held = r.held;
+            if let (Some(p), true) = (b.process.as_mut(), j.live) {
+                p.held = p.held.max(r.held);
+                if let Some(q) = r.tell.filter(|q| *q != p.told) {
+                    p.told = q;
+                    p.measured = None;
+                    changes.tell.push((name.clone(), q));
+                }
+            }
+            if r.evict && j.live {
+                changes.evict.push(name.clone());
+            }
+        }
+        if let Some(f) = self.fleet.as_mut() {
+            if result.lease_lost {
+                f.lease_losses += 1;
+            }
+            for (job, outcome) in &result.locks {
+                if *outcome == LockOutcome::Held {
+                    f.lock_renewed.insert(job.clone(), now);
+                }
+            }
+            f.lock_renewed.retain(|job, _| result.locks.contains_key(job));
+            f.locks = result.locks;
+            f.plan = Some(result.plan);
+            f.view = Some(result.view);
+            f.last_ok = Some(now);
+            f.last_error = None;
+            f.syncs += 1;
+        }
+        changes
+    }
+
+    /// What the connections named `corral/<service>/<job>` may use together: the job's grant,
+    /// or in fleet scope the grants of every member running a job of that service and name
+    /// (pg_stat_activity cannot tell their connections apart).
+    pub fn quota_of_application(&self, job: &str) -> u32 {
+        let mine = self.jobs.get(job).map_or(0, |b| b.grant);
+        let Some(view) = self.fleet.as_ref().and_then(|f| f.view.as_ref().map(|v| (f, v))) else { return mine };
+        let (f, view) = view;
+        let others: u32 = view
+            .jobs
+            .iter()
+            .filter(|j| j.member != f.member && j.service == self.cfg.service && j.name == job && j.wants != Wants::Off)
+            .map(|j| j.quota)
+            .sum();
+        mine + others
+    }
+
+    /// Live members that share our service name (their jobs' connections are indistinguishable).
+    pub fn shared_service(&self) -> Vec<String> {
+        let Some(f) = &self.fleet else { return Vec::new() };
+        let Some(v) = &f.view else { return Vec::new() };
+        v.members.iter().filter(|m| m.id != f.member && m.service == self.cfg.service).map(|m| m.id.clone()).collect()
+    }
+
+    /// Fleet scope between syncs: a job that no longer wants to run gives its grant up at
+    /// once (it must get a new one from the fleet to start again). Nothing is ever raised here.
+    pub fn fleet_drop_unwanted(&mut self, jobs: &[JobView<'_>]) {
+        for j in jobs.iter().filter(|j| !j.wants_to_run) {
+            if let Some(b) = self.jobs.get_mut(&j.cfg.name) {
+                b.grant = 0;
+                b.waiting = None;
+            }
+        }
+    }
+
     /// The job spawned with `quota`.
     pub fn spawned(&mut self, job: &str, quota: u32) {
         let b = self.jobs.entry(job.to_string()).or_default();
@@ -258,8 +422,23 @@ impl Budget {
         crate::budget::env::write_quota_file(&self.quota_file(&cfg.name), &json)
     }
 
-    /// `corral budget --json` (SPEC §4).
+    /// Connections outside corral, grouped by role and application_name (SPEC §5).
+    fn external_groups(&self) -> Vec<serde_json::Value> {
+        let Some(u) = self.usage.as_ref() else { return Vec::new() };
+        let mut m: BTreeMap<(String, String), u32> = BTreeMap::new();
+        for g in &u.groups {
+            if let crate::db::Attribution::External { role, application_name } = &g.attribution {
+                *m.entry((role.clone(), application_name.clone())).or_default() += g.count;
+            }
+        }
+        m.into_iter().map(|((role, app), n)| json!({"role": role, "application_name": app, "connections": n})).collect()
+    }
+
+    /// `corral budget --json` (SPEC §4); in fleet scope, the whole fleet.
     pub fn report(&self, jobs: &[JobView<'_>], now: Instant) -> serde_json::Value {
+        if let Some(f) = &self.fleet {
+            return self.fleet_report(f, jobs, now);
+        }
         let p = self.plan(now);
         let service = &self.cfg.service;
         let job_rows: Vec<_> = jobs
@@ -284,19 +463,7 @@ impl Budget {
             .sum();
         let live = self.usage.as_ref().map(|u| u.sum(|a| matches!(a, crate::db::Attribution::Job { service: s, .. } if s == service)));
         let external_live = self.usage.as_ref().map(|u| u.external());
-        let external: Vec<_> = self
-            .usage
-            .as_ref()
-            .map(|u| {
-                let mut m: BTreeMap<(String, String), u32> = BTreeMap::new();
-                for g in &u.groups {
-                    if let crate::db::Attribution::External { role, application_name } = &g.attribution {
-                        *m.entry((role.clone(), application_name.clone())).or_default() += g.count;
-                    }
-                }
-                m.into_iter().map(|((role, app), n)| json!({"role": role, "application_name": app, "connections": n})).collect()
-            })
-            .unwrap_or_default();
+        let external = self.external_groups();
         let reservations: Vec<_> = self
             .reservations
             .iter()
@@ -337,14 +504,133 @@ impl Budget {
         })
     }
 
+    /// The fleet as the last sync saw it: every member's jobs, per-service totals,
+    /// fleet-wide reservations and the health of the coordination.
+    fn fleet_report(&self, f: &FleetState, jobs: &[JobView<'_>], now: Instant) -> serde_json::Value {
+        let local = self.plan(now);
+        let fp = f.plan.clone().unwrap_or_default();
+        let empty = FleetView::default();
+        let view = f.view.as_ref().unwrap_or(&empty);
+        let host_of = |member: &str| view.members.iter().find(|m| m.id == member).map(|m| m.host.clone());
+        let job_rows: Vec<_> = view
+            .jobs
+            .iter()
+            .map(|j| {
+                let mine = j.member == f.member;
+                let local_job = jobs.iter().find(|v| mine && v.cfg.name == j.name);
+                let b = local_job.and_then(|v| self.jobs.get(&v.cfg.name));
+                json!({
+                    "name": j.name, "service": j.service, "member": j.member, "host": host_of(&j.member),
+                    "quota": if j.wants == Wants::Off { 0 } else { j.quota },
+                    "min": j.min, "max": j.max, "priority": j.priority,
+                    // Our own jobs: the freshest reading; others': what their corral reported.
+                    "connections": b.and_then(|b| b.live).or(j.connections).unwrap_or(0),
+                    "idle": j.wants == Wants::Idle,
+                    "wants": j.wants,
+                    "state_waiting": j.waiting,
+                })
+            })
+            .collect();
+        let granted: u32 = view.jobs.iter().filter(|j| j.wants != Wants::Off).map(|j| j.quota).sum();
+        let live_of_service = |svc: &str| -> u32 {
+            view.backends
+                .iter()
+                .filter(|(app, _)| matches!(crate::db::Attribution::classify(app, ""), crate::db::Attribution::Job { service, .. } if service == svc))
+                .map(|(_, n)| *n)
+                .sum()
+        };
+        let services: BTreeMap<&str, ()> = view.members.iter().map(|m| (m.service.as_str(), ())).collect();
+        let usable_f = fp.usable.max(1) as f64;
+        let service_rows: Vec<_> = services
+            .keys()
+            .map(|svc| {
+                let g: u32 = view.jobs.iter().filter(|j| j.service == *svc && j.wants != Wants::Off).map(|j| j.quota).sum();
+                json!({
+                    "service": svc,
+                    "corrals": view.members.iter().filter(|m| m.service == *svc).count(),
+                    "jobs": view.jobs.iter().filter(|j| j.service == *svc).count(),
+                    "granted": g,
+                    "live": live_of_service(svc),
+                    "share": ((g as f64 / usable_f) * 1000.0).round() / 1000.0,
+                })
+            })
+            .collect();
+        let live: u32 = services.keys().map(|s| live_of_service(s)).sum();
+        let mut warnings = local.warnings.clone();
+        if fp.disagree {
+            warnings.push(format!(
+                "fleet members disagree on limit or reserves; the smallest base ({}) is used",
+                fp.base
+            ));
+        }
+        let shared = self.shared_service();
+        if !shared.is_empty() {
+            warnings.push(format!(
+                "service {:?} is also used by {}: their jobs' connections are indistinguishable; give each corral its own service",
+                self.cfg.service,
+                shared.join(", ")
+            ));
+        }
+        if fp.unclaimed > 0 {
+            warnings.push(format!(
+                "{} connection(s) carry a corral application_name no live member claims (an expired corral's jobs?); they are not handed out",
+                fp.unclaimed
+            ));
+        }
+        let healthy = f.last_error.is_none() && f.last_ok.is_some();
+        json!({
+            "scope": "fleet",
+            "service": self.cfg.service,
+            "member": f.member,
+            "limit": local.limit,
+            "limit_source": local.limit_source,
+            "provider_reserve": local.provider_reserve,
+            "adhoc_reserve": local.adhoc_reserve,
+            "external_reserve": local.external_reserve,
+            "base": fp.base,
+            "reservations": view.reservations,
+            "reserved": fp.reserved,
+            "own": fp.own,
+            "unclaimed": fp.unclaimed,
+            "usable": fp.usable,
+            "granted": granted,
+            "headroom": fp.usable.saturating_sub(granted),
+            "live": live,
+            "external_live": self.usage.as_ref().map(|u| u.external()).unwrap_or(0),
+            "external": self.external_groups(),
+            "services": service_rows,
+            "members": view.members,
+            "jobs": job_rows,
+            "warnings": warnings,
+            "coordination": {
+                "healthy": healthy,
+                "member": f.member,
+                "last_sync_age_s": f.last_ok.map(|t| now.duration_since(t).as_secs_f64()),
+                "error": f.last_error,
+                "syncs": f.syncs,
+                "lease_losses": f.lease_losses,
+                "expired": view.expired,
+            },
+            "database": self.db_json(),
+        })
+    }
+
     pub fn db_json(&self) -> serde_json::Value {
         let s = &self.status;
-        json!({
+        let coordination = self.fleet.as_ref().map(|f| {
+            json!({"healthy": f.last_error.is_none() && f.last_ok.is_some(), "member": f.member,
+                   "last_sync_age_s": f.last_ok.map(|t| t.elapsed().as_secs_f64()), "error": f.last_error})
+        });
+        let mut v = json!({
             "healthy": s.healthy.unwrap_or(false),
             "latency_ms": s.latency_ms,
             "checked_at": s.checked_at.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()).map(|d| d.as_secs_f64()),
             "error": s.error,
             "target": crate::db::redact(&self.db.url),
-        })
+        });
+        if let Some(c) = coordination {
+            v["coordination"] = c;
+        }
+        v
     }
 }

@@ -6,6 +6,7 @@
 //! event channel; nothing else mutates job state.
 
 mod budget;
+mod fleet;
 mod health;
 mod http;
 mod notify;
@@ -101,7 +102,7 @@ pub fn run(config: Config, socket: PathBuf) -> i32 {
             env!("CARGO_PKG_VERSION")
         );
         let status_tx = tx.clone();
-        let sup = supervisor::Supervisor::new(config, tx, logs).with_notifier(notifier.clone());
+        let sup = supervisor::Supervisor::new(config, tx, logs).with_notifier(notifier.clone()).with_fleet_identity(&socket);
         let code = sup
             .run(rx, move || {
                 notifier.ready();

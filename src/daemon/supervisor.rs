@@ -17,9 +17,11 @@ use tracing::{error, info, warn};
 use std::sync::Arc;
 
 use super::budget::{Budget, JobView};
+use super::fleet::{FleetCmd, FleetReport};
 use super::health::{self, DbReport, ProbeCmd};
 use super::notify::Notifier;
 use crate::config::{self, Config, Enforce, JobConfig, OnDuplicate, OrphanPolicy};
+use crate::db::fleet::{Coordinator, Identity, LockOutcome, SyncRequest};
 use crate::db::{self, Probe};
 use crate::job::machine::{self, describe_exit};
 use crate::job::{Effect, Exit, Input, Job, Policy, State, TimerKind};
@@ -68,6 +70,12 @@ pub enum Event {
     SweepNow,
     ReloadDebounced { generation: u64 },
     Sweep,
+    /// The fleet task wants the local jobs for its next sync.
+    FleetSnapshot(oneshot::Sender<SyncRequest>),
+    /// The outcome of a fleet sync.
+    Fleet(FleetReport),
+    /// Fleet-wide locks may have gone unconfirmed for `fleet_grace`.
+    FleetCheck,
 }
 
 pub type EventTx = mpsc::UnboundedSender<Event>;
@@ -125,6 +133,9 @@ pub struct Supervisor {
     queue: VecDeque<(String, Input)>,
     /// systemd's notification socket (SPEC §9); disabled unless set.
     notify: Notifier,
+    /// Fleet scope: the coordinator until the fleet task takes it, then the task's channel.
+    coordinator: Option<Coordinator>,
+    fleet_cmd: Option<mpsc::UnboundedSender<FleetCmd>>,
 }
 
 impl Supervisor {
@@ -152,9 +163,33 @@ impl Supervisor {
             probe_cmd: None,
             queue: VecDeque::new(),
             notify: Notifier::default(),
+            coordinator: None,
+            fleet_cmd: None,
         };
         sup.setup_budget();
         sup
+    }
+
+    /// Fleet scope: this corral's identity in the fleet, `host:socket`, stable across
+    /// restarts so that a restarted corral replaces its own registration (SPEC §5).
+    pub fn with_fleet_identity(mut self, socket: &std::path::Path) -> Supervisor {
+        let (Some(db), Some(budget)) = (self.config.database.as_ref(), self.budget.as_mut()) else { return self };
+        let Some(fleet) = budget.fleet.as_mut() else { return self };
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "unknown-host".into());
+        let ident = Identity {
+            id: format!("{host}:{}", socket.display()),
+            service: self.config.budget.service.clone(),
+            host,
+            pid: std::process::id() as i32,
+        };
+        fleet.member = ident.id.clone();
+        match Coordinator::new(&db.url, ident) {
+            Ok(c) => self.coordinator = Some(c),
+            Err(e) => error!("fleet coordination disabled: {e}"),
+        }
+        self
     }
 
     /// Tell systemd about reloads and shutdown through `notify`.
@@ -202,6 +237,17 @@ impl Supervisor {
                 j.start_pending = true;
             }
         }
+        if let (Some(mut coord), Some(db)) = (self.coordinator.take(), self.config.database.clone()) {
+            // Join the fleet before starting anything: autostart jobs ask for their grants and
+            // locks in this first sync.
+            let req = self.fleet_request();
+            let report = super::fleet::sync_once(&mut coord, &req, db.health_timeout).await;
+            if let Err(e) = &report.result {
+                error!("cannot join the fleet yet (jobs needing a grant or a fleet lock wait): {e}");
+            }
+            self.on_fleet(report);
+            self.fleet_cmd = Some(super::fleet::spawn(coord, self.config.budget.rebalance_interval, db.health_timeout, self.tx.clone()));
+        }
         for name in autostart {
             if let Some(j) = self.jobs.get_mut(&name) {
                 j.start_pending = false;
@@ -247,6 +293,13 @@ impl Supervisor {
             }
         }
         self.finish_shutdown();
+        if let Some(cmd) = self.fleet_cmd.take() {
+            // Give our grants and locks back now rather than after three missed heartbeats.
+            let (done, wait) = oneshot::channel();
+            if cmd.send(FleetCmd::Leave { done }).is_ok() {
+                let _ = tokio::time::timeout(Duration::from_secs(3), wait).await;
+            }
+        }
         // Jobs and orphans are gone: print what they wrote last before the
         // runtime (and with it the reader tasks) is dropped.
         self.logs.drain(OUTPUT_DRAIN).await;
@@ -296,6 +349,11 @@ impl Supervisor {
                     self.sweep();
                 }
             }
+            Event::FleetSnapshot(reply) => {
+                let _ = reply.send(self.fleet_request());
+            }
+            Event::Fleet(report) => self.on_fleet(report),
+            Event::FleetCheck => self.check_fleet_locks(),
         }
     }
 
@@ -405,7 +463,22 @@ impl Supervisor {
 
         let mut quota = None;
         let mut extra_env = crate::budget::env::identity_env(&self.config.budget.service, name);
-        if let (Some(budget), Some(_)) = (self.budget.as_mut(), job.cfg.connections) {
+        let fleet = self.budget.as_ref().is_some_and(|b| b.fleet.is_some());
+        if fleet {
+            match self.fleet_admit(name) {
+                Ok(q) => {
+                    quota = q;
+                    if let (Some(q), Some(budget)) = (q, self.budget.as_mut()) {
+                        let cfg = &self.jobs[name].cfg;
+                        if let Err(e) = budget.write_quota(cfg, q) {
+                            warn!(job = name, "cannot write quota file: {e}");
+                        }
+                        extra_env = budget.env_for(cfg, q);
+                    }
+                }
+                Err(reason) => return Input::Blocked { reason },
+            }
+        } else if let (Some(budget), Some(_)) = (self.budget.as_mut(), job.cfg.connections) {
             let views = job_views(&self.jobs);
             let (alloc, changes) = budget.allocate(&views, Instant::now(), Some(name));
             let grant = alloc.get(name).cloned();
@@ -638,6 +711,19 @@ impl Supervisor {
                 let views = job_views(&self.jobs);
                 let report = self.budget.as_ref().map(|b| b.report(&views, Instant::now())).unwrap_or_default();
                 let _ = reply.send(Response::ok(Reply::Budget(report)));
+            }
+            Request::Reserve { name, count, ttl_s } if self.fleet_cmd.is_some() => {
+                let ttl = match ttl_s {
+                    Some(t) if !(t.is_finite() && t > 0.0) => {
+                        let _ = reply.send(Response::err(ErrorKind::BadRequest, "ttl must be positive"));
+                        return;
+                    }
+                    t => t.map(|t| Duration::from_secs_f64(t.min(1e9))),
+                };
+                self.to_fleet(FleetCmd::Reserve { name, count, ttl, reply });
+            }
+            Request::Release { name } if self.fleet_cmd.is_some() => {
+                self.to_fleet(FleetCmd::Release { name, reply });
             }
             Request::Reserve { name, count, ttl_s } => {
                 let _ = reply.send(self.reserve(name, count, ttl_s));
@@ -935,12 +1021,13 @@ impl Supervisor {
                     continue;
                 }
                 let live = usage.job(&service, name);
-                if live > b.grant && budget.db.enforce != Enforce::Off {
-                    warn!(job = %name, live, quota = b.grant, "job uses more connections than its quota");
+                let quota = budget.quota_of_application(name);
+                if live > quota && budget.db.enforce != Enforce::Off {
+                    warn!(job = %name, live, quota, "job uses more connections than its quota");
                     if budget.db.enforce == Enforce::Terminate {
                         if let Some(probe) = self.probe.clone() {
                             let app = crate::budget::env::application_name(&service, name);
-                            let (keep, timeout, job) = (b.grant, budget.db.health_timeout, name.clone());
+                            let (keep, timeout, job) = (quota, budget.db.health_timeout, name.clone());
                             // The db future is not Send; the daemon runs on a LocalSet.
                             tokio::task::spawn_local(async move {
                                 match probe.terminate_newest_idle(&app, keep, timeout).await {
@@ -978,6 +1065,11 @@ impl Supervisor {
     fn rebalance(&mut self) {
         let Some(budget) = self.budget.as_mut() else { return };
         let views = job_views(&self.jobs);
+        if budget.fleet.is_some() {
+            // Grants come from the fleet's allocation; locally a job can only give one up.
+            budget.fleet_drop_unwanted(&views);
+            return;
+        }
         let (_, changes) = budget.allocate(&views, Instant::now(), None);
         self.deliver(changes.tell);
         for name in changes.evict {
@@ -1038,13 +1130,127 @@ impl Supervisor {
         Response::ok(Reply::Done { message: format!("reserved {count} connection(s) as {name}") })
     }
 
+    // ----- fleet scope (SPEC §5 across the fleet, §7 fleet-wide single instance) -----
+
+    fn fleet_request(&self) -> SyncRequest {
+        let views = job_views(&self.jobs);
+        let budget = self.budget.as_ref().expect("fleet scope has a budget");
+        budget.fleet_request(&views, Instant::now())
+    }
+
+    fn request_sync(&self) {
+        if let Some(c) = &self.fleet_cmd {
+            let _ = c.send(FleetCmd::SyncNow);
+        }
+    }
+
+    fn to_fleet(&self, cmd: FleetCmd) {
+        let Some(c) = &self.fleet_cmd else { return };
+        if let Err(e) = c.send(cmd) {
+            if let FleetCmd::Reserve { reply, .. } | FleetCmd::Release { reply, .. } = e.0 {
+                let _ = reply.send(Response::err(ErrorKind::Refused, "fleet coordination has stopped"));
+            }
+        }
+    }
+
+    /// May `name` start now, and with which quota? Only with what the fleet granted it, and
+    /// for a single-instance job only while this corral holds its fleet-wide lock.
+    fn fleet_admit(&mut self, name: &str) -> Result<Option<u32>, String> {
+        let now = Instant::now();
+        let hold_for = self.config.budget.rebalance_interval + self.config.budget.fleet_grace;
+        let service = self.config.budget.service.clone();
+        let budget = self.budget.as_ref().expect("fleet scope has a budget");
+        let f = budget.fleet.as_ref().expect("fleet scope");
+        let job = &self.jobs[name];
+        let failing = f.last_error.as_ref().map(|e| format!(" (fleet coordination failing: {e})")).unwrap_or_default();
+        if job.cfg.single_instance && !f.holds(name, hold_for, now) {
+            let reason = match f.locks.get(name) {
+                Some(LockOutcome::Waiting(r)) => r.clone(),
+                _ => format!("lock: waiting for the fleet-wide lock of {service}/{name}{failing}"),
+            };
+            self.request_sync();
+            return Err(reason);
+        }
+        let Some(conn) = job.cfg.connections else { return Ok(None) };
+        let b = budget.jobs.get(name).cloned().unwrap_or_default();
+        if b.grant > 0 && b.waiting.is_none() {
+            return Ok(Some(b.grant));
+        }
+        let reason = match &b.waiting {
+            Some(w) => format!("{w}: needs {} connection(s), the fleet has {} usable", conn.min, f.plan.as_ref().map_or(0, |p| p.usable)),
+            None => format!("budget: waiting for a grant from the fleet (needs {}){failing}", conn.min),
+        };
+        self.request_sync();
+        Err(reason)
+    }
+
+    fn on_fleet(&mut self, report: FleetReport) {
+        let Some(budget) = self.budget.as_mut() else { return };
+        match report.result {
+            Ok(result) => {
+                if result.lease_lost {
+                    warn!("this corral's fleet registration was gone (expired or replaced): registered again, without its old grants");
+                }
+                let views = job_views(&self.jobs);
+                let changes = budget.apply_fleet(result, &views, Instant::now());
+                self.deliver(changes.tell);
+                for name in changes.evict {
+                    warn!(job = %name, "the fleet's usable budget fell below the running minimums: stopping this job");
+                    self.feed(&name, Input::Stop);
+                }
+                let hold_for = self.config.budget.rebalance_interval + self.config.budget.fleet_grace;
+                self.after(hold_for + Duration::from_millis(10), Event::FleetCheck);
+                let waiting: Vec<String> = self
+                    .jobs
+                    .iter()
+                    .filter(|(_, j)| j.m.state == State::Waiting)
+                    .filter(|(_, j)| j.m.reason.as_deref().is_some_and(|r| r.starts_with("budget") || r.starts_with("lock: ")))
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                for name in waiting {
+                    let epoch = self.jobs[&name].m.epoch;
+                    self.feed(&name, Input::Timer { kind: TimerKind::RetryWait, epoch });
+                }
+            }
+            Err(e) => {
+                if let Some(f) = budget.fleet.as_mut() {
+                    f.last_error = Some(e);
+                }
+            }
+        }
+        self.check_fleet_locks();
+    }
+
+    /// A single-instance job runs only while its fleet-wide lock is confirmed ours: once it
+    /// was not for `rebalance_interval + fleet_grace` (coordination lost, or another corral
+    /// holds it), this copy stops and waits for the lock again.
+    fn check_fleet_locks(&mut self) {
+        let Some(f) = self.budget.as_ref().and_then(|b| b.fleet.as_ref()) else { return };
+        let now = Instant::now();
+        let hold_for = self.config.budget.rebalance_interval + self.config.budget.fleet_grace;
+        let lost: Vec<String> = self
+            .jobs
+            .iter()
+            .filter(|(n, j)| j.cfg.single_instance && j.m.pid.is_some() && j.m.state.wants_to_run() && !f.holds(n, hold_for, now))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in lost {
+            warn!(job = %name, "fleet-wide lock not confirmed: stopping this copy so at most one runs; it waits for the lock again");
+            self.feed(&name, Input::Restart);
+        }
+    }
+
     fn health(&self) -> Response {
         let (healthy, database, message) = match &self.budget {
             None => (true, None, "supervisor running; no database configured".to_string()),
             Some(b) => {
-                let ok = b.status.healthy == Some(true);
+                let fleet_error = b.fleet.as_ref().and_then(|f| f.last_error.clone());
+                let ok = b.status.healthy == Some(true) && fleet_error.is_none();
                 let msg = match (&b.status.error, b.status.latency_ms) {
                     (Some(e), _) => format!("database unhealthy: {e}"),
+                    (None, _) if fleet_error.is_some() => {
+                        format!("fleet coordination failing: {}", fleet_error.unwrap_or_default())
+                    }
                     (None, Some(l)) => format!("supervisor running; database healthy ({l:.1} ms)"),
                     (None, None) => "database not checked yet".to_string(),
                 };

@@ -6,6 +6,8 @@
 //!   connection, and the [`Usage`] snapshot (pure data).
 //! - [`probe`]: [`Probe`], the ONE connection corral holds and counts, and its queries
 //!   (health, server limits, pg_stat_activity, terminating surplus idle connections).
+//! - [`fleet`]: the coordination connection of `scope = "fleet"`: the `corral` schema, membership
+//!   leases, the fleet-wide allocation transaction, reservations, single-instance advisory locks.
 //! - [`error`]: [`DbError`], whose Display and Debug never contain a password.
 //!
 //! Not here: job environment (`DATABASE_URL` with application_name, quotas) is `budget::env`;
@@ -13,6 +15,7 @@
 //! probe reports and executes, the budget and the supervisor decide.
 
 pub mod error;
+pub mod fleet;
 pub mod probe;
 pub mod redact;
 pub mod usage;

@@ -1,0 +1,785 @@
+//! Fleet coordination through PostgreSQL (SPEC §5, §7 `scope = "fleet"`).
+//!
+//! Owns: corral's *coordination connection* (its second own connection,
+//! attributed like the probe as `corral/<service>/_corral`), the `corral`
+//! schema and its migrations, membership with a fenced lease, the fleet-wide
+//! allocation transaction, reservations, and the session advisory locks of
+//! fleet-wide single-instance jobs.
+//!
+//! Must not: decide policy (the allocation is `budget::fleet`, a pure
+//! function; what to do with a lost lock is the daemon's), read any clock but
+//! the database's `now()` for leases and expiry, or log a password.
+//!
+//! Every allocation runs in one transaction under `pg_advisory_xact_lock`, so
+//! members allocate one at a time over the same rows. A renewal that matches
+//! no `(id, lease)` row means this corral was expired or replaced: it
+//! re-registers with a new lease and no grants (the fencing check River and
+//! Oban use for their leaders).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use tokio_postgres::config::SslMode;
+use tokio_postgres::{Client, Config, NoTls, Transaction};
+
+use super::error::{describe, DbError};
+use super::redact::redact;
+use super::usage::Attribution;
+use crate::budget::allocate::{Process, Wants};
+use crate::budget::fleet::{self, FleetInput, FleetPlan, Member, Row};
+
+/// First key of every advisory lock corral takes ("corr"); the second names what is locked.
+const LOCK_NS: i32 = 0x636f_7272;
+/// Second keys under LOCK_NS: migrations and the allocation.
+const LOCK_MIGRATE: i32 = 0;
+const LOCK_ALLOCATE: i32 = 1;
+/// First key of fleet-wide single-instance locks ("cors"); the second is hashtext(service/job).
+const LOCK_SINGLETON_NS: i32 = 0x636f_7273;
+/// Added to a previous holder's grace before its single-instance job is taken over: covers the
+/// time between its last renewal and the moment it noticed (one round trip, timers).
+const TAKEOVER_MARGIN: Duration = Duration::from_secs(2);
+
+/// Versioned, append-only: a released migration is never edited.
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
+    1,
+    "members, demands, reservations, singletons",
+    "CREATE TABLE corral.members (
+        id               text PRIMARY KEY,
+        service          text NOT NULL,
+        host             text NOT NULL,
+        pid              integer NOT NULL,
+        version          text NOT NULL,
+        lease            bigint NOT NULL,
+        registered_at    timestamptz NOT NULL DEFAULT now(),
+        heartbeat        timestamptz NOT NULL DEFAULT now(),
+        continuous_since timestamptz NOT NULL DEFAULT now(),
+        interval_ms      bigint NOT NULL,
+        base             integer NOT NULL,
+        own              integer NOT NULL
+    );
+    CREATE TABLE corral.demands (
+        member      text NOT NULL REFERENCES corral.members (id) ON DELETE CASCADE,
+        job         text NOT NULL,
+        service     text NOT NULL,
+        priority    integer NOT NULL,
+        min         integer NOT NULL,
+        max         integer NOT NULL,
+        wants       text NOT NULL CHECK (wants IN ('off', 'idle', 'active')),
+        has_process boolean NOT NULL,
+        told        integer NOT NULL DEFAULT 0,
+        held        integer NOT NULL DEFAULT 0,
+        measured    integer,
+        live        integer,
+        granted     integer NOT NULL DEFAULT 0,
+        target      integer NOT NULL DEFAULT 0,
+        waiting     text,
+        updated_at  timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (member, job)
+    );
+    CREATE TABLE corral.reservations (
+        name       text PRIMARY KEY,
+        count      integer NOT NULL CHECK (count >= 0),
+        expires_at timestamptz,
+        created_by text NOT NULL,
+        created_at timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE TABLE corral.singletons (
+        service    text NOT NULL,
+        job        text NOT NULL,
+        member     text NOT NULL,
+        renewed_at timestamptz NOT NULL,
+        grace_ms   bigint NOT NULL,
+        PRIMARY KEY (service, job)
+    );",
+)];
+
+/// Who this corral is in the fleet.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// Stable across restarts of the same corral (`host:socket`), so a restarted corral
+    /// replaces its previous registration instead of counting twice.
+    pub id: String,
+    pub service: String,
+    pub host: String,
+    pub pid: i32,
+}
+
+/// One local job as this member reports it.
+#[derive(Debug, Clone)]
+pub struct LocalJob {
+    pub job: String,
+    pub priority: i32,
+    pub min: u32,
+    pub max: u32,
+    pub wants: Wants,
+    /// As [`fleet::reported_process`] computes it.
+    pub process: Option<Process>,
+    /// Live connections at the last reading (shown fleet-wide).
+    pub live: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SyncRequest {
+    pub base: u32,
+    pub own: u32,
+    pub interval: Duration,
+    pub grace: Duration,
+    /// Jobs with connections.
+    pub jobs: Vec<LocalJob>,
+    /// Single-instance jobs that want to run (or still run): the fleet-wide lock, with each
+    /// job's stop_timeout (how long a successor waits beyond `grace` after losing sight of us).
+    pub singletons: BTreeMap<String, Duration>,
+}
+
+/// This member's result for one of its jobs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobResult {
+    pub grant: u32,
+    pub held: u32,
+    /// Tell the job (or spawn it with) this quota; recorded as `told` already.
+    pub tell: Option<u32>,
+    pub waiting: Option<String>,
+    pub evict: bool,
+}
+
+/// A fleet-wide single-instance lock, as this member holds it after a sync.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LockOutcome {
+    Held,
+    Waiting(String),
+}
+
+/// The whole fleet, for `corral budget`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct FleetView {
+    pub members: Vec<MemberView>,
+    pub jobs: Vec<JobView>,
+    pub reservations: Vec<ReservationView>,
+    /// Live backends per `corral/...` application_name.
+    pub backends: BTreeMap<String, u32>,
+    pub expired: Vec<String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MemberView {
+    pub id: String,
+    pub service: String,
+    pub host: String,
+    pub pid: i32,
+    pub heartbeat_age_s: f64,
+    pub own: u32,
+    pub base: u32,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct JobView {
+    pub member: String,
+    pub service: String,
+    pub name: String,
+    pub priority: i32,
+    pub min: u32,
+    pub max: u32,
+    pub wants: Wants,
+    pub quota: u32,
+    pub held: u32,
+    pub connections: Option<u32>,
+    pub waiting: Option<String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReservationView {
+    pub name: String,
+    pub count: u32,
+    pub created_by: String,
+    pub expires_in_s: Option<f64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SyncResult {
+    /// Our registration was gone (expired or replaced): we re-registered with no grants.
+    pub lease_lost: bool,
+    pub plan: FleetPlan,
+    pub jobs: BTreeMap<String, JobResult>,
+    pub locks: BTreeMap<String, LockOutcome>,
+    pub view: FleetView,
+}
+
+/// The coordination connection and what lives on it. Owned by one task; not shared.
+pub struct Coordinator {
+    config: Config,
+    url: String,
+    target: String,
+    ident: Identity,
+    conn: Option<Conn>,
+    /// The lease of our current registration (None before the first one).
+    lease: Option<i64>,
+    /// Single-instance jobs whose session advisory lock this connection holds.
+    locks: BTreeSet<String>,
+}
+
+struct Conn {
+    client: Client,
+    died: Arc<StdMutex<Option<String>>>,
+}
+
+impl Coordinator {
+    pub fn new(url: &str, ident: Identity) -> Result<Coordinator, DbError> {
+        let target = redact(url);
+        let mut config: Config = url.parse().map_err(|e: tokio_postgres::Error| DbError::InvalidUrl {
+            url: target.clone(),
+            reason: describe(&e, url),
+        })?;
+        if config.get_ssl_mode() == SslMode::Require {
+            return Err(DbError::TlsUnsupported { target });
+        }
+        config.application_name(Attribution::corral_application_name(&ident.service));
+        Ok(Coordinator { config, url: url.to_string(), target, ident, conn: None, lease: None, locks: BTreeSet::new() })
+    }
+
+    pub fn identity(&self) -> &Identity {
+        &self.ident
+    }
+
+    /// Connected, and the advisory locks we think we hold are really ours.
+    pub fn connected(&self) -> bool {
+        self.conn.as_ref().is_some_and(|c| !c.client.is_closed())
+    }
+
+    /// Drop the connection (a timeout left it in an unknown state). Its session locks go with it.
+    pub fn disconnect(&mut self) {
+        self.conn = None;
+        self.locks.clear();
+    }
+
+    /// Why the connection died, when it did.
+    fn death(&self) -> Option<String> {
+        self.conn.as_ref().and_then(|c| c.died.lock().ok().and_then(|d| d.clone()))
+    }
+
+    async fn client(&mut self) -> Result<&mut Client, DbError> {
+        if self.conn.as_ref().is_some_and(|c| c.client.is_closed()) {
+            let why = self.death().unwrap_or_else(|| "connection closed".into());
+            tracing::warn!(target = %self.target, "fleet coordination connection lost ({why}); its locks are gone");
+            self.disconnect();
+        }
+        if self.conn.is_none() {
+            let (client, connection) =
+                self.config.connect(NoTls).await.map_err(|e| DbError::connect(&self.target, &e, &self.url))?;
+            let died = Arc::new(StdMutex::new(None));
+            let (d, url) = (died.clone(), self.url.clone());
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    if let Ok(mut slot) = d.lock() {
+                        *slot = Some(describe(&e, &url));
+                    }
+                }
+            });
+            let mut conn = Conn { client, died };
+            migrate(&mut conn.client).await.map_err(|e| self.err("applying the corral schema migrations", &e))?;
+            self.conn = Some(conn);
+        }
+        Ok(&mut self.conn.as_mut().expect("just connected").client)
+    }
+
+    fn err(&self, what: &'static str, e: &tokio_postgres::Error) -> DbError {
+        DbError::query(what, e, &self.url)
+    }
+
+    /// A failed statement on a connection that is otherwise fine keeps it; anything else drops it.
+    fn fail(&mut self, what: &'static str, e: tokio_postgres::Error) -> DbError {
+        let err = self.err(what, &e);
+        let usable = e.as_db_error().is_some_and(|d| d.severity() == "ERROR") && self.connected();
+        if !usable {
+            self.disconnect();
+        }
+        err
+    }
+
+    /// Heartbeat, expire, report our demands, allocate for the whole fleet, write the grants.
+    pub async fn sync(&mut self, req: &SyncRequest) -> Result<SyncResult, DbError> {
+        let ident = self.ident.clone();
+        let lease = self.lease;
+        let mut locks = std::mem::take(&mut self.locks);
+        let client = match self.client().await {
+            Ok(c) => c,
+            Err(e) => {
+                self.locks = locks;
+                return Err(e);
+            }
+        };
+        let r = sync_tx(client, &ident, lease, &mut locks, req).await;
+        self.locks = locks;
+        match r {
+            Ok((result, new_lease)) => {
+                self.lease = Some(new_lease);
+                Ok(result)
+            }
+            Err(e) => Err(self.fail("fleet sync", e)),
+        }
+    }
+
+    /// A fleet-wide reservation (`corral reserve`): refused when it does not fit beside
+    /// what the fleet has granted. `ttl` counts from the database's clock.
+    pub async fn reserve(&mut self, name: &str, count: u32, ttl: Option<Duration>) -> Result<Result<(), String>, DbError> {
+        let me = self.ident.id.clone();
+        let client = self.client().await?;
+        let r = reserve_tx(client, &me, name, count, ttl).await;
+        r.map_err(|e| self.fail("reserving connections", e))
+    }
+
+    /// Returns the released count, or None when no such reservation exists.
+    pub async fn release(&mut self, name: &str) -> Result<Option<u32>, DbError> {
+        let client = self.client().await?;
+        let r = async {
+            let tx = client.transaction().await?;
+            tx.execute("SELECT pg_advisory_xact_lock($1, $2)", &[&LOCK_NS, &LOCK_ALLOCATE]).await?;
+            let row = tx.query_opt("DELETE FROM corral.reservations WHERE name = $1 RETURNING count", &[&name]).await?;
+            tx.commit().await?;
+            Ok::<_, tokio_postgres::Error>(row)
+        }
+        .await;
+        match r {
+            Ok(row) => Ok(row.map(|r| r.get::<_, i32>(0).max(0) as u32)),
+            Err(e) => Err(self.fail("releasing a reservation", e)),
+        }
+    }
+
+    /// Leave the fleet at shutdown: our grants return to the pool at once. Under the
+    /// allocation lock, like every write to the fleet's rows (no deadlock with a sync).
+    pub async fn leave(&mut self) {
+        let (Some(lease), true) = (self.lease, self.connected()) else { return };
+        let id = self.ident.id.clone();
+        if let Some(c) = self.conn.as_mut() {
+            let r = async {
+                let tx = c.client.transaction().await?;
+                tx.execute("SELECT pg_advisory_xact_lock($1, $2)", &[&LOCK_NS, &LOCK_ALLOCATE]).await?;
+                tx.execute("DELETE FROM corral.singletons WHERE member = $1", &[&id]).await?;
+                tx.execute("DELETE FROM corral.members WHERE id = $1 AND lease = $2", &[&id, &lease]).await?;
+                tx.commit().await
+            }
+            .await;
+            if let Err(e) = r {
+                tracing::warn!("could not leave the fleet cleanly (the others expire us after three intervals): {}", describe(&e, &self.url));
+            }
+        }
+        self.disconnect();
+    }
+}
+
+/// Apply missing migrations, once across the fleet: concurrent first starts serialize on an
+/// advisory lock, and each sees the versions the others applied.
+async fn migrate(client: &mut Client) -> Result<(), tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1, $2)", &[&LOCK_NS, &LOCK_MIGRATE]).await?;
+    tx.batch_execute(
+        "CREATE SCHEMA IF NOT EXISTS corral;
+         CREATE TABLE IF NOT EXISTS corral.schema_migrations (
+             version     integer PRIMARY KEY,
+             description text NOT NULL,
+             applied_at  timestamptz NOT NULL DEFAULT now()
+         );",
+    )
+    .await?;
+    let current: i32 =
+        tx.query_one("SELECT coalesce(max(version), 0) FROM corral.schema_migrations", &[]).await?.get(0);
+    for (version, description, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
+        tx.batch_execute(sql).await?;
+        tx.execute("INSERT INTO corral.schema_migrations (version, description) VALUES ($1, $2)", &[version, description])
+            .await?;
+        tracing::info!(version, description, "applied corral schema migration");
+    }
+    tx.commit().await
+}
+
+fn wants_str(w: Wants) -> &'static str {
+    match w {
+        Wants::Off => "off",
+        Wants::Idle => "idle",
+        Wants::Active => "active",
+    }
+}
+
+fn wants_parse(s: &str) -> Wants {
+    match s {
+        "active" => Wants::Active,
+        "idle" => Wants::Idle,
+        _ => Wants::Off,
+    }
+}
+
+fn ms(d: Duration) -> i64 {
+    d.as_millis().min(i64::MAX as u128) as i64
+}
+
+fn u(n: i32) -> u32 {
+    n.max(0) as u32
+}
+
+fn i(n: u32) -> i32 {
+    n.min(i32::MAX as u32) as i32
+}
+
+async fn sync_tx(
+    client: &mut Client,
+    me: &Identity,
+    lease: Option<i64>,
+    locks: &mut BTreeSet<String>,
+    req: &SyncRequest,
+) -> Result<(SyncResult, i64), tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1, $2)", &[&LOCK_NS, &LOCK_ALLOCATE]).await?;
+    let (base, own, interval) = (i(req.base), i(req.own), ms(req.interval));
+
+    // Renew, or (re-)register. Time is the database's.
+    let renewed = match lease {
+        Some(l) => {
+            tx.query_opt(
+                "UPDATE corral.members SET heartbeat = now(), pid = $3, base = $4, own = $5, interval_ms = $6,
+                        continuous_since = CASE WHEN heartbeat < now() - interval_ms * 1.5 * interval '1 millisecond'
+                                                THEN now() ELSE continuous_since END
+                 WHERE id = $1 AND lease = $2
+                 RETURNING now() - continuous_since >= interval_ms * 3 * interval '1 millisecond'",
+                &[&me.id, &l, &me.pid, &base, &own, &interval],
+            )
+            .await?
+        }
+        None => None,
+    };
+    let lease_lost = lease.is_some() && renewed.is_none();
+    let (lease, may_expire) = match renewed {
+        Some(row) => (lease.expect("renewed a lease"), row.get::<_, bool>(0)),
+        None => {
+            let new_lease = fastrand::i64(1..i64::MAX);
+            tx.execute(
+                "INSERT INTO corral.members (id, service, host, pid, version, lease, interval_ms, base, own)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                 ON CONFLICT (id) DO UPDATE SET service = EXCLUDED.service, host = EXCLUDED.host, pid = EXCLUDED.pid,
+                     version = EXCLUDED.version, lease = EXCLUDED.lease, registered_at = now(), heartbeat = now(),
+                     continuous_since = now(), interval_ms = EXCLUDED.interval_ms, base = EXCLUDED.base, own = EXCLUDED.own",
+                &[&me.id, &me.service, &me.host, &me.pid, &env!("CARGO_PKG_VERSION"), &new_lease, &interval, &base, &own],
+            )
+            .await?;
+            // Never assume old grants: whatever a previous incarnation held is gone.
+            tx.execute("DELETE FROM corral.demands WHERE member = $1", &[&me.id]).await?;
+            // A re-registration has no session locks to its name either.
+            (new_lease, false)
+        }
+    };
+
+    // Expire members that stopped heartbeating. Only a member that has itself been heartbeating
+    // for three intervals may judge: after an outage everyone gets time to come back first.
+    let mut expired = Vec::new();
+    if may_expire {
+        for row in tx
+            .query(
+                "DELETE FROM corral.members WHERE id <> $1 AND heartbeat < now() - interval_ms * 3 * interval '1 millisecond'
+                 RETURNING id, host, pid",
+                &[&me.id],
+            )
+            .await?
+        {
+            let (id, host, pid): (String, String, i32) = (row.get(0), row.get(1), row.get(2));
+            tracing::warn!(member = %id, host = %host, pid, "fleet member stopped heartbeating: expired, its grants return to the pool");
+            expired.push(id);
+        }
+    }
+    tx.execute("DELETE FROM corral.reservations WHERE expires_at IS NOT NULL AND expires_at <= now()", &[]).await?;
+
+    // Fleet-wide single instance: session locks on this connection, plus a lease row so that a
+    // successor waits until a holder that lost its connection has surely stopped its copy.
+    let wanted: BTreeMap<&str, Duration> = req.singletons.iter().map(|(j, s)| (j.as_str(), *s)).collect();
+    let mut outcomes = BTreeMap::new();
+    for (job, stop_timeout) in &wanted {
+        let key = format!("{}/{}", me.service, job);
+        if !locks.contains(*job) {
+            let got: bool = tx
+                .query_one("SELECT pg_try_advisory_lock($1, hashtext($2))", &[&LOCK_SINGLETON_NS, &key])
+                .await?
+                .get(0);
+            if !got {
+                let holder = tx
+                    .query_opt("SELECT member FROM corral.singletons WHERE service = $1 AND job = $2", &[&me.service, job])
+                    .await?
+                    .map(|r| r.get::<_, String>(0))
+                    .unwrap_or_else(|| "another corral".into());
+                outcomes.insert(job.to_string(), LockOutcome::Waiting(format!("lock: {key} held fleet-wide by {holder}")));
+                continue;
+            }
+            locks.insert(job.to_string());
+        }
+        let grace_ms = ms(req.interval + req.grace + *stop_timeout + TAKEOVER_MARGIN);
+        let prev = tx
+            .query_opt(
+                "SELECT member, (extract(epoch FROM now() - renewed_at) * 1000)::int8, grace_ms
+                 FROM corral.singletons WHERE service = $1 AND job = $2 FOR UPDATE",
+                &[&me.service, job],
+            )
+            .await?;
+        match prev {
+            Some(row) if row.get::<_, String>(0) != me.id && row.get::<_, i64>(1) < row.get::<_, i64>(2) => {
+                let (holder, age, grace): (String, i64, i64) = (row.get(0), row.get(1), row.get(2));
+                outcomes.insert(
+                    job.to_string(),
+                    LockOutcome::Waiting(format!(
+                        "lock: {key}: taking over from {holder} (last seen {:.1}s ago) in {:.1}s",
+                        age as f64 / 1000.0,
+                        (grace - age) as f64 / 1000.0
+                    )),
+                );
+            }
+            _ => {
+                tx.execute(
+                    "INSERT INTO corral.singletons (service, job, member, renewed_at, grace_ms) VALUES ($1, $2, $3, now(), $4)
+                     ON CONFLICT (service, job) DO UPDATE SET member = EXCLUDED.member, renewed_at = now(), grace_ms = EXCLUDED.grace_ms",
+                    &[&me.service, job, &me.id, &grace_ms],
+                )
+                .await?;
+                outcomes.insert(job.to_string(), LockOutcome::Held);
+            }
+        }
+    }
+    for job in locks.clone().iter().filter(|j| !wanted.contains_key(j.as_str())) {
+        let key = format!("{}/{}", me.service, job);
+        tx.execute("SELECT pg_advisory_unlock($1, hashtext($2))", &[&LOCK_SINGLETON_NS, &key]).await?;
+        tx.execute("DELETE FROM corral.singletons WHERE service = $1 AND job = $2 AND member = $3", &[&me.service, job, &me.id])
+            .await?;
+        locks.remove(job);
+    }
+
+    // Our demands. A singleton job without its fleet lock asks for nothing.
+    let names: Vec<String> = req.jobs.iter().map(|j| j.job.clone()).collect();
+    tx.execute("DELETE FROM corral.demands WHERE member = $1 AND NOT (job = ANY($2))", &[&me.id, &names]).await?;
+    let mut mine = Vec::new();
+    for j in &req.jobs {
+        let wants = match wanted.contains_key(j.job.as_str()) {
+            true if outcomes.get(&j.job) != Some(&LockOutcome::Held) => Wants::Off,
+            _ => j.wants,
+        };
+        let p = j.process;
+        tx.execute(
+            "INSERT INTO corral.demands (member, job, service, priority, min, max, wants, has_process, told, held, measured, live)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+             ON CONFLICT (member, job) DO UPDATE SET service = EXCLUDED.service, priority = EXCLUDED.priority,
+                 min = EXCLUDED.min, max = EXCLUDED.max, wants = EXCLUDED.wants, has_process = EXCLUDED.has_process,
+                 told = EXCLUDED.told, held = GREATEST(corral.demands.held, EXCLUDED.held),
+                 measured = EXCLUDED.measured, live = EXCLUDED.live, updated_at = now()",
+            &[
+                &me.id,
+                &j.job,
+                &me.service,
+                &j.priority,
+                &i(j.min),
+                &i(j.max),
+                &wants_str(wants),
+                &p.is_some(),
+                &i(p.map_or(0, |p| p.told)),
+                &i(p.map_or(0, |p| p.held)),
+                &p.and_then(|p| p.measured).map(i),
+                &j.live.map(i),
+            ],
+        )
+        .await?;
+        mine.push((j.job.clone(), wants));
+    }
+
+    // Everything the allocation needs, read under the lock.
+    let members: Vec<(Member, MemberView)> = tx
+        .query(
+            "SELECT id, service, host, pid, base, own, extract(epoch FROM now() - heartbeat)::float8 FROM corral.members ORDER BY id",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            let m = Member { id: r.get(0), service: r.get(1), base: u(r.get(4)), own: u(r.get(5)) };
+            let v = MemberView {
+                id: m.id.clone(),
+                service: m.service.clone(),
+                host: r.get(2),
+                pid: r.get(3),
+                heartbeat_age_s: r.get(6),
+                own: m.own,
+                base: m.base,
+            };
+            (m, v)
+        })
+        .collect();
+    let rows_raw = tx
+        .query(
+            "SELECT member, service, job, priority, min, max, wants, has_process, told, held, measured, granted, live
+             FROM corral.demands ORDER BY member, job",
+            &[],
+        )
+        .await?;
+    let mut rows = Vec::with_capacity(rows_raw.len());
+    let mut live_of = BTreeMap::new();
+    for r in &rows_raw {
+        let row = Row {
+            member: r.get(0),
+            service: r.get(1),
+            job: r.get(2),
+            priority: r.get(3),
+            min: u(r.get(4)),
+            max: u(r.get(5)),
+            wants: wants_parse(r.get(6)),
+            grant: u(r.get(11)),
+            process: r.get::<_, bool>(7).then(|| Process {
+                told: u(r.get(8)),
+                held: u(r.get(9)),
+                measured: r.get::<_, Option<i32>>(10).map(u),
+            }),
+        };
+        live_of.insert(row.id(), r.get::<_, Option<i32>>(12).map(u));
+        rows.push(row);
+    }
+    let reservations: Vec<ReservationView> = tx
+        .query(
+            "SELECT name, count, created_by, extract(epoch FROM expires_at - now())::float8 FROM corral.reservations ORDER BY name",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| ReservationView { name: r.get(0), count: u(r.get(1)), created_by: r.get(2), expires_in_s: r.get(3) })
+        .collect();
+    let backends: BTreeMap<String, u32> = tx
+        .query(
+            "SELECT application_name, count(*)::int4 FROM pg_stat_activity
+             WHERE backend_type = 'client backend' AND application_name LIKE 'corral/%' GROUP BY 1",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get::<_, String>(0), u(r.get(1))))
+        .collect();
+
+    let input = FleetInput {
+        members: members.iter().map(|(m, _)| m.clone()).collect(),
+        rows: rows.clone(),
+        reserved: reservations.iter().map(|r| r.count).sum(),
+        corral_backends: backends.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+    };
+    let (plan, alloc) = fleet::allocate_fleet(&input);
+
+    // Write every row's grant back, and what we are about to tell our own jobs.
+    let (mut m_ids, mut jobs, mut grants, mut targets, mut helds, mut waits) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for row in &rows {
+        let g = alloc.get(&row.id()).expect("every row is allocated");
+        m_ids.push(row.member.clone());
+        jobs.push(row.job.clone());
+        grants.push(i(g.grant));
+        targets.push(i(g.target));
+        helds.push(i(g.held));
+        waits.push(g.wait_reason.as_ref().map(|w| w.to_string()));
+    }
+    tx.execute(
+        "UPDATE corral.demands d SET granted = u.g, target = u.t, held = u.h, waiting = u.w
+         FROM unnest($1::text[], $2::text[], $3::int4[], $4::int4[], $5::int4[], $6::text[]) AS u(member, job, g, t, h, w)
+         WHERE d.member = u.member AND d.job = u.job",
+        &[&m_ids, &jobs, &grants, &targets, &helds, &waits],
+    )
+    .await?;
+    let mut results = BTreeMap::new();
+    for (job, wants) in &mine {
+        let id = fleet::row_id(&me.service, job, &me.id);
+        let g = alloc.get(&id).expect("our row is allocated");
+        let row = rows.iter().find(|r| r.member == me.id && &r.job == job).expect("our row was read");
+        let tell = fleet::told_after(*wants, g.grant, g.waiting_budget);
+        if let Some(q) = tell.filter(|q| row.process.is_none_or(|p| p.told != *q)) {
+            tx.execute(
+                "UPDATE corral.demands SET told = $3, measured = NULL, has_process = true, held = GREATEST(held, $3)
+                 WHERE member = $1 AND job = $2",
+                &[&me.id, job, &i(q)],
+            )
+            .await?;
+        }
+        results.insert(
+            job.clone(),
+            JobResult {
+                grant: g.grant,
+                held: g.held.max(tell.unwrap_or(0)),
+                tell,
+                waiting: g.wait_reason.as_ref().map(|w| w.to_string().replace(&format!("@{}", me.id), "")),
+                evict: g.evict,
+            },
+        );
+    }
+    tx.commit().await?;
+
+    let view = FleetView {
+        members: members.into_iter().map(|(_, v)| v).collect(),
+        jobs: rows
+            .iter()
+            .map(|r| {
+                let g = alloc.get(&r.id()).expect("allocated");
+                JobView {
+                    member: r.member.clone(),
+                    service: r.service.clone(),
+                    name: r.job.clone(),
+                    priority: r.priority,
+                    min: r.min,
+                    max: r.max,
+                    wants: r.wants,
+                    quota: g.grant,
+                    held: g.held,
+                    connections: live_of.get(&r.id()).copied().flatten(),
+                    waiting: g.wait_reason.as_ref().map(|w| w.to_string()),
+                }
+            })
+            .collect(),
+        reservations,
+        backends,
+        expired,
+    };
+    Ok((SyncResult { lease_lost, plan, jobs: results, locks: outcomes, view }, lease))
+}
+
+async fn reserve_tx(
+    client: &mut Client,
+    me: &str,
+    name: &str,
+    count: u32,
+    ttl: Option<Duration>,
+) -> Result<Result<(), String>, tokio_postgres::Error> {
+    let tx: Transaction<'_> = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1, $2)", &[&LOCK_NS, &LOCK_ALLOCATE]).await?;
+    tx.execute("DELETE FROM corral.reservations WHERE expires_at IS NOT NULL AND expires_at <= now()", &[]).await?;
+    let members: Vec<Member> = tx
+        .query("SELECT id, service, base, own FROM corral.members", &[])
+        .await?
+        .iter()
+        .map(|r| Member { id: r.get(0), service: r.get(1), base: u(r.get(2)), own: u(r.get(3)) })
+        .collect();
+    let row = tx
+        .query_one(
+            "SELECT coalesce(sum(GREATEST(granted, CASE WHEN has_process THEN GREATEST(held, told) ELSE 0 END)), 0)::int8
+             FROM corral.demands",
+            &[],
+        )
+        .await?;
+    let occupied = row.get::<_, i64>(0).max(0) as u64;
+    let others: i64 = tx
+        .query_one("SELECT coalesce(sum(count), 0)::int8 FROM corral.reservations WHERE name <> $1", &[&name])
+        .await?
+        .get(0);
+    let p = fleet::plan(&FleetInput { members, rows: Vec::new(), reserved: others.max(0) as u32, corral_backends: Vec::new() });
+    let free = (p.usable as u64).saturating_sub(occupied);
+    if count as u64 > free {
+        return Ok(Err(format!(
+            "cannot reserve {count}: only {free} of the fleet's {} usable connections are not held by jobs",
+            p.usable
+        )));
+    }
+    let ttl_s = ttl.map(|t| t.as_secs_f64());
+    tx.execute(
+        "INSERT INTO corral.reservations (name, count, expires_at, created_by)
+         VALUES ($1, $2, now() + make_interval(secs => $3::float8), $4)
+         ON CONFLICT (name) DO UPDATE SET count = EXCLUDED.count, expires_at = EXCLUDED.expires_at,
+             created_by = EXCLUDED.created_by, created_at = now()",
+        &[&name, &i(count), &ttl_s, &me],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Ok(()))
+}
