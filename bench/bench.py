@@ -340,6 +340,10 @@ class S6(Peer):
             os.symlink(self.run.benchjob, f"{sd}/run")
             with open(f"{sd}/timeout-kill", "w") as f:
                 f.write(f"{int(self.run.kill_timeout * 1000)}\n")
+            # readiness: without it s6-supervise pauses 1 s before every respawn
+            with open(f"{sd}/notification-fd", "w") as f:
+                f.write("3\n")
+        self.env["BENCH_NOTIFY_FD"] = "3"
         with open(f"{self.d}/svstat-all", "w") as f:
             f.write(f'#!/bin/sh\nfor d in {self.scan}/*/; do s6-svstat "$d"; done\n')
         os.chmod(f"{self.d}/svstat-all", 0o755)
@@ -632,49 +636,53 @@ autorestart=false
 
 def pid1(run, res):
     inits = [i for i in run.peers if i in ("tini", "dumb-init", "supervisord", "corral")]
-    log(f"== PID 1 in a PID namespace: {run.reap_n} orphans ({run.reap_reps} rounds, "
-        f"{run.reap_timeout} s limit)")
+    log(f"== PID 1 in a PID namespace: {run.reap_n} orphans, {run.reap_reps} rounds at once and "
+        f"{run.stream_reps} as a stream ({run.reap_timeout} s limit)")
     gave_up = set()
-    for rep in range(run.reap_reps):
-        for mode in ("zombies", "release"):
-            for init in inits:
-                if (init, mode) in gave_up:
-                    continue
-                d = run.newdir(f"pid1-{init}-{mode}-{rep}")
-                out = f"{d}/result.json"
-                argv = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"] + \
-                    pid1_argv(run, init, d, mode, out)
-                p = spawn(argv, out=f"{d}/init.out", cwd=d)
+    plan = [("zombies", r) for r in range(run.reap_reps)] + [("stream", r) for r in range(run.stream_reps)]
+    for mode, rep in plan:
+        for init in inits:
+            if (init, mode) in gave_up:
+                continue
+            d = run.newdir(f"pid1-{init}-{mode}-{rep}")
+            out = f"{d}/result.json"
+            argv = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"] + \
+                pid1_argv(run, init, d, mode, out)
+            p = spawn(argv, out=f"{d}/init.out", cwd=d)
+            try:
+                p.wait(timeout=run.reap_timeout + 150)
+            except subprocess.TimeoutExpired:
+                pass
+            if p.poll() is None:
                 try:
-                    p.wait(timeout=run.reap_timeout + 30)
-                except subprocess.TimeoutExpired:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except OSError:
                     pass
-                if p.poll() is None:
-                    try:
-                        os.killpg(p.pid, signal.SIGKILL)
-                    except OSError:
-                        pass
-                    p.wait()
-                forget(p)
-                line = read(out, "").strip().splitlines()
-                if not line:
-                    log(f"  {init} {mode}: no result (see {d})")
-                    res.note(f"reap_{mode}", init, "no result")
-                    continue
-                r = json.loads(line[-1])
-                if r["forked"] < run.reap_n:
-                    res.note(f"reap_{mode}", init, f"only {r['forked']} forks succeeded")
-                if r["timed_out"]:
-                    done = r["forked"] - r["left"]
-                    log(f"  {init} {mode}: {r['left']} of {r['forked']} still there after {run.reap_timeout} s")
-                    res.note(f"reap_{mode}", init,
-                             f"> {run.reap_timeout} s: {r['left']} of {r['forked']} left "
-                             f"({done / run.reap_timeout:.0f} reaped/s)")
-                    gave_up.add((init, mode))
-                else:
-                    log(f"  {init} {mode}: {r['reap_ms']:.1f} ms, peak {r['peak_zombies']} zombies")
-                    res.add(f"reap_{mode}", init, r["reap_ms"])
-                res.add(f"peak_{mode}", init, r["peak_zombies"])
+                p.wait()
+            forget(p)
+            line = read(out, "").strip().splitlines()
+            key = "reap_zombies" if mode == "zombies" else "lag_stream"
+            if not line:
+                log(f"  {init} {mode}: no result (see {d})")
+                res.note(key, init, "no result")
+                continue
+            r = json.loads(line[-1])
+            if r["forked"] < run.reap_n:
+                res.note(key, init, f"only {r['forked']} orphans made")
+            if mode == "stream":
+                res.add("peak_stream", init, r["peak_zombies"])
+                res.add("spawn_stream", init, r["spawn_ms"])
+            if r["timed_out"]:
+                log(f"  {init} {mode}: {r['left']} of {r['forked']} still there {run.reap_timeout} s "
+                    f"after the last orphan was made")
+                done = r["forked"] - r["left"]
+                rate = f"; {done / max(r['reap_ms'] / 1000, 0.001):.0f} reaped/s" if mode == "zombies" else ""
+                res.note(key, init, f"> {run.reap_timeout} s: {r['left']} of {r['forked']} left{rate}")
+                gave_up.add((init, mode))
+            else:
+                log(f"  {init} {mode}: {r['reap_ms']:.1f} ms after the last orphan, "
+                    f"peak {r['peak_zombies']} zombies")
+                res.add(key, init, r["reap_ms"])
 
 
 # --------------------------------------------------------------------------
@@ -693,12 +701,13 @@ METRICS = [
     ("crash_slow", "crash-to-respawn, job up 1.1 s first", "ms", "{:.2f}"),
     ("status", "`status` round trip, 100 jobs", "ms", "{:.1f}"),
     ("stop100", "graceful stop, 100 jobs", "ms", "{:.0f}"),
+    ("stop500", "graceful stop, 500 jobs", "ms", "{:.0f}"),
     ("stopterm", "stop, 100 jobs ignoring SIGTERM (2 s kill timeout)", "ms", "{:.0f}"),
     ("idle_ticks", "idle CPU, 100 jobs (utime+stime)", "ms/min", "{:.0f}"),
     ("idle_sched", "idle CPU, 100 jobs (schedstat)", "ms/min", "{:.2f}"),
-    ("reap_zombies", "PID 1: reap 10,000 orphaned zombies", "ms", "{:.0f}"),
-    ("reap_release", "PID 1: 10,000 orphans exit at once, until all reaped", "ms", "{:.0f}"),
-    ("peak_release", "PID 1: peak zombies in that run", "", "{:.0f}"),
+    ("reap_zombies", "PID 1: reap 10,000 zombies orphaned at once", "ms", "{:.0f}"),
+    ("peak_stream", "PID 1: peak zombies, 10,000 orphans made one by one", "", "{:.0f}"),
+    ("lag_stream", "PID 1: last of those made until all reaped", "ms", "{:.1f}"),
 ]
 
 COLS = ["corral", "supervisord", "s6", "runit", "tini", "dumb-init"]
@@ -752,9 +761,10 @@ def report(run, res):
     lines.append("")
     counts = {}
     for (k, p), xs in res.data.items():
-        counts.setdefault(k, set()).add(len(xs))
-    lines.append("Samples per cell: " + ", ".join(
-        f"{k} {'/'.join(str(x) for x in sorted(v))}" for k, v in counts.items()) + ".")
+        counts[k] = max(counts.get(k, 0), len(xs))
+    lines.append("Samples per cell (at most): " + ", ".join(
+        f"{label.split(',')[0] if k.startswith(('rss', 'pss')) else label} {counts[k]}"
+        for k, label, *_ in METRICS if k in counts) + ".")
     lines.append("")
     lines += targets(res)
     return "\n".join(lines)
@@ -788,7 +798,7 @@ def targets(res):
     line(None if c is None or not others else all(c < v for v in others.values()),
          f"500 jobs running sooner than every peer: corral {c and round(c)} ms; " +
          ", ".join(f"{p} {round(v)} ms" for p, v in others.items()))
-    c, s = m("status", "corral"), m("status", "supervisorctl" if False else "supervisord")
+    c, s = m("status", "corral"), m("status", "supervisord")
     line(None if None in (c, s) else s / c >= 5,
          f"`status` at least 5x faster than supervisorctl: {c and round(c, 2)} ms vs {s and round(s, 1)} ms "
          f"({c and s and round(s / c, 1)}x)")
@@ -812,6 +822,18 @@ class Run:
 
 def env_int(name, default):
     return int(os.environ.get(name, default))
+
+
+def cpu_totals():
+    """(busy jiffies, all jiffies) of the whole machine"""
+    f = [int(x) for x in read("/proc/stat", "cpu 0 0 0 0").splitlines()[0].split()[1:]]
+    idle = f[3] + (f[4] if len(f) > 4 else 0)
+    return sum(f) - idle, sum(f)
+
+
+def ours_jiffies():
+    t = os.times()
+    return (t.user + t.system + t.children_user + t.children_system) * CLK_TCK
 
 
 def main():
@@ -839,7 +861,8 @@ def main():
     run.slow_uptime_ms = env_int("SLOW_UPTIME_MS", 1100)
     run.status_runs = env_int("STATUS_RUNS", 10 if q else 30)
     run.reap_n = env_int("REAP_N", 10000)
-    run.reap_reps = env_int("REAP_REPS", 2 if q else 5)
+    run.reap_reps = env_int("REAP_REPS", 2 if q else 7)
+    run.stream_reps = env_int("STREAM_REPS", 1 if q else 3)
     run.reap_timeout = env_int("REAP_TIMEOUT", 5 if q else 15)
     run.kill_timeout = env_int("KILL_TIMEOUT", 2)
     run.settle = float(os.environ.get("SETTLE_SECONDS", 1))
@@ -852,8 +875,13 @@ def main():
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
-    t0 = time.monotonic()
     load0 = read("/proc/loadavg", "").split()[:3]
+    b0, a0 = cpu_totals()
+    time.sleep(5)
+    b1, a1 = cpu_totals()
+    busy_before = 100.0 * (b1 - b0) / max(1, a1 - a0)
+    t0 = time.monotonic()
+    o0 = ours_jiffies()
     try:
         only = a.only.split(",")
         if "multi" in only:
@@ -868,17 +896,23 @@ def main():
         cleanup()
     load1 = read("/proc/loadavg", "").split()[:3]
     elapsed = time.monotonic() - t0
+    b2, a2 = cpu_totals()
+    others = 100.0 * max(0, (b2 - b1) - (ours_jiffies() - o0)) / max(1, a2 - a1)
     params = (f"REPS={run.reps} REPS_500={run.reps_500} REPS_TERM={run.reps_term} IDLE_SECONDS={run.idle_seconds} "
               f"CRASH_SAMPLES={run.crash_samples} SLOW_SAMPLES={run.slow_samples} STATUS_RUNS={run.status_runs} "
-              f"REAP_N={run.reap_n} REAP_REPS={run.reap_reps} REAP_TIMEOUT={run.reap_timeout} "
+              f"REAP_N={run.reap_n} REAP_REPS={run.reap_reps} STREAM_REPS={run.stream_reps} "
+              f"REAP_TIMEOUT={run.reap_timeout} "
               f"KILL_TIMEOUT={run.kill_timeout}")
     print(report(run, res))
     print()
-    print(f"Run: {params}; {elapsed / 60:.1f} min; load average {' '.join(load0)} before, "
-          f"{' '.join(load1)} after.")
+    print(f"Run: {params}; {elapsed / 60:.1f} min. Machine busy {busy_before:.0f}% (of all CPUs) in the "
+          f"5 s before the run; during the run, processes other than the benchmark's used about "
+          f"{others:.0f}% of the CPUs (/proc/stat minus the benchmark's own CPU time); load average "
+          f"{' '.join(load0)} before.")
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"params": params, "elapsed_s": elapsed, "load_before": load0, "load_after": load1,
+                       "busy_before_pct": busy_before, "others_pct": others,
                        "samples": {f"{k}/{p}": v for (k, p), v in res.data.items()},
                        "notes": {f"{k}/{p}": v for (k, p), v in res.notes.items()}}, f, indent=1)
 

@@ -13,6 +13,8 @@
  *   BENCH_LOCK   file held with flock(LOCK_SH) while the job lives, so the
  *                harness learns that every job has exited by taking LOCK_EX
  *   BENCH_UPTIME_MS  crash mode: how long to stay up before exiting (default 0)
+ *   BENCH_NOTIFY_FD  s6 only (its notification-fd): write "\n" there once
+ *                started, so s6-supervise knows the job is ready
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -52,6 +54,11 @@ int main(void) {
         if (fd >= 0) flock(fd, LOCK_SH); /* kept open until exit */
     }
     stamp(stampf, 'S');
+    const char *nfd = getenv("BENCH_NOTIFY_FD");
+    if (nfd && *nfd) {
+        int fd = atoi(nfd);
+        if (write(fd, "\n", 1) == 1) close(fd);
+    }
 
     if (strcmp(mode, "crash") == 0) {
         const char *up = getenv("BENCH_UPTIME_MS");

@@ -3,35 +3,36 @@
  * Run as the only job of the init under test, inside
  * `unshare --pid --fork --mount-proc` (so /proc shows the namespace only):
  *
- *   reapbench MODE N OUT [--term-init]
+ *   reapbench MODE N OUT [--term-init] [--timeout SECONDS]
  *
- * It forks a "spawner", which forks N grandchildren and then exits, so the
- * grandchildren are reparented to PID 1 (nothing in between is a subreaper).
+ * It forks a "spawner" whose descendants end up as orphans of PID 1 (nothing
+ * in between is a subreaper):
  *
- *   MODE zombies  the grandchildren exit at once; the spawner waits until all
- *                 of them are dead (zombies it does not reap), then exits:
- *                 PID 1 inherits N zombies in one go. Measures pure reaping.
- *   MODE release  the grandchildren block on a pipe whose only writer is the
- *                 spawner; its exit releases all N at once, and they exit
- *                 while PID 1 reaps them. Peak zombies = how far PID 1 lags.
+ *   zombies  the spawner forks N children that exit at once, waits until all
+ *            of them are dead (zombies it does not reap), then exits: PID 1
+ *            inherits N zombies in one go. Clock: from the spawner's exit
+ *            (our waitpid returned; the kernel reparents before that) until
+ *            the namespace holds no process beyond those present before the
+ *            spawner (PID 1, its helpers, us). Pure reaping throughput.
+ *            Progress is read with readdir(/proc) only, which stays cheap.
+ *   stream   the spawner double-forks N times as fast as it can (a child that
+ *            forks a grandchild and exits at once, as daemons do); each
+ *            grandchild exits at once, so a stream of orphans reaches PID 1.
+ *            Peak zombies = most zombies (state Z, parent 1) seen at one
+ *            time, sampled while the stream runs; lag = from the spawner's
+ *            exit (last orphan made) until everything is reaped.
  *
- * Clock starts when the spawner has exited (waitpid returned: by then the
- * kernel has reparented its children) and stops when the namespace holds no
- * process beyond those present before the spawner (PID 1, its helpers, us).
- * Zombies are counted as (processes in /proc beyond that baseline) minus
- * (grandchildren still alive, a counter in shared memory that each one
- * decrements just before _exit).  Appends one JSON line to OUT.
- * With --term-init, it then sends SIGTERM to PID 1 (supervisord, corral).
+ * Appends one JSON line to OUT. With --term-init it then sends SIGTERM to
+ * PID 1 (supervisord and corral exit on it; tini and dumb-init exit with us).
  */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -42,20 +43,38 @@ static long long now_ns(void) {
     return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
-static int count_procs(void) {
+/* Processes in /proc; with `zombies`, also count those in state Z whose
+ * parent is PID 1 (one read of /proc/PID/stat each). */
+static int scan(int *zombies) {
     DIR *d = opendir("/proc");
     if (!d) return -1;
-    int n = 0;
+    int n = 0, z = 0;
     struct dirent *e;
-    while ((e = readdir(d)) != NULL)
-        if (e->d_name[0] >= '1' && e->d_name[0] <= '9') n++;
+    char path[300], buf[512];
+    while ((e = readdir(d)) != NULL) {
+        if (e->d_name[0] < '1' || e->d_name[0] > '9') continue;
+        n++;
+        if (!zombies) continue;
+        snprintf(path, sizeof path, "/proc/%s/stat", e->d_name);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) continue;
+        ssize_t r = read(fd, buf, sizeof buf - 1);
+        close(fd);
+        if (r <= 0) continue;
+        buf[r] = 0;
+        char *p = strrchr(buf, ')');
+        char state;
+        int ppid;
+        if (p && sscanf(p + 2, "%c %d", &state, &ppid) == 2 && state == 'Z' && ppid == 1) z++;
+    }
     closedir(d);
+    if (zombies) *zombies = z;
     return n;
 }
 
 int main(int argc, char **argv) {
     if (argc < 4) {
-        fprintf(stderr, "usage: reapbench zombies|release N OUT [--term-init] [--timeout SECONDS]\n");
+        fprintf(stderr, "usage: reapbench zombies|stream N OUT [--term-init] [--timeout SECONDS]\n");
         return 2;
     }
     const char *mode = argv[1];
@@ -67,75 +86,121 @@ int main(int argc, char **argv) {
         if (strcmp(argv[i], "--term-init") == 0) term_init = 1;
         else if (strcmp(argv[i], "--timeout") == 0 && i + 1 < argc) timeout_s = atof(argv[++i]);
     }
-    int release = strcmp(mode, "release") == 0;
+    int stream = strcmp(mode, "stream") == 0;
+    if (!stream && strcmp(mode, "zombies") != 0) {
+        fprintf(stderr, "reapbench: unknown mode %s\n", mode);
+        return 2;
+    }
 
-    /* shared: [0] grandchildren alive, [1] grandchildren forked */
-    atomic_int *sh = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (sh == MAP_FAILED) { perror("mmap"); return 1; }
-    atomic_store(&sh[0], 0);
-    atomic_store(&sh[1], 0);
+    /* spawner -> us: the number of orphans it made */
+    int rep[2];
+    if (pipe(rep) != 0) { perror("pipe"); return 1; }
 
-    /* Let PID 1 settle (tini/dumb-init/corral have just started us). */
-    usleep(200000);
-    int baseline = count_procs();
+    usleep(200000); /* let PID 1 settle */
+    int baseline = scan(NULL);
 
-    int p[2];
-    if (pipe(p) != 0) { perror("pipe"); return 1; }
-    long long t_fork = now_ns();
+    long long t_start = now_ns();
     pid_t spawner = fork();
     if (spawner < 0) { perror("fork"); return 1; }
     if (spawner == 0) {
-        for (int i = 0; i < n; i++) {
-            atomic_fetch_add(&sh[0], 1);
-            pid_t c = fork();
-            if (c == 0) {
-                if (release) {
-                    /* the spawner's p[1] must be the only writer left */
-                    char b;
-                    close(p[1]);
-                    while (read(p[0], &b, 1) < 0 && errno == EINTR) {}
+        close(rep[0]);
+        int made = 0;
+        if (stream) {
+            for (int i = 0; i < n; i++) {
+                pid_t c = fork();
+                if (c == 0) {
+                    if (fork() < 0) _exit(1); /* the grandchild exits at once too */
+                    _exit(0);
                 }
-                atomic_fetch_sub(&sh[0], 1);
-                _exit(0);
+                if (c < 0) {
+                    if (errno == EAGAIN) { usleep(1000); i--; continue; }
+                    break;
+                }
+                int st;
+                while (waitpid(c, &st, 0) < 0 && errno == EINTR) {}
+                if (WIFEXITED(st) && WEXITSTATUS(st) == 0) made++;
             }
-            if (c < 0) {
-                atomic_fetch_sub(&sh[0], 1);
-                if (errno == EAGAIN) { usleep(1000); i--; continue; }
-                break;
+        } else {
+            for (int i = 0; i < n; i++) {
+                pid_t c = fork();
+                if (c == 0) _exit(0);
+                if (c < 0) {
+                    if (errno == EAGAIN) { usleep(1000); i--; continue; }
+                    break;
+                }
+                made++;
             }
-            atomic_fetch_add(&sh[1], 1);
+            /* wait until every child is dead: waitid(WNOWAIT) reports a
+             * zombie without reaping it, so poll /proc/self/task/.../children
+             * is not needed: count the zombies among our children instead */
+            for (;;) {
+                int z = 0, all = 0;
+                char path[64];
+                snprintf(path, sizeof path, "/proc/%d/task/%d/children", getpid(), getpid());
+                FILE *f = fopen(path, "r");
+                if (!f) break;
+                int pid;
+                while (fscanf(f, "%d", &pid) == 1) {
+                    char sp[64], buf[256];
+                    all++;
+                    snprintf(sp, sizeof sp, "/proc/%d/stat", pid);
+                    int fd = open(sp, O_RDONLY);
+                    if (fd < 0) continue;
+                    ssize_t r = read(fd, buf, sizeof buf - 1);
+                    close(fd);
+                    if (r > 0) {
+                        buf[r] = 0;
+                        char *p = strrchr(buf, ')');
+                        if (p && p[2] == 'Z') z++;
+                    }
+                }
+                fclose(f);
+                if (z == all) break;
+                usleep(10000);
+            }
         }
-        if (!release) {
-            /* wait until every grandchild has died (zombies, not reaped) */
-            while (atomic_load(&sh[0]) > 0) usleep(1000);
-            usleep(50000);
-        }
+        if (write(rep[1], &made, sizeof made) != sizeof made) _exit(1);
         _exit(0);
     }
-    close(p[0]);
-    close(p[1]);
-    int st;
-    while (waitpid(spawner, &st, 0) < 0 && errno == EINTR) {}
-    long long t0 = now_ns();
+    close(rep[1]);
 
-    int peak = 0, left = 0, timed_out = 0;
-    long long deadline = t0 + (long long)(timeout_s * 1e9);
+    /* --timeout counts from the spawner's exit; making the orphans may take
+     * up to 120 s more (stream mode: about 0.5 ms per double fork) */
+    long long limit = (long long)(timeout_s * 1e9);
+    int peak = 0, made = 0, left = 0, timed_out = 0;
+    long long t_spawned = 0;
+    int st;
+    if (!stream) {
+        while (waitpid(spawner, &st, 0) < 0 && errno == EINTR) {}
+        t_spawned = now_ns();
+    }
     for (;;) {
-        int procs = count_procs() - baseline;
-        int alive = atomic_load(&sh[0]);
-        int zombies = procs - alive;
-        if (zombies > peak) peak = zombies;
-        if (procs <= 0) { left = 0; break; }
-        if (now_ns() > deadline) { left = procs; timed_out = 1; break; }
+        if (stream && !t_spawned) {
+            pid_t w = waitpid(spawner, &st, WNOHANG);
+            if (w == spawner) t_spawned = now_ns();
+        }
+        int z = 0;
+        int procs = scan(stream ? &z : NULL) - baseline;
+        if (!stream) z = procs; /* nothing but zombies is left */
+        if (z > peak) peak = z;
+        if (t_spawned && procs <= 0) break;
+        long long t = now_ns();
+        if ((t_spawned && t - t_spawned > limit) || t - t_start > limit + 120000000000LL) {
+            left = procs;
+            timed_out = 1;
+            break;
+        }
         usleep(200);
     }
-    long long t1 = now_ns();
+    long long t_end = now_ns();
+    if (read(rep[0], &made, sizeof made) != sizeof made) made = -1;
 
     FILE *f = fopen(out, "a");
     if (f) {
-        fprintf(f, "{\"mode\":\"%s\",\"n\":%d,\"forked\":%d,\"fork_ms\":%.1f,\"reap_ms\":%.3f,"
-                   "\"peak_zombies\":%d,\"left\":%d,\"timed_out\":%s,\"baseline\":%d}\n",
-                mode, n, atomic_load(&sh[1]), (t0 - t_fork) / 1e6, (t1 - t0) / 1e6, peak, left,
+        fprintf(f, "{\"mode\":\"%s\",\"n\":%d,\"forked\":%d,\"spawn_ms\":%.1f,\"reap_ms\":%.3f,"
+                   "\"total_ms\":%.1f,\"peak_zombies\":%d,\"left\":%d,\"timed_out\":%s,\"baseline\":%d}\n",
+                mode, n, made, t_spawned ? (t_spawned - t_start) / 1e6 : -1.0,
+                t_spawned ? (t_end - t_spawned) / 1e6 : -1.0, (t_end - t_start) / 1e6, peak, left,
                 timed_out ? "true" : "false", baseline);
         fclose(f);
     }
