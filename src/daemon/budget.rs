@@ -64,6 +64,8 @@ pub struct FleetState {
     pub lock_renewed: BTreeMap<String, Instant>,
     pub lease_losses: u64,
     pub syncs: u64,
+    /// Logged that another member shares our service.
+    pub warned_shared: bool,
 }
 
 impl FleetState {
@@ -333,11 +335,20 @@ impl Budget {
         mine + others
     }
 
-    /// Live members that share our service name (their jobs' connections are indistinguishable).
+    /// Other members running jobs with connections under our service and a job name of ours:
+    /// their connections and ours are indistinguishable in pg_stat_activity.
     pub fn shared_service(&self) -> Vec<String> {
         let Some(f) = &self.fleet else { return Vec::new() };
         let Some(v) = &f.view else { return Vec::new() };
-        v.members.iter().filter(|m| m.id != f.member && m.service == self.cfg.service).map(|m| m.id.clone()).collect()
+        let mine: Vec<&str> = v.jobs.iter().filter(|j| j.member == f.member).map(|j| j.name.as_str()).collect();
+        let mut others: Vec<String> = v
+            .jobs
+            .iter()
+            .filter(|j| j.member != f.member && j.service == self.cfg.service && mine.contains(&j.name.as_str()))
+            .map(|j| j.member.clone())
+            .collect();
+        others.dedup();
+        others
     }
 
     /// Fleet scope between syncs: a job that no longer wants to run gives its grant up at
@@ -349,6 +360,16 @@ impl Budget {
                 b.waiting = None;
             }
         }
+    }
+
+    /// Connections of the job's previous run that no reading has shown closed yet. A new run
+    /// waits for them: backends outlive their client while a query runs, and the new run's
+    /// quota does not cover both.
+    pub fn draining(&self, job: &str) -> Option<u32> {
+        let b = self.jobs.get(job)?;
+        let p = b.process.as_ref().filter(|_| b.exited_at.is_some())?;
+        // Without readings there is nothing to wait for (and nothing we could see).
+        (self.status.healthy == Some(true)).then_some(p.held.max(b.live.unwrap_or(0)))
     }
 
     /// The job spawned with `quota`.

@@ -51,8 +51,9 @@ pub async fn sync_once(coord: &mut Coordinator, req: &SyncRequest, timeout: Dura
     FleetReport { started, result }
 }
 
-/// Carry out one command; false after `Leave`.
-async fn serve(coord: &mut Coordinator, cmd: FleetCmd, timeout: Duration) -> bool {
+/// Carry out one command; false after `Leave`. Replies to reserve/release wait in
+/// `after_sync`: the client's next `budget` must already see the change.
+async fn serve(coord: &mut Coordinator, cmd: FleetCmd, timeout: Duration, after_sync: &mut Vec<(oneshot::Sender<Response>, Response)>) -> bool {
     match cmd {
         FleetCmd::SyncNow => {}
         FleetCmd::Reserve { name, count, ttl, reply } => {
@@ -68,7 +69,7 @@ async fn serve(coord: &mut Coordinator, cmd: FleetCmd, timeout: Duration) -> boo
                     Response::err(ErrorKind::Refused, "fleet coordination timed out")
                 }
             };
-            let _ = reply.send(resp);
+            after_sync.push((reply, resp));
         }
         FleetCmd::Release { name, reply } => {
             let resp = match tokio::time::timeout(timeout, coord.release(&name)).await {
@@ -83,7 +84,7 @@ async fn serve(coord: &mut Coordinator, cmd: FleetCmd, timeout: Duration) -> boo
                     Response::err(ErrorKind::Refused, "fleet coordination timed out")
                 }
             };
-            let _ = reply.send(resp);
+            after_sync.push((reply, resp));
         }
         FleetCmd::Leave { done } => {
             let _ = tokio::time::timeout(timeout, coord.leave()).await;
@@ -105,14 +106,15 @@ pub fn spawn(mut coord: Coordinator, interval: Duration, timeout: Duration, tx: 
                 _ = tokio::time::sleep_until(next.into()) => None,
                 c = cmd_rx.recv() => match c { Some(c) => Some(c), None => return },
             };
+            let mut replies = Vec::new();
             if let Some(c) = cmd {
-                if !serve(&mut coord, c, timeout).await {
+                if !serve(&mut coord, c, timeout, &mut replies).await {
                     return;
                 }
             }
             // Serve whatever else arrived meanwhile; any number of sync requests make one sync.
             while let Ok(c) = cmd_rx.try_recv() {
-                if !serve(&mut coord, c, timeout).await {
+                if !serve(&mut coord, c, timeout, &mut replies).await {
                     return;
                 }
             }
@@ -147,6 +149,9 @@ pub fn spawn(mut coord: Coordinator, interval: Duration, timeout: Duration, tx: 
             }
             if tx.send(Event::Fleet(report)).is_err() {
                 return;
+            }
+            for (reply, resp) in replies {
+                let _ = reply.send(resp);
             }
         }
     });

@@ -24,6 +24,8 @@ pub struct DbReport {
 pub enum ProbeCmd {
     /// Run a full check now; send `then` to the actor after the report.
     CheckNow { then: oneshot::Sender<crate::protocol::Response> },
+    /// Read usage now: a restarting job waits for its previous run's backends to close.
+    UsageNow,
 }
 
 pub async fn full_check(probe: &Probe, timeout: Duration) -> DbReport {
@@ -52,6 +54,20 @@ pub fn spawn(probe: Arc<Probe>, health_interval: Duration, rebalance: Duration, 
             let cmd = tokio::select! {
                 _ = tokio::time::sleep_until(wake.into()) => None,
                 c = cmd_rx.recv() => match c { Some(c) => Some(c), None => return },
+            };
+            // Several usage requests queued up are answered by one reading.
+            let cmd = match cmd {
+                Some(ProbeCmd::UsageNow) => {
+                    let mut c = None;
+                    while let Ok(next) = cmd_rx.try_recv() {
+                        if let ProbeCmd::CheckNow { .. } = next {
+                            c = Some(next);
+                            break;
+                        }
+                    }
+                    c
+                }
+                other => other,
             };
             let now = Instant::now();
             let full = cmd.is_some() || now >= next_full;

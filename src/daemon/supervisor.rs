@@ -97,6 +97,9 @@ struct JobRt {
     /// About to be started (autostart, reload): counted as wanting budget so
     /// the first jobs started do not take everything before the others ask.
     start_pending: bool,
+    /// Held back until the next database answer: a fleet sync (grant or lock), or a
+    /// usage reading (the previous run's connections closing). `start` waits for it.
+    awaiting_db: bool,
 }
 
 enum WaitFor {
@@ -463,6 +466,15 @@ impl Supervisor {
 
         let mut quota = None;
         let mut extra_env = crate::budget::env::identity_env(&self.config.budget.service, name);
+        if let (Some(n), Some(_)) = (self.budget.as_ref().and_then(|b| b.draining(name)), job.cfg.connections) {
+            if let Some(cmd) = &self.probe_cmd {
+                let _ = cmd.send(ProbeCmd::UsageNow);
+            }
+            if let Some(j) = self.jobs.get_mut(name) {
+                j.awaiting_db = true;
+            }
+            return Input::Blocked { reason: format!("budget: up to {n} connection(s) of the previous run still open") };
+        }
         let fleet = self.budget.as_ref().is_some_and(|b| b.fleet.is_some());
         if fleet {
             match self.fleet_admit(name) {
@@ -743,8 +755,9 @@ impl Supervisor {
             Request::Health => match &self.probe_cmd {
                 Some(cmd) => {
                     if let Err(e) = cmd.send(ProbeCmd::CheckNow { then: reply }) {
-                        let ProbeCmd::CheckNow { then } = e.0;
-                        let _ = then.send(self.health());
+                        if let ProbeCmd::CheckNow { then } = e.0 {
+                            let _ = then.send(self.health());
+                        }
                     }
                 }
                 None => {
@@ -813,7 +826,9 @@ impl Supervisor {
         let mut i = 0;
         while i < self.waiters.len() {
             let WaitFor::Settled(names) = &self.waiters[i].what;
-            let pending = names.iter().any(|n| self.jobs.get(n).is_some_and(|j| j.m.state == State::Stopping));
+            let pending = names.iter().any(|n| {
+                self.jobs.get(n).is_some_and(|j| j.m.state == State::Stopping || (j.m.state == State::Waiting && j.awaiting_db))
+            });
             if pending {
                 i += 1;
                 continue;
@@ -980,6 +995,9 @@ impl Supervisor {
 
 impl Supervisor {
     fn on_db(&mut self, report: DbReport) {
+        for j in self.jobs.values_mut() {
+            j.awaiting_db = false;
+        }
         let Some(budget) = self.budget.as_mut() else { return };
         let now = Instant::now();
         if let Some(h) = &report.health {
@@ -1016,7 +1034,9 @@ impl Supervisor {
         if let Ok(usage) = report.usage {
             let service = budget.cfg.service.clone();
             for (name, job) in &self.jobs {
-                let Some(b) = budget.jobs.get(name) else { continue };
+                if !budget.jobs.contains_key(name) {
+                    continue;
+                }
                 if job.cfg.connections.is_none() || !job.m.state.is_live() {
                     continue;
                 }
@@ -1164,11 +1184,14 @@ impl Supervisor {
         let job = &self.jobs[name];
         let failing = f.last_error.as_ref().map(|e| format!(" (fleet coordination failing: {e})")).unwrap_or_default();
         if job.cfg.single_instance && !f.holds(name, hold_for, now) {
-            let reason = match f.locks.get(name) {
-                Some(LockOutcome::Waiting(r)) => r.clone(),
-                _ => format!("lock: waiting for the fleet-wide lock of {service}/{name}{failing}"),
+            let (reason, unanswered) = match f.locks.get(name) {
+                Some(LockOutcome::Waiting(r)) => (r.clone(), false),
+                _ => (format!("lock: waiting for the fleet-wide lock of {service}/{name}{failing}"), true),
             };
             self.request_sync();
+            if let Some(j) = self.jobs.get_mut(name) {
+                j.awaiting_db = unanswered;
+            }
             return Err(reason);
         }
         let Some(conn) = job.cfg.connections else { return Ok(None) };
@@ -1176,15 +1199,22 @@ impl Supervisor {
         if b.grant > 0 && b.waiting.is_none() {
             return Ok(Some(b.grant));
         }
-        let reason = match &b.waiting {
-            Some(w) => format!("{w}: needs {} connection(s), the fleet has {} usable", conn.min, f.plan.as_ref().map_or(0, |p| p.usable)),
-            None => format!("budget: waiting for a grant from the fleet (needs {}){failing}", conn.min),
+        let (reason, unanswered) = match &b.waiting {
+            Some(w) => (format!("{w}: needs {} connection(s), the fleet has {} usable", conn.min, f.plan.as_ref().map_or(0, |p| p.usable)), false),
+            None => (format!("budget: waiting for a grant from the fleet (needs {}){failing}", conn.min), true),
         };
         self.request_sync();
+        if let Some(j) = self.jobs.get_mut(name) {
+            j.awaiting_db = unanswered;
+        }
         Err(reason)
     }
 
     fn on_fleet(&mut self, report: FleetReport) {
+        // Whatever the answer, it is the answer `start` waited for.
+        for j in self.jobs.values_mut() {
+            j.awaiting_db = false;
+        }
         let Some(budget) = self.budget.as_mut() else { return };
         match report.result {
             Ok(result) => {
@@ -1193,6 +1223,13 @@ impl Supervisor {
                 }
                 let views = job_views(&self.jobs);
                 let changes = budget.apply_fleet(result, &views, Instant::now());
+                let shared = budget.shared_service();
+                if let Some(f) = budget.fleet.as_mut() {
+                    if !shared.is_empty() && !f.warned_shared {
+                        warn!(service = %self.config.budget.service, others = ?shared, "another corral uses the same service: jobs of the same name cannot be told apart in pg_stat_activity; give each corral its own service");
+                    }
+                    f.warned_shared = !shared.is_empty();
+                }
                 self.deliver(changes.tell);
                 for name in changes.evict {
                     warn!(job = %name, "the fleet's usable budget fell below the running minimums: stopping this job");
@@ -1284,6 +1321,7 @@ impl JobRt {
             dup_termed: HashSet::new(),
             last_wait_logged: None,
             start_pending: false,
+            awaiting_db: false,
         }
     }
 }

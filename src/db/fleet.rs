@@ -372,6 +372,8 @@ impl Coordinator {
 async fn migrate(client: &mut Client) -> Result<(), tokio_postgres::Error> {
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1, $2)", &[&LOCK_NS, &LOCK_MIGRATE]).await?;
+    // "already exists, skipping" notices on every start are noise.
+    tx.batch_execute("SET LOCAL client_min_messages = warning").await?;
     tx.batch_execute(
         "CREATE SCHEMA IF NOT EXISTS corral;
          CREATE TABLE IF NOT EXISTS corral.schema_migrations (

@@ -8,56 +8,63 @@ use std::time::{Duration, Instant};
 use crate::harness::{poll, stderr, stdout, Corral, SEC};
 use crate::pg::TestPg;
 
-fn worker() -> &'static str {
+pub(crate) fn worker() -> &'static str {
     env!("CARGO_BIN_EXE_corral-pg-worker")
 }
 
-fn rt() -> tokio::runtime::Runtime {
+pub(crate) fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
 
 /// Samples pg_stat_activity from a superuser connection until stopped:
 /// the peak number of job connections (application_name corral/<svc>/<job>).
-struct Sampler {
+pub(crate) struct Sampler {
     stop: Arc<AtomicBool>,
-    peak: Arc<AtomicU32>,
-    last: Arc<AtomicU32>,
+    pub peak: Arc<AtomicU32>,
+    pub last: Arc<AtomicU32>,
     samples: Arc<AtomicU32>,
+    /// When the peak was first reached, and the connections per application_name then.
+    pub peak_detail: Arc<std::sync::Mutex<String>>,
     handle: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Sampler {
-    fn start(admin_url: String) -> Sampler {
+    pub fn start(admin_url: String) -> Sampler {
         let stop = Arc::new(AtomicBool::new(false));
         let peak = Arc::new(AtomicU32::new(0));
         let last = Arc::new(AtomicU32::new(0));
         let samples = Arc::new(AtomicU32::new(0));
-        let (s, p, l, n) = (stop.clone(), peak.clone(), last.clone(), samples.clone());
+        let peak_detail = Arc::new(std::sync::Mutex::new(String::new()));
+        let (s, p, l, n, d) = (stop.clone(), peak.clone(), last.clone(), samples.clone(), peak_detail.clone());
         let handle = std::thread::spawn(move || {
             rt().block_on(async move {
                 let (client, conn) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls).await.expect("admin connect");
                 tokio::spawn(conn);
                 while !s.load(Ordering::SeqCst) {
-                    let row = client
-                        .query_one(
-                            "SELECT count(*)::int FROM pg_stat_activity WHERE backend_type = 'client backend' \
-                             AND application_name LIKE 'corral/%' AND application_name NOT LIKE '%/\\_corral'",
+                    let rows = client
+                        .query(
+                            "SELECT application_name, count(*)::int FROM pg_stat_activity WHERE backend_type = 'client backend' \
+                             AND application_name LIKE 'corral/%' AND application_name NOT LIKE '%/\\_corral' GROUP BY 1 ORDER BY 1",
                             &[],
                         )
                         .await
                         .expect("sample");
-                    let c: i32 = row.get(0);
+                    let c: i32 = rows.iter().map(|r| r.get::<_, i32>(1)).sum();
                     l.store(c as u32, Ordering::SeqCst);
-                    p.fetch_max(c as u32, Ordering::SeqCst);
+                    if p.fetch_max(c as u32, Ordering::SeqCst) < c as u32 {
+                        let apps: Vec<String> = rows.iter().map(|r| format!("{}={}", r.get::<_, String>(0), r.get::<_, i32>(1))).collect();
+                        let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                        *d.lock().unwrap() = format!("{c} at unix {:.3}: {}", at.as_secs_f64(), apps.join(" "));
+                    }
                     n.fetch_add(1, Ordering::SeqCst);
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             })
         });
-        Sampler { stop, peak, last, samples, handle: Some(handle) }
+        Sampler { stop, peak, last, samples, peak_detail, handle: Some(handle) }
     }
 
-    fn finish(mut self) -> (u32, u32) {
+    pub fn finish(mut self) -> (u32, u32) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(h) = self.handle.take() {
             h.join().expect("sampler thread");

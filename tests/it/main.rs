@@ -8,6 +8,7 @@ mod budget;
 mod config_errors;
 mod control;
 mod core;
+mod fleet;
 mod integration;
 mod pid1;
 mod python_examples;

@@ -1,0 +1,290 @@
+//! Fleet scope end to end (SPEC §5 across the fleet, §7 fleet-wide single instance): one real
+//! PostgreSQL, several real `corral run` processes, real workers holding their quota busy.
+//!
+//! Every test starts its own throwaway cluster (`start_local`): the `corral` schema and its
+//! members are shared by everything on a database, so a shared server would mix fleets.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::budget::{worker, Sampler};
+use crate::harness::{pid_alive, poll, setup, stderr, Corral, SEC};
+use crate::pg::TestPg;
+
+const INTERVAL_MS: u64 = 400;
+
+/// A fleet member's manifest: `[database]`, `[budget] scope = "fleet"` and `jobs`.
+fn member(pg: &TestPg, service: &str, extra_budget: &str, jobs: &str) -> String {
+    format!(
+        "[supervisor]\nsocket = \"{{dir}}/corral.sock\"\nlock_dir = \"{{dir}}/locks\"\n\n\
+         [database]\nurl = \"{url}\"\nprovider_reserve = 2\nadhoc_reserve = 3\nhealth_interval = \"2s\"\n\n\
+         [budget]\nscope = \"fleet\"\nservice = \"{service}\"\nrebalance_interval = \"{INTERVAL_MS}ms\"\n{extra_budget}\n\n{jobs}",
+        url = pg.url(),
+    )
+}
+
+/// `n` workers that hold their whole quota busy; re-read the quota file on SIGHUP.
+fn workers(n: usize, extra: &str) -> String {
+    (1..=n)
+        .map(|i| {
+            format!(
+                "[jobs.w{i}]\ncommand = [\"{w}\"]\nconnections = {{ min = 1, max = 6, overflow = 1 }}\npriority = {p}\n\
+                 quota_signal = \"SIGHUP\"\non_duplicate = \"ignore\"\nsingle_instance = false\nstop_timeout = \"5s\"\n{extra}\n",
+                w = worker(),
+                p = i as i32,
+            )
+        })
+        .collect()
+}
+
+fn budget(c: &Corral) -> Value {
+    let out = c.ctl(&["budget", "--json"]);
+    assert!(out.status.success(), "budget failed: {}\n{}", stderr(&out), c.output());
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn quota(c: &Corral, job: &str) -> u64 {
+    c.job(job)["quota"].as_u64().unwrap_or(0)
+}
+
+/// Σ quotas of running jobs across these corrals, from their own `status`.
+fn granted(corrals: &[&Corral]) -> u64 {
+    corrals
+        .iter()
+        .flat_map(|c| c.status()["jobs"].as_array().cloned().unwrap_or_default())
+        .filter(|j| j["state"] == "running")
+        .map(|j| j["quota"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// Stand-in for a container dying: SIGKILL corral and every job it ran.
+fn kill_member(c: &mut Corral) {
+    let pids: Vec<i64> = c.status()["jobs"].as_array().unwrap().iter().filter_map(|j| j["pid"].as_i64()).collect();
+    c.signal(libc::SIGKILL);
+    c.wait_exit(5 * SEC);
+    for pid in pids {
+        unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+    }
+}
+
+/// A new corral in the killed one's directory: same config, same socket, same fleet identity.
+fn restart(c: &mut Corral) -> Corral {
+    let dir = std::mem::replace(&mut c.dir, tempfile::tempdir().unwrap());
+    let c2 = Corral::spawn_in(dir, c.config.clone(), c.socket.clone(), &[]);
+    c2.wait_ready();
+    c2
+}
+
+#[test]
+fn three_corrals_never_exceed_the_fleets_usable_while_jobs_start_stop_and_idle() {
+    // 40 - 3 superuser_reserved = 37; - 2 provider - 3 ad hoc = 32 base; - 3 corrals x 2 own = 26.
+    let pg = TestPg::start_local(40);
+    let sampler = Sampler::start(pg.admin_url());
+    // A joining corral's two own connections exist before the others can shrink for them, so
+    // the members join first and the jobs start after (README: Fleet scope).
+    let later = "autostart = false\n";
+    let idle = "autostart = false\nenv = { WORKER_IDLE = \"1\" }\n";
+    let c1 = Corral::start(&member(&pg, "svc1", "", &workers(3, later)));
+    let c2 = Corral::start(&member(&pg, "svc2", "", &workers(3, later)));
+    let c3 = Corral::start(&member(&pg, "svc3", "idle_after = \"1s\"", &workers(3, idle)));
+    let all = [&c1, &c2, &c3];
+    assert!(poll(10 * SEC, || all.iter().all(|c| budget(c)["members"].as_array().map_or(0, |m| m.len()) == 3)), "{}", budget(&c1));
+    let usable = budget(&c1)["usable"].as_u64().unwrap() as u32;
+    assert_eq!(usable, 26, "{}", budget(&c1));
+    for c in all {
+        // Later starts may wait while earlier jobs give connections back: exit 1 with the reason.
+        let out = c.ctl(&["start", "all"]);
+        assert!(out.status.code().unwrap_or(9) <= 1, "{}\n{}", stderr(&out), c.output());
+    }
+    for c in all {
+        for j in ["w1", "w2", "w3"] {
+            c.wait_state(j, "running", 30 * SEC);
+        }
+    }
+    // Busy workers fill the fleet's budget, and no more.
+    assert!(
+        poll(30 * SEC, || sampler.last.load(Ordering::SeqCst) >= usable - 2),
+        "workers never filled the budget: {} of {usable}\n{}",
+        sampler.last.load(Ordering::SeqCst),
+        budget(&c1)
+    );
+    // svc3's idle workers are held at their minimum; the busy ones get the rest.
+    assert!(poll(20 * SEC, || (1..=3).all(|i| quota(&c3, &format!("w{i}")) == 1)), "{}", budget(&c3));
+    assert!(poll(20 * SEC, || quota(&c1, "w3") > 1));
+
+    // Jobs stop and start across the fleet while the sampler watches.
+    assert!(c2.ctl(&["stop", "w1", "w2", "w3"]).status.success());
+    assert!(poll(20 * SEC, || quota(&c1, "w1") + quota(&c1, "w2") + quota(&c1, "w3") >= 15), "c1 never grew: {}", budget(&c1));
+    assert!(granted(&all) <= usable as u64);
+    assert!(c2.ctl(&["start", "w1", "w2", "w3"]).status.code().unwrap_or(9) <= 1);
+    for j in ["w1", "w2", "w3"] {
+        c2.wait_job(j, 30 * SEC, "running with a grant", |j| j["state"] == "running" && j["quota"].as_u64() >= Some(1));
+    }
+    assert!(c1.ctl(&["restart", "w2"]).status.code().unwrap_or(9) <= 1);
+    c1.wait_state("w2", "running", 30 * SEC);
+    assert!(poll(20 * SEC, || sampler.last.load(Ordering::SeqCst) >= usable - 3));
+
+    let fleet = budget(&c2);
+    assert_eq!(fleet["scope"], "fleet");
+    assert_eq!(fleet["services"].as_array().unwrap().len(), 3, "{fleet}");
+    assert_eq!(fleet["jobs"].as_array().unwrap().len(), 9, "{fleet}");
+    assert!(fleet["granted"].as_u64().unwrap() <= usable as u64, "{fleet}");
+    assert_eq!(fleet["coordination"]["healthy"], true, "{fleet}");
+    let detail = sampler.peak_detail.clone();
+    let (peak, samples) = sampler.finish();
+    let detail = detail.lock().unwrap().clone();
+    eprintln!("fleet e2e: peak job connections {peak} / usable {usable} over {samples} samples; peak {detail}");
+    assert!(peak <= usable, "peak {peak} exceeded the fleet's usable {usable}");
+    assert!(samples > 20);
+    for c in all {
+        assert!(!c.output().contains(pg.password()), "password leaked");
+    }
+}
+
+#[test]
+fn a_killed_corral_returns_its_grants_and_comes_back_without_double_granting() {
+    // 32 - 3 = 29 limit; - 2 provider - 3 ad hoc = 24 base.
+    let pg = TestPg::start_local(32);
+    let c1 = Corral::start(&member(&pg, "a", "", &workers(2, "")));
+    let c2 = Corral::start(&member(&pg, "b", "", &workers(2, "")));
+    let mut c3 = Corral::start(&member(&pg, "c", "", &workers(2, "")));
+    assert!(poll(10 * SEC, || budget(&c1)["members"].as_array().map_or(0, |m| m.len()) == 3));
+    let usable3 = budget(&c1)["usable"].as_u64().unwrap();
+    assert_eq!(usable3, 24 - 6);
+    for c in [&c1, &c2, &c3] {
+        for j in ["w1", "w2"] {
+            c.wait_state(j, "running", 30 * SEC);
+        }
+    }
+    // Six jobs of max 6 share 18: nobody is at max.
+    let before = quota(&c1, "w1") + quota(&c1, "w2");
+    assert!(before < 12, "{}", budget(&c1));
+
+    kill_member(&mut c3);
+    let killed = Instant::now();
+    // Three intervals without a heartbeat, then the next sync of a survivor expires it.
+    assert!(
+        poll(10 * SEC, || budget(&c1)["members"].as_array().map_or(0, |m| m.len()) == 2),
+        "c3 never expired: {}",
+        budget(&c1)
+    );
+    let expired_after = killed.elapsed();
+    assert!(poll(10 * SEC, || quota(&c1, "w1") + quota(&c1, "w2") > before), "c1's quotas never rose: {}", budget(&c1));
+    eprintln!("killed member expired after {expired_after:?} (interval {INTERVAL_MS} ms)");
+    assert!(expired_after < Duration::from_millis(3 * INTERVAL_MS) + 3 * SEC, "expiry took {expired_after:?}");
+    let usable2 = budget(&c1)["usable"].as_u64().unwrap();
+    assert_eq!(usable2, 24 - 4, "a departed member's own connections are no longer deducted");
+
+    // Restarted with the same socket it is the same member: it replaces its old registration.
+    let c3 = restart(&mut c3);
+    for j in ["w1", "w2"] {
+        c3.wait_job(j, 30 * SEC, "running with a grant", |j| j["state"] == "running" && j["quota"].as_u64() >= Some(1));
+    }
+    assert!(poll(10 * SEC, || {
+        let b = budget(&c2);
+        b["members"].as_array().map_or(0, |m| m.len()) == 3 && b["jobs"].as_array().map_or(0, |j| j.len()) == 6
+    }), "{}", budget(&c2));
+    let b = budget(&c2);
+    assert_eq!(b["usable"].as_u64(), Some(usable3));
+    assert!(b["granted"].as_u64().unwrap() <= usable3, "{b}");
+    assert!(poll(10 * SEC, || granted(&[&c1, &c2, &c3]) <= usable3));
+    let rows = pg.psql(&pg.url(), "SELECT count(*) FROM corral.members").trim().to_string();
+    assert_eq!(rows, "3");
+}
+
+#[test]
+fn a_fleet_single_job_runs_in_exactly_one_corral_and_moves_when_it_dies() {
+    let pg = TestPg::start_local(30);
+    let jobs = "[jobs.layer1]\ncommand = [\"sleep\", \"1000\"]\non_duplicate = \"ignore\"\nstop_timeout = \"1s\"\n";
+    let body = member(&pg, "scraper", "fleet_grace = \"1s\"", jobs);
+    let mut a = Corral::start(&body);
+    let running_a = a.wait_state("layer1", "running", 20 * SEC);
+    let b = Corral::start(&body);
+    let waiting = b.wait_state("layer1", "waiting", 20 * SEC);
+    assert!(waiting["reason"].as_str().unwrap_or("").contains("held fleet-wide"), "{waiting}");
+    // For several intervals, exactly one copy runs.
+    let until = Instant::now() + Duration::from_millis(4 * INTERVAL_MS);
+    while Instant::now() < until {
+        let running = [&a, &b].iter().filter(|c| c.job("layer1")["state"] == "running").count();
+        assert_eq!(running, 1, "a: {}\nb: {}", a.job("layer1"), b.job("layer1"));
+    }
+    let pid_a = running_a["pid"].as_i64().unwrap() as i32;
+
+    kill_member(&mut a);
+    assert!(poll(5 * SEC, || !pid_alive(pid_a)), "the killed holder's job survived");
+    let t = Instant::now();
+    let moved = b.wait_job("layer1", 20 * SEC, "running after the holder died", |j| {
+        // Never running before the previous holder's grace has passed.
+        j["state"] == "running"
+    });
+    let took = t.elapsed();
+    eprintln!("fleet-single job moved after {took:?}");
+    // interval + fleet_grace + stop_timeout + 2 s margin since the last renewal.
+    assert!(took >= Duration::from_millis(INTERVAL_MS + 1000 + 1000 + 2000) - Duration::from_millis(INTERVAL_MS + 200), "took over too early: {took:?}");
+    assert!(moved["pid"].as_i64().is_some());
+    // The restarted corral now waits for b's copy.
+    let a = restart(&mut a);
+    let w = a.wait_state("layer1", "waiting", 20 * SEC);
+    assert!(w["reason"].as_str().unwrap_or("").contains("held fleet-wide"), "{w}");
+    assert_eq!(b.job("layer1")["state"], "running");
+}
+
+#[test]
+fn ten_corrals_starting_together_migrate_once_and_all_register() {
+    let pg = TestPg::start_local(60);
+    let jobs = "[jobs.idle]\ncommand = [\"sleep\", \"1000\"]\non_duplicate = \"ignore\"\nsingle_instance = false\n";
+    let dirs: Vec<_> = (0..10).map(|i| setup(&member(&pg, &format!("s{i}"), "", jobs))).collect();
+    let corrals: Vec<Corral> = dirs.into_iter().map(|(dir, config, socket)| Corral::spawn_in(dir, config, socket, &[])).collect();
+    for c in &corrals {
+        c.wait_ready();
+    }
+    assert!(
+        poll(15 * SEC, || corrals.iter().all(|c| budget(c)["members"].as_array().map_or(0, |m| m.len()) == 10)),
+        "{}",
+        budget(&corrals[0])
+    );
+    let versions = pg.psql(&pg.url(), "SELECT string_agg(version::text, ',' ORDER BY version) FROM corral.schema_migrations");
+    assert_eq!(versions.trim(), "1");
+    assert_eq!(pg.psql(&pg.url(), "SELECT count(*) FROM corral.members").trim(), "10");
+    for c in &corrals {
+        assert_eq!(c.output().matches("applied corral schema migration").count() <= 1, true);
+        assert!(!c.output().contains("cannot join the fleet"), "{}", c.output());
+        assert_eq!(budget(c)["coordination"]["healthy"], true);
+    }
+    let applied: usize = corrals.iter().map(|c| c.output().matches("applied corral schema migration").count()).sum();
+    assert_eq!(applied, 1, "the migration ran more than once");
+}
+
+#[test]
+fn a_reservation_from_one_corral_lowers_every_members_usable_and_expires_on_time() {
+    let pg = TestPg::start_local(40);
+    let c1 = Corral::start(&member(&pg, "a", "", ""));
+    let c2 = Corral::start(&member(&pg, "b", "", ""));
+    assert!(poll(10 * SEC, || budget(&c1)["members"].as_array().map_or(0, |m| m.len()) == 2));
+    let usable = |c: &Corral| budget(c)["usable"].as_u64().unwrap();
+    let before = usable(&c2);
+    assert_eq!(before, usable(&c1));
+
+    let out = c1.ctl(&["reserve", "nightly-etl", "-n", "4", "--ttl", "3s"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let made = Instant::now();
+    assert_eq!(usable(&c1), before - 4);
+    assert!(poll(5 * SEC, || usable(&c2) == before - 4), "c2 never saw the reservation: {}", budget(&c2));
+    let r = budget(&c2)["reservations"].clone();
+    assert_eq!(r[0]["name"], "nightly-etl", "{r}");
+    assert!(poll(10 * SEC, || usable(&c1) == before && usable(&c2) == before));
+    let gone = made.elapsed();
+    eprintln!("fleet reservation of 3s gone from both after {gone:?}");
+    assert!(gone >= Duration::from_millis(2500), "expired early: {gone:?}");
+    assert!(gone < Duration::from_millis(3000 + 3 * INTERVAL_MS + 1500), "expired late: {gone:?}");
+
+    // Fleet-wide: made on one member, released on another; too large is refused.
+    assert!(c2.ctl(&["reserve", "psql", "-n", "2"]).status.success());
+    assert!(poll(5 * SEC, || usable(&c1) == before - 2));
+    assert!(c1.ctl(&["release", "psql"]).status.success());
+    assert!(poll(5 * SEC, || usable(&c2) == before));
+    assert_eq!(c1.ctl(&["release", "psql"]).status.code(), Some(1));
+    assert_eq!(c1.ctl(&["reserve", "huge", "-n", "1000"]).status.code(), Some(1));
+}
