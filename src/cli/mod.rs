@@ -176,7 +176,12 @@ fn check(path: &Path, json: bool) -> i32 {
     match config::load(path) {
         Ok(cfg) => {
             let plan = cfg.database.as_ref().map(|db| {
-                crate::budget::plan::plan(&crate::budget::plan_input(db, None, 0, crate::budget::OWN_CONNECTIONS))
+                // In fleet scope each corral has two own connections; this plan is one corral alone.
+                let own = match cfg.budget.scope {
+                    config::Scope::Fleet => crate::budget::OWN_CONNECTIONS_FLEET,
+                    config::Scope::Local => crate::budget::OWN_CONNECTIONS,
+                };
+                crate::budget::plan::plan(&crate::budget::plan_input(db, None, 0, own))
             });
             let minimums: u32 =
                 cfg.jobs.values().filter(|j| j.autostart).filter_map(|j| j.connections).map(|c| c.min).sum();

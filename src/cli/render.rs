@@ -235,7 +235,34 @@ pub fn budget(b: &serde_json::Value) -> String {
     let n = |k: &str| b[k].as_u64().map(|v| v.to_string()).unwrap_or_else(|| "?".into());
     let reserved: u64 = b["reservations"].as_array().map(|r| r.iter().filter_map(|x| x["count"].as_u64()).sum()).unwrap_or(0);
     let mut out = String::new();
-    out.push_str(&format!(
+    let fleet = b["scope"] == "fleet";
+    if fleet {
+        let c = &b["coordination"];
+        let health = match (c["healthy"].as_bool(), c["error"].as_str()) {
+            (_, Some(e)) => format!("coordination FAILING: {e}"),
+            (Some(true), _) => format!("coordination healthy (last sync {:.1}s ago)", c["last_sync_age_s"].as_f64().unwrap_or(0.0)),
+            _ => "coordination not synced yet".into(),
+        };
+        out.push_str(&format!(
+            "fleet: {} corral(s); this one is {}; {health}\n",
+            b["members"].as_array().map_or(0, |m| m.len()),
+            b["member"].as_str().unwrap_or("?")
+        ));
+        out.push_str(&format!(
+            "limit {} ({})  - provider {}  - ad hoc {}  - external {}  = base {}  - reserved {}  - corrals {}  - unclaimed {}  = usable {}\n",
+            n("limit"),
+            b["limit_source"].as_str().unwrap_or("?"),
+            n("provider_reserve"),
+            n("adhoc_reserve"),
+            n("external_reserve"),
+            n("base"),
+            reserved,
+            n("own"),
+            n("unclaimed"),
+            n("usable")
+        ));
+    } else {
+        out.push_str(&format!(
         "limit {} ({})  - provider {}  - ad hoc {}  - external {}  - reserved {}  - corral {}  = usable {}\n",
         n("limit"),
         b["limit_source"].as_str().unwrap_or("?"),
@@ -246,6 +273,7 @@ pub fn budget(b: &serde_json::Value) -> String {
         n("own"),
         n("usable")
     ));
+    }
     out.push_str(&format!(
         "granted {}  headroom {}  live {}  external live {}\n",
         n("granted"),
@@ -253,13 +281,35 @@ pub fn budget(b: &serde_json::Value) -> String {
         n("live"),
         n("external_live")
     ));
-    let header = ["JOB", "PRIORITY", "MIN", "MAX", "QUOTA", "LIVE", "IDLE", "WAITING"];
+    if fleet {
+        let srows: Vec<Vec<String>> = b["services"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| {
+                vec![
+                    s["service"].as_str().unwrap_or("?").to_string(),
+                    s["corrals"].to_string(),
+                    s["jobs"].to_string(),
+                    s["granted"].to_string(),
+                    s["live"].to_string(),
+                    format!("{:.0}%", s["share"].as_f64().unwrap_or(0.0) * 100.0),
+                ]
+            })
+            .collect();
+        out.push_str(&table(&["SERVICE", "CORRALS", "JOBS", "GRANTED", "LIVE", "SHARE"], &srows));
+    }
+    let mut header = vec!["JOB", "PRIORITY", "MIN", "MAX", "QUOTA", "LIVE", "IDLE", "WAITING"];
+    if fleet {
+        header.insert(1, "SERVICE");
+        header.insert(2, "HOST");
+    }
     let rows: Vec<Vec<String>> = b["jobs"]
         .as_array()
         .map(|jobs| {
             jobs.iter()
                 .map(|j| {
-                    vec![
+                    let mut row = vec![
                         j["name"].as_str().unwrap_or("?").to_string(),
                         j["priority"].to_string(),
                         j["min"].to_string(),
@@ -268,7 +318,12 @@ pub fn budget(b: &serde_json::Value) -> String {
                         j["connections"].to_string(),
                         if j["idle"].as_bool() == Some(true) { "idle".into() } else { "-".into() },
                         j["state_waiting"].as_str().unwrap_or("").to_string(),
-                    ]
+                    ];
+                    if fleet {
+                        row.insert(1, j["service"].as_str().unwrap_or("?").to_string());
+                        row.insert(2, j["host"].as_str().unwrap_or("?").to_string());
+                    }
+                    row
                 })
                 .collect()
         })

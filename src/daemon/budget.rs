@@ -340,11 +340,14 @@ impl Budget {
     pub fn shared_service(&self) -> Vec<String> {
         let Some(f) = &self.fleet else { return Vec::new() };
         let Some(v) = &f.view else { return Vec::new() };
-        let mine: Vec<&str> = v.jobs.iter().filter(|j| j.member == f.member).map(|j| j.name.as_str()).collect();
+        // A standby (a single-instance job waiting for the fleet lock) asks for nothing: not a clash.
+        let mine: Vec<&str> =
+            v.jobs.iter().filter(|j| j.member == f.member && j.wants != Wants::Off).map(|j| j.name.as_str()).collect();
         let mut others: Vec<String> = v
             .jobs
             .iter()
-            .filter(|j| j.member != f.member && j.service == self.cfg.service && mine.contains(&j.name.as_str()))
+            .filter(|j| j.member != f.member && j.service == self.cfg.service && j.wants != Wants::Off)
+            .filter(|j| mine.contains(&j.name.as_str()))
             .map(|j| j.member.clone())
             .collect();
         others.dedup();

@@ -298,9 +298,25 @@ impl Supervisor {
         self.finish_shutdown();
         if let Some(cmd) = self.fleet_cmd.take() {
             // Give our grants and locks back now rather than after three missed heartbeats.
-            let (done, wait) = oneshot::channel();
+            // The fleet task may be waiting for a snapshot first: keep answering those.
+            let (done, mut wait) = oneshot::channel();
             if cmd.send(FleetCmd::Leave { done }).is_ok() {
-                let _ = tokio::time::timeout(Duration::from_secs(3), wait).await;
+                let deadline = tokio::time::sleep(Duration::from_secs(3));
+                tokio::pin!(deadline);
+                loop {
+                    tokio::select! {
+                        _ = &mut wait => break,
+                        _ = &mut deadline => {
+                            warn!("could not leave the fleet in time: the others expire this corral after three intervals");
+                            break;
+                        }
+                        Some(ev) = events.recv() => {
+                            if let Event::FleetSnapshot(reply) = ev {
+                                let _ = reply.send(self.fleet_request());
+                            }
+                        }
+                    }
+                }
             }
         }
         // Jobs and orphans are gone: print what they wrote last before the
@@ -939,8 +955,9 @@ impl Supervisor {
                     || b.db.health_timeout != db.health_timeout
                     || b.cfg.rebalance_interval != self.config.budget.rebalance_interval
                     || b.cfg.service != self.config.budget.service
+                    || b.cfg.scope != self.config.budget.scope
                 {
-                    warn!("changes to [database] url, health_interval, health_timeout or [budget] service, rebalance_interval take effect after a restart of corral");
+                    warn!("changes to [database] url, health_interval, health_timeout or [budget] scope, service, rebalance_interval take effect after a restart of corral");
                 }
                 b.db = db;
                 b.cfg = self.config.budget.clone();
@@ -1188,7 +1205,11 @@ impl Supervisor {
                 Some(LockOutcome::Waiting(r)) => (r.clone(), false),
                 _ => (format!("lock: waiting for the fleet-wide lock of {service}/{name}{failing}"), true),
             };
-            self.request_sync();
+            // Ask the fleet only when it has not answered for this job yet; otherwise the
+            // regular sync retries (a waiting job would make its corral sync non-stop).
+            if unanswered {
+                self.request_sync();
+            }
             if let Some(j) = self.jobs.get_mut(name) {
                 j.awaiting_db = unanswered;
             }
@@ -1203,7 +1224,9 @@ impl Supervisor {
             Some(w) => (format!("{w}: needs {} connection(s), the fleet has {} usable", conn.min, f.plan.as_ref().map_or(0, |p| p.usable)), false),
             None => (format!("budget: waiting for a grant from the fleet (needs {}){failing}", conn.min), true),
         };
-        self.request_sync();
+        if unanswered {
+            self.request_sync();
+        }
         if let Some(j) = self.jobs.get_mut(name) {
             j.awaiting_db = unanswered;
         }
@@ -1222,7 +1245,9 @@ impl Supervisor {
                     warn!("this corral's fleet registration was gone (expired or replaced): registered again, without its old grants");
                 }
                 let views = job_views(&self.jobs);
-                let changes = budget.apply_fleet(result, &views, Instant::now());
+                // Locks count as renewed when the snapshot was taken, not when the answer came:
+                // the successor's wait is measured from the lease row's renewal, which is earlier.
+                let changes = budget.apply_fleet(result, &views, report.started);
                 let shared = budget.shared_service();
                 if let Some(f) = budget.fleet.as_mut() {
                     if !shared.is_empty() && !f.warned_shared {

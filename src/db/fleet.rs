@@ -40,6 +40,13 @@ const LOCK_SINGLETON_NS: i32 = 0x636f_7273;
 /// time between its last renewal and the moment it noticed (one round trip, timers).
 const TAKEOVER_MARGIN: Duration = Duration::from_secs(2);
 
+/// Live backends per corral application_name, server-wide. Without pg_monitor other roles'
+/// sessions show a NULL backend_type but still their application_name: count them too
+/// (undercounting would overbook the server), as the probe does.
+const BACKENDS_SQL: &str = "SELECT application_name, count(*)::int4 FROM pg_stat_activity
+     WHERE (backend_type = 'client backend' OR (backend_type IS NULL AND datid IS NOT NULL AND usesysid IS NOT NULL))
+       AND application_name LIKE 'corral/%' GROUP BY 1";
+
 /// Versioned, append-only: a released migration is never edited.
 pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
     1,
@@ -257,7 +264,9 @@ impl Coordinator {
         self.conn.as_ref().and_then(|c| c.died.lock().ok().and_then(|d| d.clone()))
     }
 
-    async fn client(&mut self) -> Result<&mut Client, DbError> {
+    /// Connect (and migrate) unless connected. A replaced connection lost every session
+    /// lock the old one held: `locks` is emptied with it.
+    async fn ensure(&mut self) -> Result<(), DbError> {
         if self.conn.as_ref().is_some_and(|c| c.client.is_closed()) {
             let why = self.death().unwrap_or_else(|| "connection closed".into());
             tracing::warn!(target = %self.target, "fleet coordination connection lost ({why}); its locks are gone");
@@ -277,8 +286,14 @@ impl Coordinator {
             });
             let mut conn = Conn { client, died };
             migrate(&mut conn.client).await.map_err(|e| self.err("applying the corral schema migrations", &e))?;
+            self.locks.clear();
             self.conn = Some(conn);
         }
+        Ok(())
+    }
+
+    async fn client(&mut self) -> Result<&mut Client, DbError> {
+        self.ensure().await?;
         Ok(&mut self.conn.as_mut().expect("just connected").client)
     }
 
@@ -298,18 +313,9 @@ impl Coordinator {
 
     /// Heartbeat, expire, report our demands, allocate for the whole fleet, write the grants.
     pub async fn sync(&mut self, req: &SyncRequest) -> Result<SyncResult, DbError> {
-        let ident = self.ident.clone();
-        let lease = self.lease;
-        let mut locks = std::mem::take(&mut self.locks);
-        let client = match self.client().await {
-            Ok(c) => c,
-            Err(e) => {
-                self.locks = locks;
-                return Err(e);
-            }
-        };
-        let r = sync_tx(client, &ident, lease, &mut locks, req).await;
-        self.locks = locks;
+        self.ensure().await?;
+        let conn = self.conn.as_mut().expect("just connected");
+        let r = sync_tx(&mut conn.client, &self.ident, self.lease, &mut self.locks, req).await;
         match r {
             Ok((result, new_lease)) => {
                 self.lease = Some(new_lease);
@@ -374,9 +380,15 @@ async fn migrate(client: &mut Client) -> Result<(), tokio_postgres::Error> {
     tx.execute("SELECT pg_advisory_xact_lock($1, $2)", &[&LOCK_NS, &LOCK_MIGRATE]).await?;
     // "already exists, skipping" notices on every start are noise.
     tx.batch_execute("SET LOCAL client_min_messages = warning").await?;
+    // CREATE SCHEMA needs CREATE on the database even when the schema exists: only ask for
+    // it when missing, so an admin can pre-create the schema for a role without it.
+    let exists: bool =
+        tx.query_one("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'corral')", &[]).await?.get(0);
+    if !exists {
+        tx.batch_execute("CREATE SCHEMA corral").await?;
+    }
     tx.batch_execute(
-        "CREATE SCHEMA IF NOT EXISTS corral;
-         CREATE TABLE IF NOT EXISTS corral.schema_migrations (
+        "CREATE TABLE IF NOT EXISTS corral.schema_migrations (
              version     integer PRIMARY KEY,
              description text NOT NULL,
              applied_at  timestamptz NOT NULL DEFAULT now()
@@ -520,13 +532,13 @@ async fn sync_tx(
             .await?;
         match prev {
             Some(row) if row.get::<_, String>(0) != me.id && row.get::<_, i64>(1) < row.get::<_, i64>(2) => {
-                let (holder, age, grace): (String, i64, i64) = (row.get(0), row.get(1), row.get(2));
+                let (holder, grace): (String, i64) = (row.get(0), row.get(2));
+                // Stable text (no countdown): the wait is logged once, not at every sync.
                 outcomes.insert(
                     job.to_string(),
                     LockOutcome::Waiting(format!(
-                        "lock: {key}: taking over from {holder} (last seen {:.1}s ago) in {:.1}s",
-                        age as f64 / 1000.0,
-                        (grace - age) as f64 / 1000.0
+                        "lock: {key}: taking over from {holder} {:.1}s after its last renewal",
+                        grace as f64 / 1000.0
                     )),
                 );
             }
@@ -646,8 +658,7 @@ async fn sync_tx(
         .collect();
     let backends: BTreeMap<String, u32> = tx
         .query(
-            "SELECT application_name, count(*)::int4 FROM pg_stat_activity
-             WHERE backend_type = 'client backend' AND application_name LIKE 'corral/%' GROUP BY 1",
+            BACKENDS_SQL,
             &[],
         )
         .await?
@@ -765,7 +776,26 @@ async fn reserve_tx(
         .query_one("SELECT coalesce(sum(count), 0)::int8 FROM corral.reservations WHERE name <> $1", &[&name])
         .await?
         .get(0);
-    let p = fleet::plan(&FleetInput { members, rows: Vec::new(), reserved: others.max(0) as u32, corral_backends: Vec::new() });
+    // Rows only name what is claimed; their numbers do not enter the plan.
+    let rows: Vec<Row> = tx
+        .query("SELECT member, service, job FROM corral.demands", &[])
+        .await?
+        .iter()
+        .map(|r| Row {
+            member: r.get(0),
+            service: r.get(1),
+            job: r.get(2),
+            priority: 0,
+            min: 0,
+            max: 0,
+            wants: Wants::Off,
+            grant: 0,
+            process: None,
+        })
+        .collect();
+    let corral_backends: Vec<(String, u32)> =
+        tx.query(BACKENDS_SQL, &[]).await?.iter().map(|r| (r.get::<_, String>(0), u(r.get(1)))).collect();
+    let p = fleet::plan(&FleetInput { members, rows, reserved: others.max(0) as u32, corral_backends });
     let free = (p.usable as u64).saturating_sub(occupied);
     if count as u64 > free {
         return Ok(Err(format!(

@@ -204,12 +204,18 @@ fn a_fleet_single_job_runs_in_exactly_one_corral_and_moves_when_it_dies() {
     let b = Corral::start(&body);
     let waiting = b.wait_state("layer1", "waiting", 20 * SEC);
     assert!(waiting["reason"].as_str().unwrap_or("").contains("held fleet-wide"), "{waiting}");
-    // For several intervals, exactly one copy runs.
-    let until = Instant::now() + Duration::from_millis(4 * INTERVAL_MS);
+    // For several intervals, exactly one copy runs; the standby syncs at its interval, not
+    // every time its waiting job retries.
+    let syncs = |c: &Corral| budget(c)["coordination"]["syncs"].as_u64().unwrap();
+    let before = syncs(&b);
+    let until = Instant::now() + Duration::from_millis(5 * INTERVAL_MS);
     while Instant::now() < until {
         let running = [&a, &b].iter().filter(|c| c.job("layer1")["state"] == "running").count();
         assert_eq!(running, 1, "a: {}\nb: {}", a.job("layer1"), b.job("layer1"));
     }
+    let during = syncs(&b) - before;
+    assert!(during <= 5 + 2, "the standby synced {during} times in 5 intervals");
+    assert!(!b.output().contains("another corral uses the same service"), "a standby is no clash: {}", b.output());
     let pid_a = running_a["pid"].as_i64().unwrap() as i32;
 
     kill_member(&mut a);
@@ -287,4 +293,40 @@ fn a_reservation_from_one_corral_lowers_every_members_usable_and_expires_on_time
     assert!(poll(5 * SEC, || usable(&c2) == before));
     assert_eq!(c1.ctl(&["release", "psql"]).status.code(), Some(1));
     assert_eq!(c1.ctl(&["reserve", "huge", "-n", "1000"]).status.code(), Some(1));
+}
+
+#[test]
+fn losing_the_database_keeps_grants_and_stops_fleet_single_jobs_after_the_grace() {
+    // Stopping the server needs a cluster of our own.
+    let pg = TestPg::start_local(30);
+    let jobs = format!(
+        "[jobs.w]\ncommand = [\"{w}\"]\nconnections = {{ min = 1, max = 3 }}\non_duplicate = \"ignore\"\nsingle_instance = false\n\
+         [jobs.later]\ncommand = [\"{w}\"]\nconnections = {{ min = 1, max = 3 }}\non_duplicate = \"ignore\"\nsingle_instance = false\nautostart = false\n\
+         [jobs.single]\ncommand = [\"sleep\", \"1000\"]\non_duplicate = \"ignore\"\nstop_timeout = \"1s\"\n",
+        w = worker()
+    );
+    let body = member(&pg, "svc", "fleet_grace = \"1s\"", &jobs).replace("health_interval = \"2s\"", "health_interval = \"1s\"\nhealth_timeout = \"2s\"");
+    let c = Corral::start(&body);
+    let w = c.wait_job("w", 20 * SEC, "running with quota 3", |j| j["state"] == "running" && j["quota"] == 3);
+    c.wait_state("single", "running", 20 * SEC);
+
+    pg.stop_immediate();
+    let t = Instant::now();
+    assert!(poll(15 * SEC, || c.ctl(&["health"]).status.code() == Some(1)), "health never turned unhealthy");
+    // The single-instance copy stops once its fleet lock went unconfirmed past the grace...
+    let single = c.wait_state("single", "waiting", 15 * SEC);
+    eprintln!("fleet-single job stopped {:?} after the database went away: {}", t.elapsed(), single["reason"]);
+    // ...while the job with a grant keeps running with the same grant, and nothing gets a new one.
+    let still = c.job("w");
+    assert_eq!((still["pid"].clone(), still["quota"].clone(), still["state"].clone()), (w["pid"].clone(), w["quota"].clone(), w["state"].clone()));
+    assert_eq!(c.ctl(&["start", "later"]).status.code(), Some(1));
+    let later = c.job("later");
+    assert_eq!(later["state"], "waiting", "{later}");
+    assert!(later["reason"].as_str().unwrap_or("").contains("fleet"), "{later}");
+
+    pg.start_again();
+    c.wait_state("single", "running", 20 * SEC);
+    c.wait_state("later", "running", 20 * SEC);
+    assert_eq!(c.job("w")["pid"], w["pid"], "the database outage restarted a job");
+    assert!(!c.output().contains(pg.password()));
 }

@@ -23,6 +23,8 @@ pub struct Corral {
     pub config: PathBuf,
     pub socket: PathBuf,
     pub output: Arc<Mutex<String>>,
+    /// The threads copying corral's stdout and stderr into `output`.
+    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 /// A fresh temp dir with a config file written from `body`. The body may use
@@ -57,20 +59,28 @@ impl Corral {
 
     pub fn spawn_in(dir: tempfile::TempDir, config: PathBuf, socket: PathBuf, env: &[(&str, &str)]) -> Corral {
         let mut cmd = Command::new(bin());
-        cmd.args(["run", "-c"]).arg(&config).current_dir(dir.path()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.args(["run", "-c"]).arg(&config);
         for (k, v) in env {
             cmd.env(k, v);
         }
+        Corral::from_command(cmd, dir, config, socket)
+    }
+
+    /// Run `cmd` (corral itself, or a wrapper such as `unshare` around it) in `dir`, capturing
+    /// its output.
+    pub fn from_command(mut cmd: Command, dir: tempfile::TempDir, config: PathBuf, socket: PathBuf) -> Corral {
+        cmd.current_dir(dir.path()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn corral");
         let output = Arc::new(Mutex::new(String::new()));
+        let mut readers = Vec::new();
         for stream in [child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>), child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>)]
             .into_iter()
             .flatten()
         {
             let out = output.clone();
-            std::thread::spawn(move || capture(stream, out));
+            readers.push(std::thread::spawn(move || capture(stream, out)));
         }
-        Corral { child: Some(child), dir, config, socket, output }
+        Corral { child: Some(child), dir, config, socket, output, readers }
     }
 
     pub fn pid(&self) -> i32 {
@@ -151,6 +161,11 @@ impl Corral {
         loop {
             if let Some(st) = child.try_wait().unwrap() {
                 self.child = None;
+                // Everything corral wrote before exiting is in `output` once the readers hit EOF.
+                let until = Instant::now() + Duration::from_secs(2);
+                while self.readers.iter().any(|r| !r.is_finished()) && Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
                 return st.code();
             }
             if Instant::now() > deadline {

@@ -8,9 +8,7 @@
 //! zombies until they are reaped. `NSpid` in `/proc/<pid>/status` maps the
 //! pids that jobs write (namespace pids) to host pids.
 
-use std::io::Read;
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::harness::*;
@@ -105,36 +103,9 @@ fn start_pid1(body: &str, files: &[(&str, &str)]) -> Ns {
         std::fs::write(dir.path().join(name), text.replace("DIR", dir.path().to_str().unwrap())).unwrap();
     }
     let mut cmd = Command::new("unshare");
-    cmd.args(["--pid", "--fork", "--mount-proc", "--kill-child"])
-        .arg(bin())
-        .args(["run", "-c"])
-        .arg(&config)
-        .current_dir(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn unshare");
-    let output = Arc::new(Mutex::new(String::new()));
-    for stream in [
-        child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
-        child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        let out = output.clone();
-        std::thread::spawn(move || {
-            let mut r = stream;
-            let mut buf = [0u8; 8192];
-            while let Ok(n) = r.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                out.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-    }
-    let unshare_pid = child.id() as i32;
-    let c = Corral { child: Some(child), dir, config, socket, output };
+    cmd.args(["--pid", "--fork", "--mount-proc", "--kill-child"]).arg(bin()).args(["run", "-c"]).arg(&config);
+    let c = Corral::from_command(cmd, dir, config, socket);
+    let unshare_pid = c.pid();
     let mut host_pid = 0;
     let found = poll(Duration::from_secs(10), || {
         host_pid = children(unshare_pid)
