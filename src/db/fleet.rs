@@ -26,7 +26,7 @@ use tokio_postgres::{Client, Config, NoTls, Transaction};
 use super::error::{describe, DbError};
 use super::redact::redact;
 use super::usage::Attribution;
-use crate::budget::allocate::{Process, Wants};
+use crate::budget::allocate::{self, Allocation, Process, Wants};
 use crate::budget::fleet::{self, FleetInput, FleetPlan, Member, Row};
 
 /// First key of every advisory lock corral takes ("corr"); the second names what is locked.
@@ -434,6 +434,8 @@ fn i(n: u32) -> i32 {
     n.min(i32::MAX as u32) as i32
 }
 
+/// One sync, in one transaction under the allocation lock: every phase sees the rows as the
+/// previous member left them, and no other member writes in between.
 async fn sync_tx(
     client: &mut Client,
     me: &Identity,
@@ -443,12 +445,35 @@ async fn sync_tx(
 ) -> Result<(SyncResult, i64), tokio_postgres::Error> {
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1, $2)", &[&LOCK_NS, &LOCK_ALLOCATE]).await?;
-    let (base, own, interval) = (i(req.base), i(req.own), ms(req.interval));
+    let beat = heartbeat(&tx, me, lease, req).await?;
+    let expired = if beat.may_expire { expire_members(&tx, me).await? } else { Vec::new() };
+    tx.execute(EXPIRE_RESERVATIONS_SQL, &[]).await?;
+    let outcomes = singleton_locks(&tx, me, locks, req).await?;
+    let mine = report_demands(&tx, me, req, &outcomes).await?;
+    let fleet = read_fleet(&tx).await?;
+    let (plan, alloc) = fleet::allocate_fleet(&fleet.input());
+    let jobs = write_grants(&tx, me, &fleet.rows, &alloc, &mine).await?;
+    tx.commit().await?;
+    let view = fleet.view(&alloc, expired);
+    Ok((SyncResult { lease_lost: beat.lost, plan, jobs, locks: outcomes, view }, beat.lease))
+}
 
-    // Renew, or (re-)register. Time is the database's.
-    let renewed = match lease {
-        Some(l) => {
-            tx.query_opt(
+const EXPIRE_RESERVATIONS_SQL: &str = "DELETE FROM corral.reservations WHERE expires_at IS NOT NULL AND expires_at <= now()";
+
+struct Beat {
+    lease: i64,
+    /// We had a lease and it matched no row: expired or replaced.
+    lost: bool,
+    /// We have heartbeated continuously for three intervals: we may expire others.
+    may_expire: bool,
+}
+
+/// Renew our lease, or (re-)register with a new one. Time is the database's.
+async fn heartbeat(tx: &Transaction<'_>, me: &Identity, lease: Option<i64>, req: &SyncRequest) -> Result<Beat, tokio_postgres::Error> {
+    let (base, own, interval) = (i(req.base), i(req.own), ms(req.interval));
+    if let Some(l) = lease {
+        let renewed = tx
+            .query_opt(
                 "UPDATE corral.members SET heartbeat = now(), pid = $3, base = $4, own = $5, interval_ms = $6,
                         continuous_since = CASE WHEN heartbeat < now() - interval_ms * 1.5 * interval '1 millisecond'
                                                 THEN now() ELSE continuous_since END
@@ -456,71 +481,71 @@ async fn sync_tx(
                  RETURNING now() - continuous_since >= interval_ms * 3 * interval '1 millisecond'",
                 &[&me.id, &l, &me.pid, &base, &own, &interval],
             )
-            .await?
-        }
-        None => None,
-    };
-    let lease_lost = lease.is_some() && renewed.is_none();
-    let (lease, may_expire) = match renewed {
-        Some(row) => (lease.expect("renewed a lease"), row.get::<_, bool>(0)),
-        None => {
-            let new_lease = fastrand::i64(1..i64::MAX);
-            tx.execute(
-                "INSERT INTO corral.members (id, service, host, pid, version, lease, interval_ms, base, own)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-                 ON CONFLICT (id) DO UPDATE SET service = EXCLUDED.service, host = EXCLUDED.host, pid = EXCLUDED.pid,
-                     version = EXCLUDED.version, lease = EXCLUDED.lease, registered_at = now(), heartbeat = now(),
-                     continuous_since = now(), interval_ms = EXCLUDED.interval_ms, base = EXCLUDED.base, own = EXCLUDED.own",
-                &[&me.id, &me.service, &me.host, &me.pid, &env!("CARGO_PKG_VERSION"), &new_lease, &interval, &base, &own],
-            )
             .await?;
-            // Never assume old grants: whatever a previous incarnation held is gone.
-            tx.execute("DELETE FROM corral.demands WHERE member = $1", &[&me.id]).await?;
-            // A re-registration has no session locks to its name either.
-            (new_lease, false)
-        }
-    };
-
-    // Expire members that stopped heartbeating. Only a member that has itself been heartbeating
-    // for three intervals may judge: after an outage everyone gets time to come back first.
-    let mut expired = Vec::new();
-    if may_expire {
-        for row in tx
-            .query(
-                "DELETE FROM corral.members WHERE id <> $1 AND heartbeat < now() - interval_ms * 3 * interval '1 millisecond'
-                 RETURNING id, host, pid",
-                &[&me.id],
-            )
-            .await?
-        {
-            let (id, host, pid): (String, String, i32) = (row.get(0), row.get(1), row.get(2));
-            tracing::warn!(member = %id, host = %host, pid, "fleet member stopped heartbeating: expired, its grants return to the pool");
-            expired.push(id);
+        if let Some(row) = renewed {
+            return Ok(Beat { lease: l, lost: false, may_expire: row.get(0) });
         }
     }
-    tx.execute("DELETE FROM corral.reservations WHERE expires_at IS NOT NULL AND expires_at <= now()", &[]).await?;
+    let new_lease = fastrand::i64(1..i64::MAX);
+    tx.execute(
+        "INSERT INTO corral.members (id, service, host, pid, version, lease, interval_ms, base, own)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+         ON CONFLICT (id) DO UPDATE SET service = EXCLUDED.service, host = EXCLUDED.host, pid = EXCLUDED.pid,
+             version = EXCLUDED.version, lease = EXCLUDED.lease, registered_at = now(), heartbeat = now(),
+             continuous_since = now(), interval_ms = EXCLUDED.interval_ms, base = EXCLUDED.base, own = EXCLUDED.own",
+        &[&me.id, &me.service, &me.host, &me.pid, &env!("CARGO_PKG_VERSION"), &new_lease, &interval, &base, &own],
+    )
+    .await?;
+    // Never assume old grants: whatever a previous incarnation held is gone.
+    tx.execute("DELETE FROM corral.demands WHERE member = $1", &[&me.id]).await?;
+    Ok(Beat { lease: new_lease, lost: lease.is_some(), may_expire: false })
+}
 
-    // Fleet-wide single instance: session locks on this connection, plus a lease row so that a
-    // successor waits until a holder that lost its connection has surely stopped its copy.
-    let wanted: BTreeMap<&str, Duration> = req.singletons.iter().map(|(j, s)| (j.as_str(), *s)).collect();
+/// Expire members silent for three of their intervals; their demands go with them (cascade).
+/// Only a member that has itself heartbeated for three intervals calls this: after an outage
+/// everyone gets time to come back first.
+async fn expire_members(tx: &Transaction<'_>, me: &Identity) -> Result<Vec<String>, tokio_postgres::Error> {
+    let rows = tx
+        .query(
+            "DELETE FROM corral.members WHERE id <> $1 AND heartbeat < now() - interval_ms * 3 * interval '1 millisecond'
+             RETURNING id, host, pid",
+            &[&me.id],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            let (id, host, pid): (String, String, i32) = (row.get(0), row.get(1), row.get(2));
+            tracing::warn!(member = %id, host = %host, pid, "fleet member stopped heartbeating: expired, its grants return to the pool");
+            id
+        })
+        .collect())
+}
+
+/// Fleet-wide single instance: session advisory locks on this connection, plus a lease row so
+/// that a successor waits until a holder that lost its connection has surely stopped its copy.
+async fn singleton_locks(
+    tx: &Transaction<'_>,
+    me: &Identity,
+    locks: &mut BTreeSet<String>,
+    req: &SyncRequest,
+) -> Result<BTreeMap<String, LockOutcome>, tokio_postgres::Error> {
     let mut outcomes = BTreeMap::new();
-    for (job, stop_timeout) in &wanted {
+    for (job, stop_timeout) in &req.singletons {
         let key = format!("{}/{}", me.service, job);
-        if !locks.contains(*job) {
-            let got: bool = tx
-                .query_one("SELECT pg_try_advisory_lock($1, hashtext($2))", &[&LOCK_SINGLETON_NS, &key])
-                .await?
-                .get(0);
+        if !locks.contains(job) {
+            let got: bool =
+                tx.query_one("SELECT pg_try_advisory_lock($1, hashtext($2))", &[&LOCK_SINGLETON_NS, &key]).await?.get(0);
             if !got {
                 let holder = tx
                     .query_opt("SELECT member FROM corral.singletons WHERE service = $1 AND job = $2", &[&me.service, job])
                     .await?
                     .map(|r| r.get::<_, String>(0))
                     .unwrap_or_else(|| "another corral".into());
-                outcomes.insert(job.to_string(), LockOutcome::Waiting(format!("lock: {key} held fleet-wide by {holder}")));
+                outcomes.insert(job.clone(), LockOutcome::Waiting(format!("lock: {key} held fleet-wide by {holder}")));
                 continue;
             }
-            locks.insert(job.to_string());
+            locks.insert(job.clone());
         }
         let grace_ms = ms(req.interval + req.grace + *stop_timeout + TAKEOVER_MARGIN);
         let prev = tx
@@ -534,13 +559,8 @@ async fn sync_tx(
             Some(row) if row.get::<_, String>(0) != me.id && row.get::<_, i64>(1) < row.get::<_, i64>(2) => {
                 let (holder, grace): (String, i64) = (row.get(0), row.get(2));
                 // Stable text (no countdown): the wait is logged once, not at every sync.
-                outcomes.insert(
-                    job.to_string(),
-                    LockOutcome::Waiting(format!(
-                        "lock: {key}: taking over from {holder} {:.1}s after its last renewal",
-                        grace as f64 / 1000.0
-                    )),
-                );
+                let why = format!("lock: {key}: taking over from {holder} {:.1}s after its last renewal", grace as f64 / 1000.0);
+                outcomes.insert(job.clone(), LockOutcome::Waiting(why));
             }
             _ => {
                 tx.execute(
@@ -549,27 +569,34 @@ async fn sync_tx(
                     &[&me.service, job, &me.id, &grace_ms],
                 )
                 .await?;
-                outcomes.insert(job.to_string(), LockOutcome::Held);
+                outcomes.insert(job.clone(), LockOutcome::Held);
             }
         }
     }
-    for job in locks.clone().iter().filter(|j| !wanted.contains_key(j.as_str())) {
+    for job in locks.clone().iter().filter(|j| !req.singletons.contains_key(*j)) {
         let key = format!("{}/{}", me.service, job);
         tx.execute("SELECT pg_advisory_unlock($1, hashtext($2))", &[&LOCK_SINGLETON_NS, &key]).await?;
         tx.execute("DELETE FROM corral.singletons WHERE service = $1 AND job = $2 AND member = $3", &[&me.service, job, &me.id])
             .await?;
         locks.remove(job);
     }
+    Ok(outcomes)
+}
 
-    // Our demands. A singleton job without its fleet lock asks for nothing.
+/// Upsert our demand rows (a singleton job without its fleet lock asks for nothing) and drop
+/// rows of jobs we no longer have. Returns (job, wants) as reported.
+async fn report_demands(
+    tx: &Transaction<'_>,
+    me: &Identity,
+    req: &SyncRequest,
+    outcomes: &BTreeMap<String, LockOutcome>,
+) -> Result<Vec<(String, Wants)>, tokio_postgres::Error> {
     let names: Vec<String> = req.jobs.iter().map(|j| j.job.clone()).collect();
     tx.execute("DELETE FROM corral.demands WHERE member = $1 AND NOT (job = ANY($2))", &[&me.id, &names]).await?;
-    let mut mine = Vec::new();
+    let mut mine = Vec::with_capacity(req.jobs.len());
     for j in &req.jobs {
-        let wants = match wanted.contains_key(j.job.as_str()) {
-            true if outcomes.get(&j.job) != Some(&LockOutcome::Held) => Wants::Off,
-            _ => j.wants,
-        };
+        let standby = req.singletons.contains_key(&j.job) && outcomes.get(&j.job) != Some(&LockOutcome::Held);
+        let wants = if standby { Wants::Off } else { j.wants };
         let p = j.process;
         tx.execute(
             "INSERT INTO corral.demands (member, job, service, priority, min, max, wants, has_process, told, held, measured, live)
@@ -596,9 +623,62 @@ async fn sync_tx(
         .await?;
         mine.push((j.job.clone(), wants));
     }
+    Ok(mine)
+}
 
-    // Everything the allocation needs, read under the lock.
-    let members: Vec<(Member, MemberView)> = tx
+/// Everything the allocation needs, read under the allocation lock.
+struct FleetRows {
+    members: Vec<(Member, MemberView)>,
+    rows: Vec<Row>,
+    /// Live connections each row's corral last reported, by row id.
+    live_of: BTreeMap<String, Option<u32>>,
+    reservations: Vec<ReservationView>,
+    backends: BTreeMap<String, u32>,
+}
+
+impl FleetRows {
+    fn input(&self) -> FleetInput {
+        FleetInput {
+            members: self.members.iter().map(|(m, _)| m.clone()).collect(),
+            rows: self.rows.clone(),
+            reserved: self.reservations.iter().map(|r| r.count).sum(),
+            corral_backends: self.backends.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        }
+    }
+
+    fn view(self, alloc: &Allocation, expired: Vec<String>) -> FleetView {
+        let jobs = self
+            .rows
+            .iter()
+            .map(|r| {
+                let g = alloc.get(&r.id()).expect("every row is allocated");
+                JobView {
+                    member: r.member.clone(),
+                    service: r.service.clone(),
+                    name: r.job.clone(),
+                    priority: r.priority,
+                    min: r.min,
+                    max: r.max,
+                    wants: r.wants,
+                    quota: g.grant,
+                    held: g.held,
+                    connections: self.live_of.get(&r.id()).copied().flatten(),
+                    waiting: g.wait_reason.as_ref().map(|w| w.to_string()),
+                }
+            })
+            .collect();
+        FleetView {
+            members: self.members.into_iter().map(|(_, v)| v).collect(),
+            jobs,
+            reservations: self.reservations,
+            backends: self.backends,
+            expired,
+        }
+    }
+}
+
+async fn read_fleet(tx: &Transaction<'_>) -> Result<FleetRows, tokio_postgres::Error> {
+    let members = tx
         .query(
             "SELECT id, service, host, pid, base, own, extract(epoch FROM now() - heartbeat)::float8 FROM corral.members ORDER BY id",
             &[],
@@ -619,16 +699,16 @@ async fn sync_tx(
             (m, v)
         })
         .collect();
-    let rows_raw = tx
+    let mut rows = Vec::new();
+    let mut live_of = BTreeMap::new();
+    for r in tx
         .query(
             "SELECT member, service, job, priority, min, max, wants, has_process, told, held, measured, granted, live
              FROM corral.demands ORDER BY member, job",
             &[],
         )
-        .await?;
-    let mut rows = Vec::with_capacity(rows_raw.len());
-    let mut live_of = BTreeMap::new();
-    for r in &rows_raw {
+        .await?
+    {
         let row = Row {
             member: r.get(0),
             service: r.get(1),
@@ -647,7 +727,7 @@ async fn sync_tx(
         live_of.insert(row.id(), r.get::<_, Option<i32>>(12).map(u));
         rows.push(row);
     }
-    let reservations: Vec<ReservationView> = tx
+    let reservations = tx
         .query(
             "SELECT name, count, created_by, extract(epoch FROM expires_at - now())::float8 FROM corral.reservations ORDER BY name",
             &[],
@@ -656,28 +736,22 @@ async fn sync_tx(
         .iter()
         .map(|r| ReservationView { name: r.get(0), count: u(r.get(1)), created_by: r.get(2), expires_in_s: r.get(3) })
         .collect();
-    let backends: BTreeMap<String, u32> = tx
-        .query(
-            BACKENDS_SQL,
-            &[],
-        )
-        .await?
-        .iter()
-        .map(|r| (r.get::<_, String>(0), u(r.get(1))))
-        .collect();
+    let backends = tx.query(BACKENDS_SQL, &[]).await?.iter().map(|r| (r.get::<_, String>(0), u(r.get(1)))).collect();
+    Ok(FleetRows { members, rows, live_of, reservations, backends })
+}
 
-    let input = FleetInput {
-        members: members.iter().map(|(m, _)| m.clone()).collect(),
-        rows: rows.clone(),
-        reserved: reservations.iter().map(|r| r.count).sum(),
-        corral_backends: backends.iter().map(|(k, v)| (k.clone(), *v)).collect(),
-    };
-    let (plan, alloc) = fleet::allocate_fleet(&input);
-
-    // Write every row's grant back, and what we are about to tell our own jobs.
+/// Write every row's grant back, and record as `told` what we are about to tell our own jobs
+/// (or start them with), before anyone else can allocate again. Returns our jobs' results.
+async fn write_grants(
+    tx: &Transaction<'_>,
+    me: &Identity,
+    rows: &[Row],
+    alloc: &Allocation,
+    mine: &[(String, Wants)],
+) -> Result<BTreeMap<String, JobResult>, tokio_postgres::Error> {
     let (mut m_ids, mut jobs, mut grants, mut targets, mut helds, mut waits) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for row in &rows {
+    for row in rows {
         let g = alloc.get(&row.id()).expect("every row is allocated");
         m_ids.push(row.member.clone());
         jobs.push(row.job.clone());
@@ -694,9 +768,8 @@ async fn sync_tx(
     )
     .await?;
     let mut results = BTreeMap::new();
-    for (job, wants) in &mine {
-        let id = fleet::row_id(&me.service, job, &me.id);
-        let g = alloc.get(&id).expect("our row is allocated");
+    for (job, wants) in mine {
+        let g = alloc.get(&fleet::row_id(&me.service, job, &me.id)).expect("our row is allocated");
         let row = rows.iter().find(|r| r.member == me.id && &r.job == job).expect("our row was read");
         let tell = fleet::told_after(*wants, g.grant, g.waiting_budget);
         if let Some(q) = tell.filter(|q| row.process.is_none_or(|p| p.told != *q)) {
@@ -718,34 +791,7 @@ async fn sync_tx(
             },
         );
     }
-    tx.commit().await?;
-
-    let view = FleetView {
-        members: members.into_iter().map(|(_, v)| v).collect(),
-        jobs: rows
-            .iter()
-            .map(|r| {
-                let g = alloc.get(&r.id()).expect("allocated");
-                JobView {
-                    member: r.member.clone(),
-                    service: r.service.clone(),
-                    name: r.job.clone(),
-                    priority: r.priority,
-                    min: r.min,
-                    max: r.max,
-                    wants: r.wants,
-                    quota: g.grant,
-                    held: g.held,
-                    connections: live_of.get(&r.id()).copied().flatten(),
-                    waiting: g.wait_reason.as_ref().map(|w| w.to_string()),
-                }
-            })
-            .collect(),
-        reservations,
-        backends,
-        expired,
-    };
-    Ok((SyncResult { lease_lost, plan, jobs: results, locks: outcomes, view }, lease))
+    Ok(results)
 }
 
 async fn reserve_tx(
@@ -755,47 +801,14 @@ async fn reserve_tx(
     count: u32,
     ttl: Option<Duration>,
 ) -> Result<Result<(), String>, tokio_postgres::Error> {
-    let tx: Transaction<'_> = client.transaction().await?;
+    let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1, $2)", &[&LOCK_NS, &LOCK_ALLOCATE]).await?;
-    tx.execute("DELETE FROM corral.reservations WHERE expires_at IS NOT NULL AND expires_at <= now()", &[]).await?;
-    let members: Vec<Member> = tx
-        .query("SELECT id, service, base, own FROM corral.members", &[])
-        .await?
-        .iter()
-        .map(|r| Member { id: r.get(0), service: r.get(1), base: u(r.get(2)), own: u(r.get(3)) })
-        .collect();
-    let row = tx
-        .query_one(
-            "SELECT coalesce(sum(GREATEST(granted, CASE WHEN has_process THEN GREATEST(held, told) ELSE 0 END)), 0)::int8
-             FROM corral.demands",
-            &[],
-        )
-        .await?;
-    let occupied = row.get::<_, i64>(0).max(0) as u64;
-    let others: i64 = tx
-        .query_one("SELECT coalesce(sum(count), 0)::int8 FROM corral.reservations WHERE name <> $1", &[&name])
-        .await?
-        .get(0);
-    // Rows only name what is claimed; their numbers do not enter the plan.
-    let rows: Vec<Row> = tx
-        .query("SELECT member, service, job FROM corral.demands", &[])
-        .await?
-        .iter()
-        .map(|r| Row {
-            member: r.get(0),
-            service: r.get(1),
-            job: r.get(2),
-            priority: 0,
-            min: 0,
-            max: 0,
-            wants: Wants::Off,
-            grant: 0,
-            process: None,
-        })
-        .collect();
-    let corral_backends: Vec<(String, u32)> =
-        tx.query(BACKENDS_SQL, &[]).await?.iter().map(|r| (r.get::<_, String>(0), u(r.get(1)))).collect();
-    let p = fleet::plan(&FleetInput { members, rows, reserved: others.max(0) as u32, corral_backends });
+    tx.execute(EXPIRE_RESERVATIONS_SQL, &[]).await?;
+    let mut fleet = read_fleet(&tx).await?;
+    // A reservation must fit beside what the fleet has granted and what its processes hold.
+    let occupied: u64 = fleet.rows.iter().map(|r| r.grant.max(allocate::occupancy(r.process.as_ref())) as u64).sum();
+    fleet.reservations.retain(|r| r.name != name);
+    let p = fleet::plan(&fleet.input());
     let free = (p.usable as u64).saturating_sub(occupied);
     if count as u64 > free {
         return Ok(Err(format!(
