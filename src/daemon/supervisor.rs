@@ -190,7 +190,11 @@ impl Supervisor {
         fleet.member = ident.id.clone();
         match Coordinator::new(&db.url, ident) {
             Ok(c) => self.coordinator = Some(c),
-            Err(e) => error!("fleet coordination disabled: {e}"),
+            Err(e) => {
+                error!("fleet coordination disabled: {e}");
+                // Shown by health and budget: jobs that need a grant wait for good.
+                fleet.last_error = Some(format!("fleet coordination disabled: {e}"));
+            }
         }
         self
     }
