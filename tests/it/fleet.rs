@@ -280,6 +280,8 @@ fn a_reservation_from_one_corral_lowers_every_members_usable_and_expires_on_time
     assert!(poll(5 * SEC, || usable(&c2) == before - 4), "c2 never saw the reservation: {}", budget(&c2));
     let r = budget(&c2)["reservations"].clone();
     assert_eq!(r[0]["name"], "nightly-etl", "{r}");
+    let human = crate::harness::stdout(&c2.ctl(&["budget"]));
+    assert!(human.starts_with("fleet: 2 corral(s)") && human.contains("reservation nightly-etl: 4"), "{human}");
     assert!(poll(10 * SEC, || usable(&c1) == before && usable(&c2) == before));
     let gone = made.elapsed();
     eprintln!("fleet reservation of 3s gone from both after {gone:?}");
