@@ -99,7 +99,18 @@ struct JobRt {
     start_pending: bool,
     /// Held back until the next database answer: a fleet sync (grant or lock), or a
     /// usage reading (the previous run's connections closing). `start` waits for it.
-    awaiting_db: bool,
+    awaiting: Awaiting,
+}
+
+/// A held-back job whose answer is one database round trip away: `start` and `restart`
+/// reply after it rather than with a `waiting` that is about to change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Awaiting {
+    Nothing,
+    /// A usage reading: the previous run's connections closing.
+    Reading,
+    /// A fleet sync: a grant or the fleet-wide lock.
+    FleetSync,
 }
 
 enum WaitFor {
@@ -491,7 +502,7 @@ impl Supervisor {
                 let _ = cmd.send(ProbeCmd::UsageNow);
             }
             if let Some(j) = self.jobs.get_mut(name) {
-                j.awaiting_db = true;
+                j.awaiting = Awaiting::Reading;
             }
             return Input::Blocked { reason: format!("budget: up to {n} connection(s) of the previous run still open") };
         }
@@ -847,7 +858,7 @@ impl Supervisor {
         while i < self.waiters.len() {
             let WaitFor::Settled(names) = &self.waiters[i].what;
             let pending = names.iter().any(|n| {
-                self.jobs.get(n).is_some_and(|j| j.m.state == State::Stopping || (j.m.state == State::Waiting && j.awaiting_db))
+                self.jobs.get(n).is_some_and(|j| j.m.state == State::Stopping || (j.m.state == State::Waiting && j.awaiting != Awaiting::Nothing))
             });
             if pending {
                 i += 1;
@@ -1016,8 +1027,8 @@ impl Supervisor {
 
 impl Supervisor {
     fn on_db(&mut self, report: DbReport) {
-        for j in self.jobs.values_mut() {
-            j.awaiting_db = false;
+        for j in self.jobs.values_mut().filter(|j| j.awaiting == Awaiting::Reading) {
+            j.awaiting = Awaiting::Nothing;
         }
         let Some(budget) = self.budget.as_mut() else { return };
         let now = Instant::now();
@@ -1215,7 +1226,7 @@ impl Supervisor {
                 self.request_sync();
             }
             if let Some(j) = self.jobs.get_mut(name) {
-                j.awaiting_db = unanswered;
+                j.awaiting = if unanswered { Awaiting::FleetSync } else { Awaiting::Nothing };
             }
             return Err(reason);
         }
@@ -1232,15 +1243,15 @@ impl Supervisor {
             self.request_sync();
         }
         if let Some(j) = self.jobs.get_mut(name) {
-            j.awaiting_db = unanswered;
+            j.awaiting = if unanswered { Awaiting::FleetSync } else { Awaiting::Nothing };
         }
         Err(reason)
     }
 
     fn on_fleet(&mut self, report: FleetReport) {
         // Whatever the answer, it is the answer `start` waited for.
-        for j in self.jobs.values_mut() {
-            j.awaiting_db = false;
+        for j in self.jobs.values_mut().filter(|j| j.awaiting == Awaiting::FleetSync) {
+            j.awaiting = Awaiting::Nothing;
         }
         let Some(budget) = self.budget.as_mut() else { return };
         match report.result {
@@ -1350,7 +1361,7 @@ impl JobRt {
             dup_termed: HashSet::new(),
             last_wait_logged: None,
             start_pending: false,
-            awaiting_db: false,
+            awaiting: Awaiting::Nothing,
         }
     }
 }
