@@ -266,10 +266,16 @@ impl Budget {
             base: self.fleet_base(),
             own: self.own(),
             interval: self.cfg.rebalance_interval,
-            grace: self.cfg.fleet_grace,
+            hold: self.fleet_hold(),
             jobs: local,
             singletons,
         }
+    }
+
+    /// How long a fleet-wide single-instance job keeps running without its lock confirmed:
+    /// one interval until the next sync, plus that sync's timeout, plus `fleet_grace`.
+    pub fn fleet_hold(&self) -> std::time::Duration {
+        self.cfg.rebalance_interval + self.db.health_timeout + self.cfg.fleet_grace
     }
 
     /// Apply a successful sync: grants, quotas to tell, evictions, locks.

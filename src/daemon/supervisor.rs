@@ -1209,9 +1209,9 @@ impl Supervisor {
     /// for a single-instance job only while this corral holds its fleet-wide lock.
     fn fleet_admit(&mut self, name: &str) -> Result<Option<u32>, String> {
         let now = Instant::now();
-        let hold_for = self.config.budget.rebalance_interval + self.config.budget.fleet_grace;
         let service = self.config.budget.service.clone();
         let budget = self.budget.as_ref().expect("fleet scope has a budget");
+        let hold_for = budget.fleet_hold();
         let f = budget.fleet.as_ref().expect("fleet scope");
         let job = &self.jobs[name];
         let failing = f.last_error.as_ref().map(|e| format!(" (fleet coordination failing: {e})")).unwrap_or_default();
@@ -1275,7 +1275,7 @@ impl Supervisor {
                     warn!(job = %name, "the fleet's usable budget fell below the running minimums: stopping this job");
                     self.feed(&name, Input::Stop);
                 }
-                let hold_for = self.config.budget.rebalance_interval + self.config.budget.fleet_grace;
+                let hold_for = self.budget.as_ref().map_or(Duration::ZERO, |b| b.fleet_hold());
                 self.after(hold_for + Duration::from_millis(10), Event::FleetCheck);
                 let waiting: Vec<String> = self
                     .jobs
@@ -1299,12 +1299,13 @@ impl Supervisor {
     }
 
     /// A single-instance job runs only while its fleet-wide lock is confirmed ours: once it
-    /// was not for `rebalance_interval + fleet_grace` (coordination lost, or another corral
-    /// holds it), this copy stops and waits for the lock again.
+    /// was not for `rebalance_interval + health_timeout + fleet_grace` (coordination lost, or
+    /// another corral holds it), this copy stops and waits for the lock again.
     fn check_fleet_locks(&mut self) {
-        let Some(f) = self.budget.as_ref().and_then(|b| b.fleet.as_ref()) else { return };
+        let Some(budget) = self.budget.as_ref() else { return };
+        let Some(f) = budget.fleet.as_ref() else { return };
         let now = Instant::now();
-        let hold_for = self.config.budget.rebalance_interval + self.config.budget.fleet_grace;
+        let hold_for = budget.fleet_hold();
         let lost: Vec<String> = self
             .jobs
             .iter()

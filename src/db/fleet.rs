@@ -131,7 +131,9 @@ pub struct SyncRequest {
     pub base: u32,
     pub own: u32,
     pub interval: Duration,
-    pub grace: Duration,
+    /// How long we keep running a single-instance job without its lock confirmed
+    /// (`rebalance_interval + health_timeout + fleet_grace`).
+    pub hold: Duration,
     /// Jobs with connections.
     pub jobs: Vec<LocalJob>,
     /// Single-instance jobs that want to run (or still run): the fleet-wide lock, with each
@@ -547,7 +549,7 @@ async fn singleton_locks(
             }
             locks.insert(job.clone());
         }
-        let grace_ms = ms(req.interval + req.grace + *stop_timeout + TAKEOVER_MARGIN);
+        let grace_ms = ms(req.hold + *stop_timeout + TAKEOVER_MARGIN);
         let prev = tx
             .query_opt(
                 "SELECT member, (extract(epoch FROM now() - renewed_at) * 1000)::int8, grace_ms

@@ -19,7 +19,7 @@ const INTERVAL_MS: u64 = 400;
 fn member(pg: &TestPg, service: &str, extra_budget: &str, jobs: &str) -> String {
     format!(
         "[supervisor]\nsocket = \"{{dir}}/corral.sock\"\nlock_dir = \"{{dir}}/locks\"\n\n\
-         [database]\nurl = \"{url}\"\nprovider_reserve = 2\nadhoc_reserve = 3\nhealth_interval = \"2s\"\n\n\
+         [database]\nurl = \"{url}\"\nprovider_reserve = 2\nadhoc_reserve = 3\nhealth_interval = \"2s\"\nhealth_timeout = \"2s\"\n\n\
          [budget]\nscope = \"fleet\"\nservice = \"{service}\"\nrebalance_interval = \"{INTERVAL_MS}ms\"\n{extra_budget}\n\n{jobs}",
         url = pg.url(),
     )
@@ -227,8 +227,10 @@ fn a_fleet_single_job_runs_in_exactly_one_corral_and_moves_when_it_dies() {
     });
     let took = t.elapsed();
     eprintln!("fleet-single job moved after {took:?}");
-    // interval + fleet_grace + stop_timeout + 2 s margin since the last renewal.
-    assert!(took >= Duration::from_millis(INTERVAL_MS + 1000 + 1000 + 2000) - Duration::from_millis(INTERVAL_MS + 200), "took over too early: {took:?}");
+    // interval + health_timeout + fleet_grace + stop_timeout + 2 s margin since the last
+    // renewal, which was at most one interval (and a sync) before the kill.
+    let wait = Duration::from_millis(INTERVAL_MS + 2000 + 1000 + 1000 + 2000);
+    assert!(took >= wait - Duration::from_millis(INTERVAL_MS + 200), "took over too early: {took:?}");
     assert!(moved["pid"].as_i64().is_some());
     // The restarted corral now waits for b's copy.
     let a = restart(&mut a);
@@ -307,7 +309,7 @@ fn losing_the_database_keeps_grants_and_stops_fleet_single_jobs_after_the_grace(
          [jobs.single]\ncommand = [\"sleep\", \"1000\"]\non_duplicate = \"ignore\"\nstop_timeout = \"1s\"\n",
         w = worker()
     );
-    let body = member(&pg, "svc", "fleet_grace = \"1s\"", &jobs).replace("health_interval = \"2s\"", "health_interval = \"1s\"\nhealth_timeout = \"2s\"");
+    let body = member(&pg, "svc", "fleet_grace = \"1s\"", &jobs).replace("health_interval = \"2s\"", "health_interval = \"1s\"");
     let c = Corral::start(&body);
     let w = c.wait_job("w", 20 * SEC, "running with quota 3", |j| j["state"] == "running" && j["quota"] == 3);
     c.wait_state("single", "running", 20 * SEC);
