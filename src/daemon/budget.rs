@@ -204,12 +204,7 @@ impl Budget {
     /// counted as wanting to run.
     pub fn allocate(&mut self, jobs: &[JobView<'_>], now: Instant, starting: Option<&str>) -> (Allocation, Changes) {
         self.expire_reservations(now);
-        for b in self.jobs.values_mut() {
-            if b.exited_at.is_some_and(|t| now.duration_since(t) >= DRAIN_FALLBACK) {
-                b.process = None;
-                b.exited_at = None;
-            }
-        }
+        self.expire_drains(now);
         let usable = self.plan(now).usable;
         let demands = self.demands(jobs, now, starting);
         let alloc = allocate::allocate(usable, &demands);
@@ -360,9 +355,21 @@ impl Budget {
         others
     }
 
+    /// An exited job's connections count as closed after DRAIN_FALLBACK without a reading
+    /// that shows it (a pooler hides them, or a stray descendant keeps them open).
+    fn expire_drains(&mut self, now: Instant) {
+        for b in self.jobs.values_mut() {
+            if b.exited_at.is_some_and(|t| now.duration_since(t) >= DRAIN_FALLBACK) {
+                b.process = None;
+                b.exited_at = None;
+            }
+        }
+    }
+
     /// Fleet scope between syncs: a job that no longer wants to run gives its grant up at
     /// once (it must get a new one from the fleet to start again). Nothing is ever raised here.
     pub fn fleet_drop_unwanted(&mut self, jobs: &[JobView<'_>]) {
+        self.expire_drains(Instant::now());
         for j in jobs.iter().filter(|j| !j.wants_to_run) {
             if let Some(b) = self.jobs.get_mut(&j.cfg.name) {
                 b.grant = 0;

@@ -28,6 +28,9 @@ pub enum ProbeCmd {
     UsageNow,
 }
 
+/// The shortest time between two on-demand usage readings.
+const USAGE_SPACING: Duration = Duration::from_millis(50);
+
 pub async fn full_check(probe: &Probe, timeout: Duration) -> DbReport {
     let started = Instant::now();
     let health = async {
@@ -49,15 +52,22 @@ pub fn spawn(probe: Arc<Probe>, health_interval: Duration, rebalance: Duration, 
         let mut failures: u32 = 0;
         let mut next_full = Instant::now() + health_interval;
         let mut next_usage = Instant::now() + rebalance;
+        let mut last_reading = Instant::now() - USAGE_SPACING;
         loop {
             let wake = next_full.min(next_usage);
             let cmd = tokio::select! {
                 _ = tokio::time::sleep_until(wake.into()) => None,
                 c = cmd_rx.recv() => match c { Some(c) => Some(c), None => return },
             };
-            // Several usage requests queued up are answered by one reading.
+            // Several usage requests queued up are answered by one reading, and requests
+            // are not answered more often than every USAGE_SPACING (a restart waiting for
+            // lingering backends asks again after every reading).
             let cmd = match cmd {
                 Some(ProbeCmd::UsageNow) => {
+                    let since = last_reading.elapsed();
+                    if since < USAGE_SPACING {
+                        tokio::time::sleep(USAGE_SPACING - since).await;
+                    }
                     let mut c = None;
                     while let Ok(next) = cmd_rx.try_recv() {
                         if let ProbeCmd::CheckNow { .. } = next {
@@ -77,6 +87,7 @@ pub fn spawn(probe: Arc<Probe>, health_interval: Duration, rebalance: Duration, 
                 let started = Instant::now();
                 DbReport { started, health: None, usage: probe.usage(timeout).await.map_err(|e| e.to_string()) }
             };
+            last_reading = Instant::now();
             let failed = report.usage.is_err();
             if full {
                 failures = if failed { failures + 1 } else { 0 };
