@@ -52,7 +52,7 @@ pub fn spawn(probe: Arc<Probe>, health_interval: Duration, rebalance: Duration, 
         let mut failures: u32 = 0;
         let mut next_full = Instant::now() + health_interval;
         let mut next_usage = Instant::now() + rebalance;
-        let mut last_reading = Instant::now() - USAGE_SPACING;
+        let mut last_reading = Instant::now().checked_sub(USAGE_SPACING).unwrap_or_else(Instant::now);
         loop {
             let wake = next_full.min(next_usage);
             let cmd = tokio::select! {
