@@ -729,7 +729,7 @@ def fmt_cell(res, key, peer, fmt):
 def report(run, res):
     cols = [c for c in COLS if any(res.get(k, c) or (k, c) in res.notes for k, *_ in METRICS)]
     lines = []
-    lines.append("Median (min–max) over the rounds; n = samples per cell is given below the table.\n")
+    lines.append("Median (min–max) over the rounds; the number of samples is given below the tables.\n")
     lines.append("| metric | unit | " + " | ".join(cols) + " |")
     lines.append("|---|---|" + "---:|" * len(cols))
     for key, label, unit, fmt in METRICS:
@@ -782,7 +782,7 @@ def targets(res):
     c, s, s6 = m("rss100", "corral"), m("rss100", "supervisord"), m("rss100", "s6")
     line(None if None in (c, s, s6) else (c <= s / 4 and c < s6),
          f"idle RSS with 100 jobs at most 1/4 of supervisord's and below s6's total: "
-         f"corral {c and round(c, 1)} MB, supervisord {s and round(s, 1)} MB (1/4 = {s and round(s / 4, 1)}), "
+         f"corral {c and round(c, 2)} MB, supervisord {s and round(s, 2)} MB (1/4 = {s and round(s / 4, 2)}), "
          f"s6 {s6 and round(s6, 1)} MB")
     c = m("crash_fast", "corral")
     c2 = m("crash_slow", "corral")
