@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """corral versus supervisord, s6, runit, tini and dumb-init (issue 7).
 
-Started by bench/run, which installs the peers, builds corral and compiles the
+`bench.py --render FILE` prints the report of an earlier `bench/run --json FILE`.
+Otherwise started by bench/run, which installs the peers, builds corral and compiles the
 two C helpers; see bench/README.md for what each figure means. Standard
 library only. Prints a Markdown report; never fails on a figure.
 """
@@ -729,13 +730,15 @@ def fmt_cell(res, key, peer, fmt):
 def report(run, res):
     cols = [c for c in COLS if any(res.get(k, c) or (k, c) in res.notes for k, *_ in METRICS)]
     lines = []
-    lines.append("Median (min–max) over the rounds; the number of samples is given below the tables.\n")
-    lines.append("| metric | unit | " + " | ".join(cols) + " |")
-    lines.append("|---|---|" + "---:|" * len(cols))
+    lines.append("Median (min–max) of n samples per peer (n: the most any peer got; s6 and runit manage one")
+    lines.append("respawn a second when the job exits at once, and supervisord's PID 1 rounds stop at the limit).\n")
+    lines.append("| metric | unit | n | " + " | ".join(cols) + " |")
+    lines.append("|---|---|---:|" + "---:|" * len(cols))
     for key, label, unit, fmt in METRICS:
         if not any(res.get(key, c) or (key, c) in res.notes for c in cols):
             continue
-        lines.append(f"| {label} | {unit} | " + " | ".join(fmt_cell(res, key, c, fmt) for c in cols) + " |")
+        n = max(len(res.get(key, c)) for c in cols)
+        lines.append(f"| {label} | {unit} | {n} | " + " | ".join(fmt_cell(res, key, c, fmt) for c in cols) + " |")
     lines.append("")
     peers = [c for c in cols if c != "corral"]
     lines.append("corral's median divided by the peer's (below 1: corral uses less / is faster):\n")
@@ -758,13 +761,6 @@ def report(run, res):
             row.append(f"{r:.3f}" if r < 0.1 else f"{r:.2f}")
         if any(row):
             lines.append(f"| {label} | " + " | ".join(row) + " |")
-    lines.append("")
-    counts = {}
-    for (k, p), xs in res.data.items():
-        counts[k] = max(counts.get(k, 0), len(xs))
-    lines.append("Samples per cell (at most): " + ", ".join(
-        f"{label.split(',')[0] if k.startswith(('rss', 'pss')) else label} {counts[k]}"
-        for k, label, *_ in METRICS if k in counts) + ".")
     lines.append("")
     lines += targets(res)
     return "\n".join(lines)
@@ -824,6 +820,28 @@ def env_int(name, default):
     return int(os.environ.get(name, default))
 
 
+def run_line(params, elapsed, busy_before, others, load0):
+    return (f"Run: {params}; {elapsed / 60:.1f} min. Machine busy {busy_before:.0f}% (of all CPUs) in the "
+            f"5 s before the run; during the run, processes other than the benchmark's used about "
+            f"{others:.0f}% of the CPUs (/proc/stat minus the benchmark's own CPU time); load average "
+            f"{' '.join(load0)} before.")
+
+
+def render(path):
+    d = json.load(open(path))
+    res = Results()
+    for k, v in d["samples"].items():
+        metric, peer = k.split("/", 1)
+        res.data[(metric, peer)] = v
+    for k, v in d["notes"].items():
+        metric, peer = k.split("/", 1)
+        res.notes[(metric, peer)] = v
+    print(report(None, res))
+    print()
+    print(run_line(d["params"], d["elapsed_s"], d.get("busy_before_pct", 0), d.get("others_pct", 0),
+                   d.get("load_before", [])))
+
+
 def cpu_totals():
     """(busy jiffies, all jiffies) of the whole machine"""
     f = [int(x) for x in read("/proc/stat", "cpu 0 0 0 0").splitlines()[0].split()[1:]]
@@ -845,6 +863,10 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json", help="write raw samples here")
     ap.add_argument("--only", default=os.environ.get("ONLY", "multi,status,crash,pid1"))
+    if len(sys.argv) == 3 and sys.argv[1] == "--render":
+        # bench.py --render FILE: the report of an earlier --json file
+        render(sys.argv[2])
+        return
     a = ap.parse_args()
     q = a.quick
     run = Run()
@@ -905,10 +927,7 @@ def main():
               f"KILL_TIMEOUT={run.kill_timeout}")
     print(report(run, res))
     print()
-    print(f"Run: {params}; {elapsed / 60:.1f} min. Machine busy {busy_before:.0f}% (of all CPUs) in the "
-          f"5 s before the run; during the run, processes other than the benchmark's used about "
-          f"{others:.0f}% of the CPUs (/proc/stat minus the benchmark's own CPU time); load average "
-          f"{' '.join(load0)} before.")
+    print(run_line(params, elapsed, busy_before, others, load0))
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"params": params, "elapsed_s": elapsed, "load_before": load0, "load_after": load1,
