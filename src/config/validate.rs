@@ -202,8 +202,19 @@ impl<'a> Cx<'a> {
             .ok()
             .flatten()
             .unwrap_or_default();
+        // One parse for all jobs; only when some job does not deserialize,
+        // each is selected on its own (a parse of the whole file each) so that
+        // every broken job gets its own error.
+        let mut all: BTreeMap<String, RawJob> = match raw::select(self.text, &["jobs"]) {
+            Ok(Some(all)) => all,
+            _ => BTreeMap::new(),
+        };
         for name in names.keys() {
-            if let Ok(Some(raw)) = self.select::<RawJob>(&["jobs", name.get_ref()], Some(name.span())) {
+            let raw = match all.remove(name.get_ref()) {
+                Some(raw) => Some(raw),
+                None => self.select::<RawJob>(&["jobs", name.get_ref()], Some(name.span())).ok().flatten(),
+            };
+            if let Some(raw) = raw {
                 let job = self.job(name, &raw, &supervisor, has_database);
                 jobs.insert(job.name.clone(), job);
             }

@@ -93,7 +93,7 @@ pub fn start_reader(fd: OwnedFd, job: String, stream: &'static str, format: LogF
     };
     let tracker = store.clone();
     let reader = tokio::spawn(async move {
-        let mut reader = BufReader::with_capacity(8192, pipe);
+        let mut reader = BufReader::with_capacity(1024, pipe);
         let mut buf = Vec::with_capacity(256);
         loop {
             buf.clear();
