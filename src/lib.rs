@@ -3,13 +3,17 @@
 //!
 //! - `config`   parse → expand `${VAR}` → validate into a typed `Config`; diff two configs.
 //! - `job`      the pure job state machine (`step(state, input) -> effects`) and backoff.
-//! - `budget`   the pure, deterministic connection allocator, plan arithmetic, job env.
+//! - `budget`   the pure, deterministic connection allocator, plan arithmetic, job env,
+//!              and the fleet's usable and rows (`scope = "fleet"`).
 //! - `process`  spawn (own process group, inherited lock fd), the one reaper (`waitpid(-1)`),
 //!              signals, PID-1 duties, output capture, flock locks, process scans.
-//! - `db`       corral's own database connection: health probe, usage, redaction.
+//! - `db`       corral's own database connections: the health probe (usage, limits) and, in
+//!              fleet scope, the coordination connection (schema, leases, fleet allocation,
+//!              fleet-wide locks); redaction.
 //! - `protocol` request/response types shared by daemon and client, line framing.
 //! - `daemon`   `corral run`: one actor owns the job table; signals, the socket server,
-//!              the file watcher and timers send it events. Only the actor mutates jobs.
+//!              the file watcher, timers, the probe task and the fleet task send it events.
+//!              Only the actor mutates jobs.
 //! - `cli`      the client verbs: clap, socket client, rendering.
 //!
 //! `cli` and `daemon` never import each other; both speak `protocol`.
