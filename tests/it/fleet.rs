@@ -334,3 +334,20 @@ fn losing_the_database_keeps_grants_and_stops_fleet_single_jobs_after_the_grace(
     assert_eq!(c.job("w")["pid"], w["pid"], "the database outage restarted a job");
     assert!(!c.output().contains(pg.password()));
 }
+
+#[test]
+fn a_corral_whose_registration_was_removed_registers_again_without_its_old_grants() {
+    let pg = TestPg::start_local(30);
+    let c = Corral::start(&member(&pg, "svc", "", &workers(1, "")));
+    c.wait_job("w1", 20 * SEC, "running with a grant", |j| j["state"] == "running" && j["quota"].as_u64() >= Some(1));
+    let id = budget(&c)["member"].as_str().unwrap().to_string();
+    // As if another member had expired it: the row, its lease and its demands are gone.
+    pg.psql(&pg.url(), &format!("DELETE FROM corral.members WHERE id = '{id}'"));
+    c.wait_output("registration was gone", 10 * SEC);
+    assert!(poll(10 * SEC, || budget(&c)["coordination"]["lease_losses"] == 1), "{}", budget(&c));
+    // Registered again under the same id with a new lease; its job was granted afresh.
+    assert!(poll(10 * SEC, || pg.psql(&pg.url(), "SELECT count(*) FROM corral.members").trim() == "1"));
+    let rows = pg.psql(&pg.url(), "SELECT count(*) FROM corral.demands WHERE granted >= 1");
+    assert_eq!(rows.trim(), "1");
+    assert_eq!(c.job("w1")["state"], "running");
+}
