@@ -67,7 +67,9 @@
 //!   `waiting_budget` with grant 0. Incumbents only wait when `usable` (or the
 //!   unconfirmed occupancy) no longer covers the incumbents' minimums.
 //! - A job never has its minimum while a job of higher priority waits, except
-//!   that an incumbent keeps its minimum ahead of a newcomer (rule 1).
+//!   that an incumbent keeps its minimum ahead of a newcomer (rule 1), and a
+//!   running job whose process already occupies its minimum is never stopped
+//!   for a job that waits on shrinks.
 //! - Same input (in any order) → same output.
 
 use serde::Serialize;
@@ -343,16 +345,24 @@ pub fn allocate(usable: u32, demands: &[Demand]) -> Allocation {
     // is not free yet waits for the shrinks, and so do lower-priority ones.
     // Pass A's failures do not block here: whoever was planned despite them
     // was entitled to it (an incumbent, or of equal/higher priority).
+    // A job whose own process already occupies its minimum costs nothing here
+    // and is never held back: stopping it would pre-empt a running job for a
+    // higher-priority one that merely waits for shrinks (rule 1 forbids that).
     let mut block: Option<(i32, usize)> = None;
     for &i in &min_order {
         if !planned[i] {
             continue;
         }
         let min = demands[i].min as u64;
-        if min > 0 && blocked(&mut block, i, &mut reason) {
+        let cost = min.saturating_sub(occ[i]);
+        if cost == 0 {
+            grant[i] = min;
+            admitted[i] = true;
             continue;
         }
-        let cost = min.saturating_sub(occ[i]);
+        if blocked(&mut block, i, &mut reason) {
+            continue;
+        }
         if cost <= r2 {
             r2 -= cost;
             grant[i] = min;
@@ -618,6 +628,21 @@ mod tests {
         assert!(!a.get("low").unwrap().evict);
     }
 
+    /// Found by the fleet chaos test: a higher-priority incumbent with no process (its grant
+    /// is stale: stopped and started again between two allocations) waits for shrinks; the
+    /// running lower-priority job that occupies everything must shrink, not be stopped.
+    #[test]
+    fn a_job_waiting_on_shrinks_does_not_evict_a_running_lower_priority_job() {
+        let mut stale = job("high", 2, 1, 6, Wants::Active);
+        stale.grant = 3;
+        let a = allocate(6, &[running(job("low", 1, 1, 6, Wants::Active), 6), stale]);
+        let (high, low) = (a.get("high").unwrap(), a.get("low").unwrap());
+        assert_eq!(high.wait_reason, Some(WaitReason::ShrinkPending));
+        assert!(!low.waiting_budget && !low.evict, "{low:?}");
+        assert!(low.grant < 6, "low is asked to shrink: {low:?}");
+        assert_eq!(low.held, 6);
+    }
+
     #[test]
     fn eviction_when_usable_falls_below_running_minimums() {
         let demands = [
@@ -835,8 +860,10 @@ mod tests {
                     && y.min > 0
                     && y.priority < x.priority
                 {
+                    // ...or its running process already occupies its minimum
+                    // (it is not pre-empted for a job waiting on shrinks).
                     prop_assert!(
-                        y.is_incumbent() && !x.is_incumbent(),
+                        (y.is_incumbent() && !x.is_incumbent()) || occupancy(y.process.as_ref()) >= y.min,
                         "{} (prio {}) has its min while {} (prio {}) waits",
                         y.id,
                         y.priority,

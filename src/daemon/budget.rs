@@ -297,6 +297,7 @@ impl Budget {
                 }
             }
             if r.evict && j.live {
+                tracing::warn!(job = %name, reason = ?r.waiting, usable = result.plan.usable, unclaimed = result.plan.unclaimed, base = result.plan.base, "fleet evicts");
                 changes.evict.push(name.clone());
             }
         }
