@@ -289,7 +289,8 @@ impl Budget {
             b.waiting = r.waiting.clone();
             b.fleet_held = r.held;
             if let (Some(p), true) = (b.process.as_mut(), j.live) {
-                p.held = p.held.max(r.held);
+                // The allocator's held already covers an unconfirmed shrink (as in local scope).
+                p.held = r.held;
                 if let Some(q) = r.tell.filter(|q| *q != p.told) {
                     p.told = q;
                     p.measured = None;
