@@ -198,6 +198,10 @@ pub fn check(cfg: &Config, plan: Option<&Plan>, minimums: u32, json: bool) {
     }
     if let Some(p) = plan {
         budget_plan(p, minimums);
+        if cfg.budget.scope == crate::config::Scope::Fleet {
+            println!("  fleet scope: this is one corral alone; at run time the fleet shares the smallest base");
+            println!("  of its members, minus 2 own connections per corral and fleet-wide reservations (`corral budget`)");
+        }
     }
 }
 
