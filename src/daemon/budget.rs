@@ -69,10 +69,10 @@ pub struct FleetState {
 }
 
 impl FleetState {
-    /// The fleet-wide lock of `job` is ours and was confirmed within `grace`.
-    pub fn holds(&self, job: &str, grace: std::time::Duration, now: Instant) -> bool {
+    /// The fleet-wide lock of `job` is ours and was confirmed within `hold`.
+    pub fn holds(&self, job: &str, hold: std::time::Duration, now: Instant) -> bool {
         self.locks.get(job) == Some(&LockOutcome::Held)
-            && self.lock_renewed.get(job).is_some_and(|t| now.duration_since(*t) <= grace)
+            && self.lock_renewed.get(job).is_some_and(|t| now.duration_since(*t) <= hold)
     }
 }
 

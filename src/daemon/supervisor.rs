@@ -1220,15 +1220,7 @@ impl Supervisor {
                 Some(LockOutcome::Waiting(r)) => (r.clone(), false),
                 _ => (format!("lock: waiting for the fleet-wide lock of {service}/{name}{failing}"), true),
             };
-            // Ask the fleet only when it has not answered for this job yet; otherwise the
-            // regular sync retries (a waiting job would make its corral sync non-stop).
-            if unanswered {
-                self.request_sync();
-            }
-            if let Some(j) = self.jobs.get_mut(name) {
-                j.awaiting = if unanswered { Awaiting::FleetSync } else { Awaiting::Nothing };
-            }
-            return Err(reason);
+            return Err(self.fleet_hold_back(name, reason, unanswered));
         }
         let Some(conn) = job.cfg.connections else { return Ok(None) };
         let b = budget.jobs.get(name).cloned().unwrap_or_default();
@@ -1239,13 +1231,20 @@ impl Supervisor {
             Some(w) => (format!("{w}: needs {} connection(s), the fleet has {} usable", conn.min, f.plan.as_ref().map_or(0, |p| p.usable)), false),
             None => (format!("budget: waiting for a grant from the fleet (needs {}){failing}", conn.min), true),
         };
+        Err(self.fleet_hold_back(name, reason, unanswered))
+    }
+
+    /// A job held back for the fleet. Ask for a sync only when the fleet has not answered for
+    /// it yet; otherwise the regular sync retries (a waiting job would make its corral sync
+    /// non-stop). Returns the reason.
+    fn fleet_hold_back(&mut self, name: &str, reason: String, unanswered: bool) -> String {
         if unanswered {
             self.request_sync();
         }
         if let Some(j) = self.jobs.get_mut(name) {
             j.awaiting = if unanswered { Awaiting::FleetSync } else { Awaiting::Nothing };
         }
-        Err(reason)
+        reason
     }
 
     fn on_fleet(&mut self, report: FleetReport) {

@@ -17,15 +17,12 @@
 //! Oban use for their leaders).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
-use tokio_postgres::config::SslMode;
-use tokio_postgres::{Client, Config, NoTls, Transaction};
+use tokio_postgres::{Client, Config, Transaction};
 
+use super::connect::Death;
 use super::error::{describe, DbError};
-use super::redact::redact;
-use super::usage::Attribution;
 use crate::budget::allocate::{self, Allocation, Process, Wants};
 use crate::budget::fleet::{self, FleetInput, FleetPlan, Member, Row};
 
@@ -229,20 +226,12 @@ pub struct Coordinator {
 
 struct Conn {
     client: Client,
-    died: Arc<StdMutex<Option<String>>>,
+    died: Death,
 }
 
 impl Coordinator {
     pub fn new(url: &str, ident: Identity) -> Result<Coordinator, DbError> {
-        let target = redact(url);
-        let mut config: Config = url.parse().map_err(|e: tokio_postgres::Error| DbError::InvalidUrl {
-            url: target.clone(),
-            reason: describe(&e, url),
-        })?;
-        if config.get_ssl_mode() == SslMode::Require {
-            return Err(DbError::TlsUnsupported { target });
-        }
-        config.application_name(Attribution::corral_application_name(&ident.service));
+        let (config, target) = super::connect::own_config(url, &ident.service)?;
         Ok(Coordinator { config, url: url.to_string(), target, ident, conn: None, lease: None, locks: BTreeSet::new() })
     }
 
@@ -275,17 +264,7 @@ impl Coordinator {
             self.disconnect();
         }
         if self.conn.is_none() {
-            let (client, connection) =
-                self.config.connect(NoTls).await.map_err(|e| DbError::connect(&self.target, &e, &self.url))?;
-            let died = Arc::new(StdMutex::new(None));
-            let (d, url) = (died.clone(), self.url.clone());
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    if let Ok(mut slot) = d.lock() {
-                        *slot = Some(describe(&e, &url));
-                    }
-                }
-            });
+            let (client, died) = super::connect::open(&self.config, &self.target, &self.url).await?;
             let mut conn = Conn { client, died };
             migrate(&mut conn.client).await.map_err(|e| self.err("applying the corral schema migrations", &e))?;
             self.locks.clear();

@@ -8,12 +8,14 @@
 //!   (health, server limits, pg_stat_activity, terminating surplus idle connections).
 //! - [`fleet`]: the coordination connection of `scope = "fleet"`: the `corral` schema, membership
 //!   leases, the fleet-wide allocation transaction, reservations, single-instance advisory locks.
+//! - [`connect`]: configuring and opening corral's own connections (attribution, TLS refusal).
 //! - [`error`]: [`DbError`], whose Display and Debug never contain a password.
 //!
 //! Not here: job environment (`DATABASE_URL` with application_name, quotas) is `budget::env`;
 //! scheduling health checks and their backoff is the daemon's. Nothing here decides policy: the
 //! probe reports and executes, the budget and the supervisor decide.
 
+pub mod connect;
 pub mod error;
 pub mod fleet;
 pub mod probe;

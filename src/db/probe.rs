@@ -15,17 +15,14 @@
 //! (its late answer would otherwise be read by the next check), and keeping the reason a
 //! connection died (the connection task's error) for the next message.
 
-use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
-use tokio_postgres::config::SslMode;
 use tokio_postgres::types::Type;
-use tokio_postgres::{Client, Config, NoTls, SimpleQueryMessage};
+use tokio_postgres::{Client, Config, SimpleQueryMessage};
 
-use super::error::{describe, DbError};
-use super::redact::redact;
+use super::error::DbError;
 use super::usage::{Attribution, BackendState, Usage, UsageGroup};
 
 /// Result of a health check.
@@ -93,7 +90,7 @@ struct Live {
     client: Client,
     backend_pid: i32,
     /// The connection task's error, once it ended with one (redacted).
-    died: Arc<StdMutex<Option<String>>>,
+    died: super::connect::Death,
 }
 
 impl std::fmt::Debug for Probe {
@@ -110,28 +107,12 @@ impl Probe {
     /// `corral/<service>/_corral`. Does not connect: call [`Probe::connect`] at startup so the
     /// connection exists before jobs can fill the server.
     pub fn new(url: &str, service: &str) -> Result<Probe, DbError> {
-        let target = redact(url);
-        let mut config: Config =
-            url.parse()
-                .map_err(|e: tokio_postgres::Error| DbError::InvalidUrl {
-                    url: target.clone(),
-                    reason: describe(&e, url),
-                })?;
-        // TODO(tls): Supabase hands out URLs with sslmode=require (direct and pooler alike).
-        // Add a TLS connector (tokio-postgres-rustls with webpki roots, honouring sslmode and
-        // sslrootcert) in place of NoTls; until then fail clearly instead of with tokio-postgres'
-        // "no TLS implementation configured". `prefer` falls back to plaintext with NoTls.
-        if config.get_ssl_mode() == SslMode::Require {
-            return Err(DbError::TlsUnsupported { target });
-        }
-        let application_name = Attribution::corral_application_name(service);
-        // Overrides any application_name in the URL: our connection must be attributed to us.
-        config.application_name(&application_name);
+        let (config, target) = super::connect::own_config(url, service)?;
         Ok(Probe {
             config,
             url: url.to_string(),
             target,
-            application_name,
+            application_name: Attribution::corral_application_name(service),
             slot: Mutex::new(Slot::default()),
         })
     }
@@ -446,23 +427,7 @@ impl Probe {
     }
 
     async fn open(&self) -> Result<Live, DbError> {
-        let (client, connection) = self
-            .config
-            .connect(NoTls)
-            .await
-            .map_err(|e| DbError::connect(&self.target, &e, &self.url))?;
-        let died = Arc::new(StdMutex::new(None));
-        let died_task = Arc::clone(&died);
-        let url = self.url.clone();
-        // The connection future drives the socket; it ends when the Client is dropped or the
-        // server goes away. Its error is the best explanation of a broken connection.
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                if let Ok(mut d) = died_task.lock() {
-                    *d = Some(describe(&e, &url));
-                }
-            }
-        });
+        let (client, died) = super::connect::open(&self.config, &self.target, &self.url).await?;
         let backend_pid = client
             .simple_query("SELECT pg_backend_pid()")
             .await
