@@ -396,3 +396,22 @@ fn random_starts_stops_and_restarts_across_three_corrals_never_exceed_usable() {
     eprintln!("fleet chaos (seed {seed}): {ops} operations; peak job connections {peak} / usable {usable} over {samples} samples; peak {detail}");
     assert!(peak <= usable, "peak {peak} exceeded the fleet's usable {usable}: {detail}");
 }
+
+#[test]
+fn a_fleet_url_corral_cannot_use_is_a_clear_unhealthy_state_and_other_jobs_run() {
+    // No server needed: the URL is refused before any connection (TLS is not supported yet).
+    let c = Corral::start(
+        "[database]\nurl = \"postgres://app:s3cret-pw@127.0.0.1:1/app?sslmode=require\"\nmax_connections = 20\n\n\
+         [budget]\nscope = \"fleet\"\n\n\
+         [jobs.plain]\ncommand = [\"sleep\", \"1000\"]\non_duplicate = \"ignore\"\nsingle_instance = false\n\n\
+         [jobs.db]\ncommand = [\"sleep\", \"1000\"]\non_duplicate = \"ignore\"\nsingle_instance = false\nconnections = 1\n",
+    );
+    c.wait_state("plain", "running", 10 * SEC);
+    let out = c.ctl(&["health", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = crate::harness::stdout(&out);
+    assert!(text.contains("fleet coordination disabled") && text.contains("TLS"), "{text}");
+    let db = c.wait_state("db", "waiting", 10 * SEC);
+    assert!(db["reason"].as_str().unwrap_or("").contains("fleet"), "{db}");
+    assert!(!text.contains("s3cret-pw") && !c.output().contains("s3cret-pw"), "password leaked");
+}
