@@ -222,23 +222,85 @@ impl std::fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+/// The largest manifest corral reads (SPEC §7: a file of any size gets an error, not a stall).
+/// 20,000 jobs of a few lines each fit.
+pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
+/// The most jobs one manifest may define.
+pub const MAX_JOBS: usize = 10_000;
+
+const TOO_LARGE_HINT: &str = "a manifest this large is not a config corral can supervise: split the jobs over several corrals";
+
+fn too_large_message(len: u64) -> String {
+    format!("the manifest is {len} bytes, more than the {} MiB corral reads", MAX_MANIFEST_BYTES >> 20)
+}
+
 /// Read, expand and validate a manifest file using the process environment.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigErrors(vec![ConfigError {
-            file: path.to_path_buf(),
-            line: 0,
-            column: 0,
-            message: format!("cannot read config file: {e}"),
-            hint: Some("pass the manifest with -c FILE or set CORRAL_CONFIG".into()),
-        }])
+    let text = read(path).map_err(|(message, hint)| {
+        ConfigErrors(vec![ConfigError { file: path.to_path_buf(), line: 0, column: 0, message, hint: Some(hint) }])
     })?;
     parse(path, &text, &|name| std::env::var(name).ok())
+}
+
+/// The manifest's text: a regular file of at most [`MAX_MANIFEST_BYTES`] of UTF-8. Never blocks
+/// on a FIFO or reads a device forever. Errors are (message, hint).
+fn read(path: &Path) -> Result<String, (String, String)> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let hint = || "pass the manifest with -c FILE or set CORRAL_CONFIG".to_string();
+    // O_NONBLOCK: opening a FIFO would otherwise wait for a writer; a regular file ignores it.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| (format!("cannot read config file: {e}"), hint()))?;
+    let meta = file.metadata().map_err(|e| (format!("cannot read config file: {e}"), hint()))?;
+    if !meta.is_file() {
+        return Err(("the config is not a regular file".into(), "point -c at the manifest file itself".into()));
+    }
+    if meta.len() > MAX_MANIFEST_BYTES as u64 {
+        return Err((too_large_message(meta.len()), TOO_LARGE_HINT.into()));
+    }
+    // The file may grow while we read: never take more than the limit.
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_MANIFEST_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| (format!("cannot read config file: {e}"), hint()))?;
+    if bytes.len() > MAX_MANIFEST_BYTES {
+        return Err((too_large_message(bytes.len() as u64), TOO_LARGE_HINT.into()));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        (
+            format!("the config is not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()),
+            "save the manifest as UTF-8".into(),
+        )
+    })
 }
 
 /// Parse manifest text. `env` looks up `${VAR}` (an input, so tests need no process env).
 pub fn parse(path: &Path, text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
     validate::build(path, text, env)
+}
+
+/// Why `s` cannot be a job, service or reservation name, or None when it can. Names become
+/// file names (locks, quota files), parts of `application_name` and log fields: 1 to 64 bytes of
+/// `[A-Za-z0-9_.-]`, starting with a letter, digit or `_` (so never `.`, `..` or a hidden file,
+/// and never something a CLI parses as a flag).
+pub fn name_problem(s: &str) -> Option<String> {
+    const MAX: usize = 64;
+    if s.is_empty() {
+        return Some("it is empty".into());
+    }
+    if s.len() > MAX {
+        return Some(format!("it has {} bytes, at most {MAX} are allowed", s.len()));
+    }
+    if let Some(c) = s.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))) {
+        return Some(format!("{c:?} is not allowed"));
+    }
+    if s.starts_with(['.', '-']) {
+        return Some("it must start with a letter, a digit or \"_\"".into());
+    }
+    None
 }
 
 /// Where the manifest lives when `-c` is not given (SPEC §1).
@@ -279,7 +341,7 @@ pub fn socket_hint(path: &Path) -> Option<PathBuf> {
     if let Ok(cfg) = load(path) {
         return cfg.supervisor.socket;
     }
-    let text = std::fs::read_to_string(path).ok()?;
+    let text = read(path).ok()?;
     let value: toml::Table = text.parse().ok()?;
     let socket = value.get("supervisor")?.get("socket")?.as_str()?;
     if socket.contains("${") {
@@ -295,6 +357,36 @@ mod fuzz_tests {
 
     fn env(name: &str) -> Option<String> {
         (name == "SET").then(|| "value".to_string())
+    }
+
+    #[test]
+    fn names() {
+        for good in ["a", "layer1_5.v-2", "_x", "9lives", &"a".repeat(64)] {
+            assert_eq!(name_problem(good), None, "{good}");
+        }
+        for bad in ["", ".", "..", ".hidden", "-flag", "a b", "a/b", "a\nb", "é", &"a".repeat(65), &"a".repeat(70_000)] {
+            assert!(name_problem(bad).is_some(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn load_refuses_what_is_not_a_small_regular_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let msg = |p: &Path| load(p).unwrap_err().0[0].message.clone();
+        assert!(msg(dir.path()).contains("not a regular file"));
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        assert!(msg(&fifo).contains("not a regular file"), "a FIFO must not block the read");
+        assert!(msg(Path::new("/dev/zero")).contains("not a regular file"));
+        let big = dir.path().join("big.toml");
+        std::fs::write(&big, format!("# {}\n", "x".repeat(MAX_MANIFEST_BYTES))).unwrap();
+        assert!(msg(&big).contains("more than the 4 MiB"), "{}", msg(&big));
+        let latin1 = dir.path().join("latin1.toml");
+        std::fs::write(&latin1, b"[jobs.a]\ncommand = [\"caf\xe9\"]\n").unwrap();
+        assert!(msg(&latin1).contains("not UTF-8 text (invalid byte at offset 24)"), "{}", msg(&latin1));
+        let empty = dir.path().join("empty.toml");
+        std::fs::write(&empty, "\n# nothing yet\n").unwrap();
+        assert!(msg(&empty).contains("the manifest is empty"));
     }
 
     proptest::proptest! {
