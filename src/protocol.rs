@@ -161,6 +161,10 @@ pub struct JobStatus {
     pub quota: Option<u32>,
     pub connections: Option<u32>,
     pub reason: Option<String>,
+    /// Lines of the job's output dropped from corral's stdout because it was not read fast
+    /// enough (SPEC §7); `corral logs` still has them.
+    #[serde(default)]
+    pub output_dropped: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -242,6 +242,45 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     parse(path, &text, &|name| std::env::var(name).ok())
 }
 
+/// A save is taken as finished once the file has not changed for this long.
+pub const SAVE_SETTLE: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// [`load`] for a reload (SPEC §8): only a file that has stopped changing. The file is read
+/// once it was last modified [`SAVE_SETTLE`] ago, and read again when it changed while being
+/// read, so an in-place save (truncate, then write) is never caught half-way unless the writer
+/// pauses longer than that in the middle. Blocks (sleeps): call it off the actor.
+pub fn load_settled(path: &Path) -> Result<Config, ConfigErrors> {
+    const TRIES: usize = 20;
+    for _ in 0..TRIES {
+        let before = stamp(path);
+        let age = before.as_ref().and_then(|s| s.modified.elapsed().ok());
+        if let Some(age) = age.filter(|a| *a < SAVE_SETTLE) {
+            std::thread::sleep(SAVE_SETTLE - age);
+            continue;
+        }
+        let result = load(path);
+        if stamp(path) == before {
+            return result;
+        }
+    }
+    // Still changing after all the tries: take what is there now.
+    load(path)
+}
+
+/// What tells one version of a file from the next.
+#[derive(PartialEq)]
+struct Stamp {
+    len: u64,
+    modified: std::time::SystemTime,
+    inode: (u64, u64),
+}
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some(Stamp { len: m.len(), modified: m.modified().ok()?, inode: (m.dev(), m.ino()) })
+}
+
 /// The manifest's text: a regular file of at most [`MAX_MANIFEST_BYTES`] of UTF-8. Never blocks
 /// on a FIFO or reads a device forever. Errors are (message, hint).
 fn read(path: &Path) -> Result<String, (String, String)> {

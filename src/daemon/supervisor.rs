@@ -7,7 +7,6 @@
 //! always registered before its exit can be collected.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use tokio::signal::unix::{signal, SignalKind};
@@ -69,6 +68,8 @@ pub enum Event {
     /// Sweep now (on demand), without re-arming the periodic timer.
     SweepNow,
     ReloadDebounced { generation: u64 },
+    /// The config file as read and validated off the actor (SPEC §8).
+    ConfigLoaded(Box<Result<Config, config::ConfigErrors>>),
     Sweep,
     /// The fleet task wants the local jobs for its next sync.
     FleetSnapshot(oneshot::Sender<SyncRequest>),
@@ -79,6 +80,24 @@ pub enum Event {
 }
 
 pub type EventTx = mpsc::UnboundedSender<Event>;
+
+/// Who asked for a reload: the watcher and SIGHUP (`apply`, no reply), `corral reload` (a reply,
+/// maybe `--dry-run`).
+#[derive(Default)]
+struct ReloadAsk {
+    apply: bool,
+    replies: Vec<(oneshot::Sender<Response>, bool)>,
+}
+
+/// The file is read and validated on a thread of its own, so a file of any size never stalls
+/// the actor. At most one read runs; asks arriving meanwhile wait for the next read.
+#[derive(Default)]
+struct Reloads {
+    /// Answered by the read in flight.
+    current: Option<ReloadAsk>,
+    /// Asked after that read started: they need a fresh one.
+    next: Option<ReloadAsk>,
+}
 
 struct JobRt {
     cfg: JobConfig,
@@ -140,6 +159,7 @@ pub struct Supervisor {
     own_pid: i32,
     snapshot: Option<(Instant, Snapshot)>,
     reload_generation: u64,
+    reloads: Reloads,
     last_sweep: Instant,
     budget: Option<Budget>,
     probe: Option<Arc<Probe>>,
@@ -171,6 +191,7 @@ impl Supervisor {
             own_pid: std::process::id() as i32,
             snapshot: None,
             reload_generation: 0,
+            reloads: Reloads::default(),
             last_sweep: Instant::now(),
             budget: None,
             probe: None,
@@ -220,7 +241,9 @@ impl Supervisor {
     fn setup_budget(&mut self) {
         let Some(db_cfg) = self.config.database.clone() else { return };
         let quota_dir = self.config.supervisor.lock_dir.with_file_name("quota");
-        self.budget = Some(Budget::new(db_cfg.clone(), self.config.budget.clone(), quota_dir));
+        let mut budget = Budget::new(db_cfg.clone(), self.config.budget.clone(), quota_dir);
+        budget.quota_dir_shared = self.config.jobs.values().any(|j| j.user.is_some());
+        self.budget = Some(budget);
         match Probe::new(&db_cfg.url, &self.config.budget.service) {
             Ok(p) => self.probe = Some(Arc::new(p)),
             Err(e) => error!("database url rejected: {e}"),
@@ -292,7 +315,7 @@ impl Supervisor {
                 }
                 _ = sighup.recv() => {
                     info!("SIGHUP: reloading config");
-                    let _ = self.reload(false);
+                    self.ask_reload(true, None);
                 }
                 Some(ev) = events.recv() => {
                     self.handle(ev);
@@ -366,9 +389,10 @@ impl Supervisor {
             Event::ReloadDebounced { generation } => {
                 if generation == self.reload_generation {
                     info!("config file changed: reloading");
-                    let _ = self.reload(false);
+                    self.ask_reload(true, None);
                 }
             }
+            Event::ConfigLoaded(result) => self.config_loaded(*result),
             Event::Sweep => {
                 self.sweep();
                 self.arm_sweep();
@@ -463,13 +487,13 @@ impl Supervisor {
         if job.cfg.single_instance && job.lock.is_none() {
             match JobLock::acquire(&lock_dir, name) {
                 Ok(lock) => job.lock = Some(lock),
-                Err(LockError::Held { path, holder }) => {
-                    // The recorded job is gone but something it forked still holds
+                Err(LockError::Held { path, holder, recorded_gone }) => {
+                    // The recorded job is gone but something it forked may still hold
                     // the lock: a stray orphan. Sweep now instead of at reap_interval.
-                    if holder.is_some_and(|p| !kill::pid_alive(p)) && self.config.supervisor.orphans == OrphanPolicy::Kill {
+                    if recorded_gone && self.config.supervisor.orphans == OrphanPolicy::Kill {
                         let _ = self.tx.send(Event::SweepNow);
                     }
-                    let who = holder.map(|p| format!("pid {p}")).unwrap_or_else(|| "another process".into());
+                    let who = holder.map(|h| h.to_string()).unwrap_or_else(|| "another process".into());
                     return Input::Blocked { reason: format!("lock: {} held by {who}", path.display()) };
                 }
                 Err(e) => return Input::SpawnFailed { error: e.to_string() },
@@ -733,9 +757,7 @@ impl Supervisor {
             Request::Start { jobs } => self.verb(jobs, reply, "start"),
             Request::Stop { jobs } => self.verb(jobs, reply, "stop"),
             Request::Restart { jobs } => self.verb(jobs, reply, "restart"),
-            Request::Reload { dry_run } => {
-                let _ = reply.send(self.reload(dry_run));
-            }
+            Request::Reload { dry_run } => self.ask_reload(!dry_run, Some((reply, dry_run))),
             Request::Logs { job, .. } => {
                 let resp = if self.jobs.contains_key(&job) {
                     Response::ok(Reply::Logs { lines: Vec::new() })
@@ -922,41 +944,90 @@ impl Supervisor {
                 State::Fatal | State::Waiting | State::Backoff => j.m.reason.clone(),
                 _ => None,
             },
+            output_dropped: self.logs.dropped(name),
         })
     }
 
     // ----- reload (SPEC §8) -----
 
-    /// A reload, framed for systemd by RELOADING=1 and READY=1 (also when the
-    /// new file is rejected: the old config keeps running, so we are ready).
-    fn reload(&mut self, dry_run: bool) -> Response {
-        if dry_run {
-            return self.apply_reload(true);
+    /// Ask for the config file to be read again; `apply` unless only dry runs ask.
+    fn ask_reload(&mut self, apply: bool, reply: Option<(oneshot::Sender<Response>, bool)>) {
+        let slot = if self.reloads.current.is_some() { &mut self.reloads.next } else { &mut self.reloads.current };
+        let ask = slot.get_or_insert_with(ReloadAsk::default);
+        ask.apply |= apply;
+        ask.replies.extend(reply);
+        if self.reloads.next.is_none() {
+            self.start_load();
         }
-        self.notify.reloading();
-        let resp = self.apply_reload(false);
-        self.notify.ready();
-        resp
     }
 
-    fn apply_reload(&mut self, dry_run: bool) -> Response {
-        let path: PathBuf = self.config.path.clone();
-        let new = match config::load(&path) {
-            Ok(c) => c,
+    /// Read and validate the file on a thread; the result comes back as `ConfigLoaded`.
+    /// A reload is framed for systemd by RELOADING=1 and READY=1 (also when the new file is
+    /// rejected: the old config keeps running, so we are ready).
+    fn start_load(&mut self) {
+        if self.reloads.current.as_ref().is_some_and(|a| a.apply) {
+            self.notify.reloading();
+        }
+        let (path, tx) = (self.config.path.clone(), self.tx.clone());
+        let spawned = std::thread::Builder::new()
+            .name("corral-reload".into())
+            // The parser's own limits keep it far below this; a thread's default is 2 MiB.
+            .stack_size(16 << 20)
+            .spawn(move || {
+                let _ = tx.send(Event::ConfigLoaded(Box::new(config::load_settled(&path))));
+            });
+        if let Err(e) = spawned {
+            error!("cannot start a thread to read the config: {e}");
+            let message = format!("cannot reload now (no thread to read the config: {e}); try again");
+            for (reply, _) in self.reloads.current.take().map(|a| a.replies).unwrap_or_default() {
+                let _ = reply.send(Response::err(ErrorKind::Refused, message.clone()));
+            }
+            self.notify.ready();
+        }
+    }
+
+    fn config_loaded(&mut self, result: Result<Config, config::ConfigErrors>) {
+        let ask = self.reloads.current.take().unwrap_or_default();
+        let (dry_plan, resp) = match result {
+            _ if self.shutting_down => (None, Response::err(ErrorKind::ShuttingDown, "supervisor is shutting down")),
             Err(errs) => {
                 let text = errs.to_string();
-                error!("config reload rejected, keeping the running config:\n{text}");
-                if !dry_run {
+                if ask.apply {
+                    error!("config reload rejected, keeping the running config:\n{text}");
                     self.config_error = Some(text.clone());
                 }
-                return Response::err(ErrorKind::Config, text);
+                (None, Response::err(ErrorKind::Config, text))
+            }
+            Ok(new) => {
+                let plan = serde_json::to_value(config::diff(&self.config, &new)).unwrap_or_default();
+                let dry = Response::ok(Reply::Reload(ReloadReport { applied: false, plan: plan.clone() }));
+                if ask.apply {
+                    (Some(dry), self.apply_reload(new))
+                } else {
+                    (None, dry)
+                }
             }
         };
+        for (reply, dry_run) in ask.replies {
+            let answer = match (&dry_plan, dry_run) {
+                (Some(dry), true) => dry.clone(),
+                _ => resp.clone(),
+            };
+            let _ = reply.send(answer);
+        }
+        if ask.apply && !self.shutting_down {
+            self.notify.ready();
+        }
+        if let Some(next) = self.reloads.next.take() {
+            self.reloads.current = Some(next);
+            self.start_load();
+        }
+    }
+
+    /// Apply a validated config as a diff (SPEC §8).
+    fn apply_reload(&mut self, new: Config) -> Response {
         let plan = config::diff(&self.config, &new);
         let plan_json = serde_json::to_value(&plan).unwrap_or_default();
-        if dry_run {
-            return Response::ok(Reply::Reload(ReloadReport { applied: false, plan: plan_json }));
-        }
         self.config_error = None;
         for item in &plan.needs_restart {
             warn!("config change needs a restart of corral to take effect: {item}");
@@ -976,6 +1047,7 @@ impl Supervisor {
                 }
                 b.db = db;
                 b.cfg = self.config.budget.clone();
+                b.quota_dir_shared = self.config.jobs.values().any(|j| j.user.is_some());
             }
             (None, None) => {}
             _ => warn!("adding or removing [database] takes effect after a restart of corral"),
