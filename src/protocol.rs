@@ -214,14 +214,19 @@ pub fn decode_request(line: &[u8]) -> Result<Request, Response> {
     Ok(env.request)
 }
 
+/// Cannot fail (strings, numbers, JSON values; no map with non-string keys); if it ever did,
+/// the daemon would answer "bad request" rather than panic.
 pub fn encode_request(request: &Request) -> String {
-    let mut s = serde_json::to_string(&Envelope { v: VERSION, request: request.clone() }).expect("requests serialize");
+    let mut s = serde_json::to_string(&Envelope { v: VERSION, request: request.clone() }).unwrap_or_default();
     s.push('\n');
     s
 }
 
+/// Cannot fail, as above; a response that did not encode becomes an error response.
 pub fn encode_response(response: &Response) -> String {
-    let mut s = serde_json::to_string(response).expect("responses serialize");
+    let mut s = serde_json::to_string(response).unwrap_or_else(|e| {
+        format!("{{\"ok\":false,\"error\":{{\"kind\":\"refused\",\"message\":{}}}}}", serde_json::Value::from(format!("cannot encode the response: {e}")))
+    });
     s.push('\n');
     s
 }

@@ -211,7 +211,10 @@ pub fn render_metrics(status: &StatusReport, budget: Option<&serde_json::Value>,
     reg.register("corral_orphans_killed", "Stray orphans terminated by the sweep", orphans);
 
     let mut out = String::new();
-    prometheus_client::encoding::text::encode(&mut out, &reg).expect("writing to a String cannot fail");
+    // Writing to a String cannot fail; a failed encoding would be a partial page, never a panic.
+    if prometheus_client::encoding::text::encode(&mut out, &reg).is_err() {
+        out.push_str("# EOF\n");
+    }
     out
 }
 

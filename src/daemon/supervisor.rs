@@ -22,6 +22,7 @@ use super::notify::Notifier;
 use crate::config::{self, Config, Enforce, JobConfig, OnDuplicate, OrphanPolicy};
 use crate::db::fleet::{Coordinator, Identity, LockOutcome, SyncRequest};
 use crate::db::{self, Probe};
+use crate::budget::allocate::WaitReason;
 use crate::job::machine::{self, describe_exit};
 use crate::job::{Effect, Exit, Input, Job, Policy, State, TimerKind};
 use crate::process::lock::{JobLock, LockError};
@@ -77,6 +78,8 @@ pub enum Event {
     Fleet(FleetReport),
     /// Fleet-wide locks may have gone unconfirmed for `fleet_grace`.
     FleetCheck,
+    /// A `quota_signal` held back for a young process is due.
+    QuotaSignalDue { job: String, pid: i32 },
 }
 
 pub type EventTx = mpsc::UnboundedSender<Event>;
@@ -119,6 +122,12 @@ struct JobRt {
     /// Held back until the next database answer: a fleet sync (grant or lock), or a
     /// usage reading (the previous run's connections closing). `start` waits for it.
     awaiting: Awaiting,
+    /// Held back only until connections being given back are confirmed free: `start` waits
+    /// for it (up to QUEUED_START_WAIT), then says it is queued rather than failed.
+    queued: bool,
+    /// A quota change reached this process before it could have installed its
+    /// `quota_signal` handler: the signal is sent once it is old enough.
+    signal_due: Option<i32>,
 }
 
 /// A held-back job whose answer is one database round trip away: `start` and `restart`
@@ -141,7 +150,17 @@ struct Waiter {
     what: WaitFor,
     reply: oneshot::Sender<Response>,
     verb: &'static str,
+    since: Instant,
 }
+
+/// How long `start`/`restart` wait for a job queued behind connections that are being given
+/// back (a shrink not confirmed yet, the previous run's connections closing) before they answer
+/// that it is queued.
+const QUEUED_START_WAIT: Duration = Duration::from_secs(20);
+/// `quota_signal` is never sent to a process younger than this (nor before its
+/// `healthy_after`): it may not have installed its handler yet, and SIGHUP's default action
+/// kills it. Its first quota is in its environment anyway.
+const QUOTA_SIGNAL_MIN_UPTIME: Duration = Duration::from_secs(2);
 
 pub struct Supervisor {
     config: Config,
@@ -252,10 +271,15 @@ impl Supervisor {
 
     /// Run until shutdown; returns the process exit code.
     pub async fn run(mut self, mut events: mpsc::UnboundedReceiver<Event>, ready: impl FnOnce()) -> i32 {
-        let mut sigchld = signal(SignalKind::child()).expect("SIGCHLD handler");
-        let mut sigterm = signal(SignalKind::terminate()).expect("SIGTERM handler");
-        let mut sigint = signal(SignalKind::interrupt()).expect("SIGINT handler");
-        let mut sighup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+        // Before any job starts: without these corral could neither reap nor stop, so it refuses to run.
+        let handlers = (|| Ok::<_, std::io::Error>((signal(SignalKind::child())?, signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?, signal(SignalKind::hangup())?)))();
+        let (mut sigchld, mut sigterm, mut sigint, mut sighup) = match handlers {
+            Ok(h) => h,
+            Err(e) => {
+                error!("cannot install signal handlers ({e}): not starting any job");
+                return 1;
+            }
+        };
 
         // Children that exited before our handler existed (e.g. PID 1 inheriting zombies).
         self.reap();
@@ -412,6 +436,18 @@ impl Supervisor {
             }
             Event::Fleet(report) => self.on_fleet(report),
             Event::FleetCheck => self.check_fleet_locks(),
+            Event::QuotaSignalDue { job, pid } => {
+                let Some(j) = self.jobs.get_mut(&job) else { return };
+                if j.m.pid == Some(pid) && j.signal_due.take() == Some(pid) {
+                    if let Some(sig) = j.cfg.quota_signal {
+                        info!(job = %job, pid, "sending the quota_signal held back while the job started");
+                        let _ = kill::signal_pid(pid, sig);
+                    }
+                    if let Some(b) = self.budget.as_mut().and_then(|b| b.jobs.get_mut(&job)) {
+                        b.told_at = Some(Instant::now());
+                    }
+                }
+            }
         }
     }
 
@@ -476,13 +512,17 @@ impl Supervisor {
             return Input::Blocked { reason: "supervisor is shutting down".into() };
         }
         let lock_dir = self.config.supervisor.lock_dir.clone();
-        let needs_scan = {
-            let job = &self.jobs[name];
-            job.check_duplicates && job.cfg.on_duplicate != OnDuplicate::Ignore
+        // The job exists from here on: nothing in try_spawn removes jobs.
+        let Some(job) = self.jobs.get(name) else {
+            return Input::SpawnFailed { error: "the job is no longer in the config".into() };
         };
+        let needs_scan = job.check_duplicates && job.cfg.on_duplicate != OnDuplicate::Ignore;
         let dups = if needs_scan { self.duplicates_of(name) } else { Vec::new() };
         let format = self.config.supervisor.log_format;
-        let job = self.jobs.get_mut(name).expect("job exists");
+        let Some(job) = self.jobs.get_mut(name) else {
+            return Input::SpawnFailed { error: "the job is no longer in the config".into() };
+        };
+        job.queued = false;
 
         if job.cfg.single_instance && job.lock.is_none() {
             match JobLock::acquire(&lock_dir, name) {
@@ -527,6 +567,7 @@ impl Supervisor {
             }
             if let Some(j) = self.jobs.get_mut(name) {
                 j.awaiting = Awaiting::Reading;
+                j.queued = true;
             }
             return Input::Blocked { reason: format!("budget: up to {n} connection(s) of the previous run still open") };
         }
@@ -560,10 +601,20 @@ impl Supervisor {
                     quota = Some(g.grant);
                 }
                 other => {
+                    let shrinking = matches!(other.as_ref().and_then(|g| g.wait_reason.as_ref()), Some(WaitReason::ShrinkPending));
+                    if shrinking {
+                        // Freed as soon as a reading confirms the shrinks: ask for one now.
+                        if let Some(cmd) = &self.probe_cmd {
+                            let _ = cmd.send(ProbeCmd::UsageNow);
+                        }
+                    }
                     let why = other.and_then(|g| g.wait_reason).map(|r| r.to_string()).unwrap_or_else(|| "budget".into());
                     let usable = budget.plan(Instant::now()).usable;
                     let min = job.cfg.connections.map(|c| c.min).unwrap_or(0);
                     self.deliver(tell);
+                    if let Some(j) = self.jobs.get_mut(name) {
+                        j.queued = shrinking;
+                    }
                     return Input::Blocked {
                         reason: format!("{why}: needs {min} connection(s), {} of {usable} usable are granted", alloc.total),
                     };
@@ -571,7 +622,9 @@ impl Supervisor {
             }
             self.deliver(tell.into_iter().filter(|(j, _)| j != name).collect());
         }
-        let job = self.jobs.get_mut(name).expect("job exists");
+        let Some(job) = self.jobs.get_mut(name) else {
+            return Input::SpawnFailed { error: "the job is no longer in the config".into() };
+        };
         let spec = spawn::SpawnSpec {
             command: &job.cfg.command,
             cwd: job.cfg.cwd.as_ref(),
@@ -608,12 +661,14 @@ impl Supervisor {
     }
 
     fn duplicates_of(&mut self, name: &str) -> Vec<i32> {
-        let fresh = matches!(&self.snapshot, Some((t, _)) if t.elapsed() < SNAPSHOT_TTL);
-        if !fresh {
-            self.snapshot = Some((Instant::now(), Snapshot::take()));
-        }
-        let snap = &self.snapshot.as_ref().expect("just taken").1;
-        snap.duplicates(&self.jobs[name].cfg.command, self.own_pid)
+        let Some(command) = self.jobs.get(name).map(|j| j.cfg.command.clone()) else { return Vec::new() };
+        let snap = match self.snapshot.take() {
+            Some((t, snap)) if t.elapsed() < SNAPSHOT_TTL => (t, snap),
+            _ => (Instant::now(), Snapshot::take()),
+        };
+        let dups = snap.1.duplicates(&command, self.own_pid);
+        self.snapshot = Some(snap);
+        dups
     }
 
     fn reap(&mut self) {
@@ -766,6 +821,13 @@ impl Supervisor {
                 };
                 let _ = reply.send(resp);
             }
+            // Reservation names reach logs and the fleet's tables: the job name rules apply.
+            Request::Reserve { name, .. } | Request::Release { name } if config::name_problem(&name).is_some() => {
+                let problem = config::name_problem(&name).unwrap_or_default();
+                let shown: String = name.chars().take(64).collect();
+                let message = format!("invalid reservation name {shown:?}: {problem} (letters, digits, \"_\", \".\", \"-\")");
+                let _ = reply.send(Response::err(ErrorKind::BadRequest, message));
+            }
             Request::Budget | Request::Reserve { .. } | Request::Release { .. } if self.budget.is_none() => {
                 let _ = reply.send(Response::err(
                     ErrorKind::NoDatabase,
@@ -871,7 +933,7 @@ impl Supervisor {
             };
             self.feed(name, input);
         }
-        self.waiters.push(Waiter { what: WaitFor::Settled(names), reply, verb });
+        self.waiters.push(Waiter { what: WaitFor::Settled(names), reply, verb, since: Instant::now() });
     }
 
     /// Answer verbs whose jobs have settled (no longer stopping).
@@ -879,8 +941,12 @@ impl Supervisor {
         let mut i = 0;
         while i < self.waiters.len() {
             let WaitFor::Settled(names) = &self.waiters[i].what;
+            let patient = self.waiters[i].verb != "stop" && self.waiters[i].since.elapsed() < QUEUED_START_WAIT;
             let pending = names.iter().any(|n| {
-                self.jobs.get(n).is_some_and(|j| j.m.state == State::Stopping || (j.m.state == State::Waiting && j.awaiting != Awaiting::Nothing))
+                self.jobs.get(n).is_some_and(|j| {
+                    j.m.state == State::Stopping
+                        || (j.m.state == State::Waiting && (j.awaiting != Awaiting::Nothing || (j.queued && patient)))
+                })
             });
             if pending {
                 i += 1;
@@ -889,11 +955,13 @@ impl Supervisor {
             let w = self.waiters.swap_remove(i);
             let WaitFor::Settled(names) = w.what;
             let statuses: Vec<JobStatus> = names.iter().filter_map(|n| self.job_status(n)).collect();
+            // Queued behind connections being given back is not a failure: it starts by itself.
+            let queued = |name: &str| self.jobs.get(name).is_some_and(|j| j.m.state == State::Waiting && j.queued);
             let failed: Vec<String> = statuses
                 .iter()
                 .filter(|s| match w.verb {
                     "stop" => !matches!(s.state.as_str(), "stopped" | "exited" | "fatal"),
-                    _ => matches!(s.state.as_str(), "fatal" | "waiting" | "backoff"),
+                    _ => matches!(s.state.as_str(), "fatal" | "waiting" | "backoff") && !queued(&s.name),
                 })
                 .map(|s| format!("{}: {}{}", s.name, s.state, s.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default()))
                 .collect();
@@ -1060,7 +1128,7 @@ impl Supervisor {
             self.drop_if_removed(name);
         }
         for name in plan.restart.iter().chain(plan.update.iter()) {
-            let cfg = self.config.jobs[name].clone();
+            let Some(cfg) = self.config.jobs.get(name).cloned() else { continue };
             if let Some(j) = self.jobs.get_mut(name) {
                 j.policy = Policy::from(&cfg);
                 j.cfg = cfg;
@@ -1076,7 +1144,7 @@ impl Supervisor {
             }
         }
         for name in &plan.added {
-            let cfg = self.config.jobs[name].clone();
+            let Some(cfg) = self.config.jobs.get(name).cloned() else { continue };
             let autostart = cfg.autostart;
             self.jobs.insert(name.clone(), JobRt::new(cfg));
             if autostart {
@@ -1180,7 +1248,8 @@ impl Supervisor {
             .map(|(n, _)| n.clone())
             .collect();
         for name in waiting {
-            let epoch = self.jobs[&name].m.epoch;
+            // Feeding one job can drop another that was removed from the config.
+            let Some(epoch) = self.jobs.get(&name).map(|j| j.m.epoch) else { continue };
             self.feed(&name, Input::Timer { kind: TimerKind::RetryWait, epoch });
         }
     }
@@ -1205,8 +1274,9 @@ impl Supervisor {
     /// Write quota files and send `quota_signal` (SPEC §3).
     fn deliver(&mut self, tell: Vec<(String, u32)>) {
         let Some(budget) = self.budget.as_mut() else { return };
+        let mut held_back = Vec::new();
         for (name, quota) in tell {
-            let Some(job) = self.jobs.get(&name) else { continue };
+            let Some(job) = self.jobs.get_mut(&name) else { continue };
             if let Err(e) = budget.write_quota(&job.cfg, quota) {
                 warn!(job = %name, "cannot write quota file: {e}");
                 continue;
@@ -1216,8 +1286,19 @@ impl Supervisor {
             }
             info!(job = %name, quota, "quota changed");
             if let (Some(sig), Some(pid)) = (job.cfg.quota_signal, job.m.pid) {
-                let _ = kill::signal_pid(pid, sig);
+                let uptime = job.started_at.map(|t| t.elapsed()).unwrap_or_default();
+                let old_enough = job.cfg.healthy_after.max(QUOTA_SIGNAL_MIN_UPTIME);
+                if uptime >= old_enough {
+                    let _ = kill::signal_pid(pid, sig);
+                } else if job.signal_due != Some(pid) {
+                    // Too young to have a handler: the file is rewritten now, the signal follows.
+                    job.signal_due = Some(pid);
+                    held_back.push((old_enough - uptime, Event::QuotaSignalDue { job: name.clone(), pid }));
+                }
             }
+        }
+        for (delay, ev) in held_back {
+            self.after(delay, ev);
         }
     }
 
@@ -1258,8 +1339,18 @@ impl Supervisor {
 
     fn fleet_request(&self) -> SyncRequest {
         let views = job_views(&self.jobs);
-        let budget = self.budget.as_ref().expect("fleet scope has a budget");
-        budget.fleet_request(&views, Instant::now())
+        match self.budget.as_ref() {
+            Some(budget) => budget.fleet_request(&views, Instant::now()),
+            // Only fleet scope asks, and fleet scope has a budget.
+            None => SyncRequest {
+                base: 0,
+                own: 0,
+                interval: self.config.budget.rebalance_interval,
+                hold: Duration::ZERO,
+                jobs: Vec::new(),
+                singletons: BTreeMap::new(),
+            },
+        }
     }
 
     fn request_sync(&self) {
@@ -1282,10 +1373,12 @@ impl Supervisor {
     fn fleet_admit(&mut self, name: &str) -> Result<Option<u32>, String> {
         let now = Instant::now();
         let service = self.config.budget.service.clone();
-        let budget = self.budget.as_ref().expect("fleet scope has a budget");
+        // Only called in fleet scope, which has both; anything else holds the job back.
+        let (Some(budget), Some(job)) = (self.budget.as_ref(), self.jobs.get(name)) else {
+            return Err("budget: no fleet budget".into());
+        };
+        let Some(f) = budget.fleet.as_ref() else { return Err("budget: no fleet budget".into()) };
         let hold_for = budget.fleet_hold();
-        let f = budget.fleet.as_ref().expect("fleet scope");
-        let job = &self.jobs[name];
         let failing = f.last_error.as_ref().map(|e| format!(" (fleet coordination failing: {e})")).unwrap_or_default();
         if job.cfg.single_instance && !f.holds(name, hold_for, now) {
             let (reason, unanswered) = match f.locks.get(name) {
@@ -1356,7 +1449,7 @@ impl Supervisor {
                     .map(|(n, _)| n.clone())
                     .collect();
                 for name in waiting {
-                    let epoch = self.jobs[&name].m.epoch;
+                    let Some(epoch) = self.jobs.get(&name).map(|j| j.m.epoch) else { continue };
                     self.feed(&name, Input::Timer { kind: TimerKind::RetryWait, epoch });
                 }
             }
@@ -1434,6 +1527,8 @@ impl JobRt {
             last_wait_logged: None,
             start_pending: false,
             awaiting: Awaiting::Nothing,
+            queued: false,
+            signal_due: None,
         }
     }
 }
