@@ -1086,6 +1086,7 @@ impl Supervisor {
         if ask.apply && !self.shutting_down {
             self.notify.ready();
         }
+        trim_heap();
         if let Some(next) = self.reloads.next.take() {
             self.reloads.current = Some(next);
             self.start_load();
@@ -1500,6 +1501,16 @@ impl Supervisor {
             }
         };
         Response::ok(Reply::Health(HealthReport { healthy, supervisor: !self.shutting_down, database, message }))
+    }
+}
+
+/// Give back to the system what a big manifest's parse used: glibc keeps freed memory (and
+/// the reload thread's arena) cached, which would show as RSS kept after every large reload.
+fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free memory; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
