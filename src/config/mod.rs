@@ -437,6 +437,38 @@ mod fuzz_tests {
             }
         }
 
+        /// Raw bytes, as a file may hold them, never panic the loader: a config or located errors.
+        #[test]
+        fn raw_bytes_give_config_or_errors(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..2048)) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("f.toml");
+            std::fs::write(&path, &bytes).unwrap();
+            if let Err(errs) = load(&path) {
+                proptest::prop_assert!(!errs.0.is_empty());
+                proptest::prop_assert!(errs.to_string().len() < 64 * 1024);
+            }
+        }
+
+        /// Hostile shapes repeated up to 100,000 times (nesting, long names, nested defaults,
+        /// many keys) are errors or configs, never a stack overflow or a panic.
+        #[test]
+        fn hostile_shapes_never_panic(
+            shape in 0usize..8,
+            n in proptest::prop_oneof![0usize..50, 50usize..2_000, 2_000usize..100_000],
+        ) {
+            let text = match shape {
+                0 => format!("a = {}{}\n", "[".repeat(n), "]".repeat(n)),
+                1 => format!("a = {}1{}\n", "{ b = ".repeat(n), " }".repeat(n)),
+                2 => format!("[jobs.a]\ncommand = [\"x\"]\nenv = {{ X = \"{}x{}\" }}\n", "${A:-".repeat(n), "}".repeat(n)),
+                3 => format!("[jobs.{}]\ncommand = [\"x\"]\n", "n".repeat(n + 1)),
+                4 => (0..n.min(12_000)).map(|i| format!("[jobs.j{i}]\ncommand = [\"x\"]\nbogus{i} = 1\n")).collect(),
+                5 => format!("{}= 1\n", "a.".repeat(n)),
+                6 => format!("[jobs.a]\ncommand = [{}]\n", "\"x\", ".repeat(n)),
+                _ => format!("[jobs.a]\ncommand = [\"x\"]\nstop_timeout = \"{}s\"\n", "9".repeat(n % 400 + 1)),
+            };
+            let _ = parse(Path::new("f.toml"), &text, &env);
+        }
+
         /// Near-valid manifests (TOML-ish fragments glued together) never panic either.
         #[test]
         fn manifest_fragments_never_panic(parts in proptest::collection::vec(proptest::sample::select(vec![
@@ -446,6 +478,8 @@ mod fuzz_tests {
             "url = \"${SET}\"\n", "url = \"${UNSET}\"\n", "connections = { min = 3, max = 2 }\n", "connections = 0\n",
             "env = { A = \"${UNSET:-d}\" }\n", "priority = 99999999999\n", "listen = 5\n", "scope = \"fleet\"\n",
             "provider_reserve = \"150%\"\n", "max_connections = \"auto\"\n", "= =\n", "[[jobs]]\n", "\"\\u0000\" = 1\n",
+            "[jobs.\"..\"]\n", "[jobs.all]\n", "reap_interval = \"1ns\"\n", "backoff = { initial = \"18446744073709551615s\" }\n",
+            "healthy_after = \"99999999999h\"\n", "[jobs.a.connections]\nmax = 2\n", "env.X = \"${A:-${B:-${C:-x}}}\"\n",
         ]), 0..12)) {
             let text: String = parts.concat();
             let _ = parse(Path::new("f.toml"), &text, &env);
