@@ -319,10 +319,10 @@ fn a_save_caught_mid_write_is_not_applied() {
     let reloads = |c: &Corral| c.output().matches("config reloaded").count();
     let before = reloads(&c);
     let mut f = std::fs::OpenOptions::new().write(true).truncate(true).open(&c.config).unwrap();
-    f.write_all(full[..cut].as_bytes()).unwrap();
+    f.write_all(&full.as_bytes()[..cut]).unwrap();
     f.flush().unwrap();
     std::thread::sleep(Duration::from_millis(100)); // the writer's pause mid-save (the attack), not synchronisation
-    f.write_all(full[cut..].as_bytes()).unwrap();
+    f.write_all(&full.as_bytes()[cut..]).unwrap();
     drop(f);
     // The edit is a no-op once complete: wait until corral has read it, then nothing moved.
     assert!(poll(10 * SEC, || reloads(&c) > before), "the save was never reloaded\n{}", c.output());

@@ -123,10 +123,13 @@ fn stdout_never_read_never_freezes_supervision() {
     assert_eq!(c.wait_exit(30 * SEC), Some(0));
 }
 
+/// Writes one hostile file at the given path.
+type Writer = Box<dyn Fn(&Path)>;
+
 /// The attacks of the hostile-reload test: (what, how to write it over the config).
-fn hostile_files() -> Vec<(&'static str, Box<dyn Fn(&Path)>)> {
+fn hostile_files() -> Vec<(&'static str, Writer)> {
     let nest = |n: usize| format!("{}x{}", "${A:-".repeat(n), "}".repeat(n));
-    let write = |text: String| -> Box<dyn Fn(&Path)> { Box::new(move |p: &Path| std::fs::write(p, &text).unwrap()) };
+    let write = |text: String| -> Writer { Box::new(move |p: &Path| std::fs::write(p, &text).unwrap()) };
     vec![
         ("70,000 nested ${A:-...} defaults", write(format!("[jobs.steady]\ncommand = [\"sleep\", \"3600\"]\nenv = {{ X = \"{}\" }}\n", nest(70_000)))),
         (
