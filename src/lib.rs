@@ -13,7 +13,9 @@
 //! - `protocol` request/response types shared by daemon and client, line framing.
 //! - `daemon`   `corral run`: one actor owns the job table; signals, the socket server,
 //!              the file watcher, timers, the probe task and the fleet task send it events.
-//!              Only the actor mutates jobs.
+//!              Only the actor mutates jobs. Nothing on the actor's thread may block on
+//!              a job or a file: output goes through bounded sinks drained by their own
+//!              threads, and a reload is parsed on a thread of its own (SPEC §7, §8).
 //! - `cli`      the client verbs: clap, socket client, rendering.
 //!
 //! `cli` and `daemon` never import each other; both speak `protocol`.

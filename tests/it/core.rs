@@ -262,7 +262,7 @@ fn the_sweep_kills_stray_orphans_that_left_the_jobs_group() {
 socket = "{dir}/corral.sock"
 lock_dir = "{dir}/locks"
 orphans = "kill"
-reap_interval = "500ms"
+reap_interval = "1s"
 
 [jobs.leaky]
 command = ["sh", "-c", "(setsid sh -c 'echo $$$$ > {dir}/stray; exec sleep 300' &); (sleep 300 & echo $! > {dir}/kept); exec sleep 1000"]
