@@ -1076,6 +1076,7 @@ impl Supervisor {
                 }
             }
         };
+        trim_heap();
         for (reply, dry_run) in ask.replies {
             let answer = match (&dry_plan, dry_run) {
                 (Some(dry), true) => dry.clone(),
@@ -1086,7 +1087,6 @@ impl Supervisor {
         if ask.apply && !self.shutting_down {
             self.notify.ready();
         }
-        trim_heap();
         if let Some(next) = self.reloads.next.take() {
             self.reloads.current = Some(next);
             self.start_load();

@@ -42,7 +42,7 @@ impl Prober {
                     w.2 += 1;
                 }
                 drop(w);
-                std::thread::sleep(Duration::from_millis(50));
+                std::thread::sleep(Duration::from_millis(20));
             }
         });
         Prober { stop, worst, handle: Some(handle) }
