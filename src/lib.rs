@@ -13,12 +13,14 @@
 //! - `protocol` request/response types shared by daemon and client, line framing.
 //! - `daemon`   `corral run`: one actor owns the job table; signals, the socket server,
 //!              the file watcher, timers, the probe task and the fleet task send it events.
-//!              Only the actor mutates jobs. Nothing on the actor's thread may block on
-//!              a job or a file: output goes through bounded sinks drained by their own
-//!              threads, and a reload is parsed on a thread of its own (SPEC §7, §8).
+//!              Only the actor mutates jobs.
 //! - `cli`      the client verbs: clap, socket client, rendering.
 //!
 //! `cli` and `daemon` never import each other; both speak `protocol`.
+//!
+//! Nothing on the actor's thread may block on a job or a file (SPEC §7, §8): output goes
+//! through bounded sinks drained by threads of their own (`process::output`), and a reload
+//! is read and validated on a thread of its own.
 
 pub mod budget;
 pub mod cli;
