@@ -8,6 +8,7 @@
 
 mod diff;
 mod expand;
+mod secrets;
 mod raw;
 mod validate;
 
@@ -233,7 +234,25 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
             hint: Some("pass the manifest with -c FILE or set CORRAL_CONFIG".into()),
         }])
     })?;
-    parse(path, &text, &|name| std::env::var(name).ok())
+    // `${NAME}` falls back to the file named by `NAME_FILE` (Docker secrets).
+    let lookup = secrets::Lookup::default();
+    let parsed = parse(path, &text, &|name| lookup.var(name));
+    let unreadable: Vec<ConfigError> = lookup
+        .failures()
+        .into_iter()
+        .map(|message| ConfigError {
+            file: path.to_path_buf(),
+            line: 0,
+            column: 0,
+            message,
+            hint: Some("mount the secret there, or set the variable itself".into()),
+        })
+        .collect();
+    match (parsed, unreadable.is_empty()) {
+        (parsed, true) => parsed,
+        (Ok(_), false) => Err(ConfigErrors(unreadable)),
+        (Err(ConfigErrors(errs)), false) => Err(ConfigErrors(unreadable.into_iter().chain(errs).collect())),
+    }
 }
 
 /// Parse manifest text. `env` looks up `${VAR}` (an input, so tests need no process env).

@@ -48,17 +48,16 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> std::io::Result<Spawned> {
         cmd.current_dir(cwd);
     }
     if let Some(user) = spec.user {
-        let u = nix::unistd::User::from_name(user)
-            .map_err(std::io::Error::from)?
-            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, format!("unknown user {user:?}")))?;
-        if !nix::unistd::geteuid().is_root() && u.uid != nix::unistd::geteuid() {
+        // From /etc/passwd itself, not NSS: the binary is static (see `lookup::users`).
+        let u = crate::lookup::users::user(user).map_err(|e| std::io::Error::new(std::io::ErrorKind::NotFound, e))?;
+        if !nix::unistd::geteuid().is_root() && u.uid != nix::unistd::geteuid().as_raw() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::PermissionDenied,
                 format!("user = {user:?} needs corral to run as root"),
             ));
         }
-        cmd.uid(u.uid.as_raw()).gid(u.gid.as_raw());
-        cmd.env("USER", &u.name).env("LOGNAME", &u.name).env("HOME", &u.dir);
+        cmd.uid(u.uid).gid(u.gid);
+        cmd.env("USER", &u.name).env("LOGNAME", &u.name).env("HOME", &u.home);
     }
     // The lock descriptor is inherited by clearing close-on-exec in corral for
     // the duration of this spawn (only the actor thread spawns, so no other
