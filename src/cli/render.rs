@@ -43,7 +43,11 @@ pub fn response(request: &Request, resp: &Response, json: bool) {
         if json {
             println!("{}", serde_json::to_string(&resp.error).unwrap_or_default());
         } else if let Some(Reply::Actions { jobs }) = err.and_then(|e| e.result.as_deref()) {
-            print!("{}", status_table_styled(jobs, colour()));
+            match request {
+                // What was signalled before the refusal.
+                Request::Signal { signal, .. } => print!("{}", signalled(jobs, signal)),
+                _ => print!("{}", status_table_styled(jobs, colour())),
+            }
         }
         if let Some(e) = err {
             // Config errors already read `error: file:line:col: ...`.
@@ -78,9 +82,7 @@ pub fn response(request: &Request, resp: &Response, json: bool) {
                 Request::Stop { .. } => "stopped",
                 Request::Restart { .. } => "restarted",
                 Request::Signal { signal, .. } => {
-                    for j in jobs {
-                        println!("{}: sent {signal} to pid {}", j.name, j.pid.map_or_else(|| "-".into(), |p| p.to_string()));
-                    }
+                    print!("{}", signalled(jobs, signal));
                     return;
                 }
                 _ => "done",
@@ -118,6 +120,13 @@ pub fn response(request: &Request, resp: &Response, json: bool) {
         }
         Reply::Done { message } => println!("{message}"),
     }
+}
+
+/// `corral signal`: one line per job signalled.
+fn signalled(jobs: &[JobStatus], signal: &str) -> String {
+    jobs.iter()
+        .map(|j| format!("{}: sent {signal} to pid {}\n", j.name, j.pid.map_or_else(|| "-".into(), |p| p.to_string())))
+        .collect()
 }
 
 /// One job's lines as the job wrote them; every job's with time, job and stream in front:
