@@ -4,12 +4,12 @@
 //! `${VAR}`, `validate` turns the raw tree into the typed [`Config`] below while
 //! collecting every error with file:line:col and a hint, and `diff` compares two
 //! configs into a [`ReloadPlan`]. Nothing here does I/O except [`load`] reading
-//! the file; nothing here knows about processes.
+//! the file and the `*_FILE` secrets it names (`secrets`); nothing here knows about processes.
 
 mod diff;
 mod expand;
-mod secrets;
 mod raw;
+mod secrets;
 mod validate;
 
 use std::collections::BTreeMap;

@@ -197,15 +197,13 @@ fn require_unshare() {
     );
 }
 
-fn chroot_manifest() -> String {
-    format!(
-        r#"[supervisor]
+const CHROOT_MANIFEST: &str = r#"[supervisor]
 socket = "/run/corral.sock"
 socket_group = "ops"
 lock_dir = "/run/locks"
 
 [database]
-url = "${{DATABASE_URL}}"
+url = "${DATABASE_URL}"
 max_connections = 20
 provider_reserve = 0
 adhoc_reserve = 0
@@ -214,16 +212,14 @@ adhoc_reserve = 0
 command = ["/job", "id"]
 user = "jobuser"
 healthy_after = "0s"
-"#
-    )
-}
+"#;
 
 /// Supervises a job as a user from /etc/passwd, binds its socket for a group from /etc/group,
 /// and its own database connection (to `host`) is healthy, asked from inside the chroot.
 fn chroot_supervises_and_reaches_postgres(pg: &TestPg, host: &str, resolv_conf: Option<&str>) {
     let url = pg.url().replace("127.0.0.1", host);
     assert!(url.contains(&format!("@{host}:")), "{url}");
-    let c = Chroot::new(&chroot_manifest(), resolv_conf).run(&[("DATABASE_URL", &url)]);
+    let c = Chroot::new(CHROOT_MANIFEST, resolv_conf).run(&[("DATABASE_URL", &url)]);
     let out = c.inside(&["health", "--json"]);
     let health: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
     assert_eq!(code(&out), 0, "corral health in the chroot: {health}\n{}\n--- output ---\n{}", stderr(&out), c.c.output());
