@@ -426,10 +426,10 @@ fn logs_without_a_job_merges_every_job_with_time_and_stream() {
     let c = Corral::start(
         r#"
 [jobs.alpha]
-command = ["sh", "-c", "echo alpha one; sleep 0.2; echo alpha err >&2; sleep 0.2; echo alpha two; exec sleep 100000"]
+command = ["sh", "-c", "echo alpha one; while [ ! -e {dir}/beta-said ]; do sleep 0.05; done; echo alpha err >&2; sleep 0.05; echo alpha two; exec sleep 100000"]
 
 [jobs.beta]
-command = ["sh", "-c", "sleep 0.1; echo beta one; exec sleep 100000"]
+command = ["sh", "-c", "echo beta one; touch {dir}/beta-said; exec sleep 100000"]
 "#,
     );
     c.wait_output("[alpha] alpha two", 10 * SEC);
@@ -438,13 +438,16 @@ command = ["sh", "-c", "sleep 0.1; echo beta one; exec sleep 100000"]
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let text = stdout(&out);
     let lines: Vec<&str> = text.lines().collect();
-    // Merged by time: alpha one, beta one, alpha err, alpha two.
-    let rest: Vec<&str> = lines.iter().map(|l| l.split_once(' ').map(|(_, r)| r).unwrap_or(l)).collect();
-    assert_eq!(rest, ["alpha stdout: alpha one", "beta stdout: beta one", "alpha stderr: alpha err", "alpha stdout: alpha two"], "{text}");
-    for l in &lines {
-        let ts = l.split(' ').next().unwrap();
-        assert!(humantime::parse_rfc3339(ts).is_ok(), "{ts:?} is not an RFC 3339 time: {l}");
-    }
+    // Every line once, with time, job and stream; merged in time order.
+    let mut rest: Vec<&str> = lines.iter().map(|l| l.split_once(' ').map(|(_, r)| r).unwrap_or(l)).collect();
+    let times: Vec<std::time::SystemTime> = lines
+        .iter()
+        .map(|l| humantime::parse_rfc3339(l.split(' ').next().unwrap()).unwrap_or_else(|_| panic!("no RFC 3339 time in front: {l}")))
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "not in time order: {text}");
+    assert_eq!(rest[2..], ["alpha stderr: alpha err", "alpha stdout: alpha two"], "{text}");
+    rest.sort();
+    assert_eq!(rest, ["alpha stderr: alpha err", "alpha stdout: alpha one", "alpha stdout: alpha two", "beta stdout: beta one"], "{text}");
     // -n counts lines across jobs; --json goes before the verb too.
     let out = c.ctl(&["--json", "logs", "-n", "2"]);
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
