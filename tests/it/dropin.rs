@@ -99,16 +99,21 @@ fn cargo_install_gives_corral_alone() {
 
 // ----- a static job for places without a shell -----
 
-/// tests/it/helpers/job.c, compiled once with `cc -static`.
+/// tests/it/helpers/job.c, compiled with `cc -static` once per test run into cargo's
+/// CARGO_TARGET_TMPDIR (written aside, then renamed: concurrent runs never see half a file).
 pub fn static_job() -> PathBuf {
     static JOB: OnceLock<PathBuf> = OnceLock::new();
     JOB.get_or_init(|| {
-        let dir = tempfile::Builder::new().prefix("corral-it-job-").tempdir().unwrap().keep();
-        let out = dir.join("job");
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let out = dir.join("corral-it-job");
+        let part = dir.join(format!("corral-it-job.{}", std::process::id()));
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/helpers/job.c");
-        let built = Command::new("cc").args(["-static", "-O1", "-o"]).arg(&out).arg(&src).output();
+        let built = Command::new("cc").args(["-static", "-O1", "-o"]).arg(&part).arg(&src).output();
         match built {
-            Ok(o) if o.status.success() => out,
+            Ok(o) if o.status.success() => {
+                std::fs::rename(&part, &out).unwrap();
+                out
+            }
             Ok(o) => panic!("cc -static {}: {}", src.display(), stderr(&o)),
             Err(e) => panic!("a C compiler is needed for the static test job (apt-get install gcc libc6-dev): {e}"),
         }
