@@ -10,6 +10,8 @@
 //! - `db`       corral's own database connections: the health probe (usage, limits) and, in
 //!              fleet scope, the coordination connection (schema, leases, fleet allocation,
 //!              fleet-wide locks); redaction.
+//! - `lookup`   users, groups and host names without NSS (the binary is static): /etc/passwd,
+//!              /etc/group, /etc/hosts, DNS from /etc/resolv.conf.
 //! - `protocol` request/response types shared by daemon and client, line framing.
 //! - `daemon`   `corral run`: one actor owns the job table; signals, the socket server,
 //!              the file watcher, timers, the probe task and the fleet task send it events.
@@ -28,5 +30,6 @@ pub mod config;
 pub mod daemon;
 pub mod db;
 pub mod job;
+pub mod lookup;
 pub mod process;
 pub mod protocol;

@@ -49,7 +49,8 @@ fn init_tracing(format: LogFormat) {
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
+        // Colour on a terminal only, and never with NO_COLOR set (no-color.org).
+        .with_ansi(cli::render::colour_wanted(std::io::stderr().is_terminal(), std::env::var_os("NO_COLOR").as_deref()))
         // Never std::io::stderr directly: a stderr nobody reads would block the actor (SPEC §7).
         .with_writer(output::SinkWriter(output::stderr_sink()));
     match format {

@@ -46,12 +46,21 @@ pub enum Request {
         #[serde(default)]
         dry_run: bool,
     },
+    /// `signal` is a name (`SIGHUP`); the daemon refuses names it does not know.
+    Signal {
+        jobs: Vec<String>,
+        signal: String,
+    },
+    /// Without `job`: every job's lines, merged by time. `since`: Unix seconds.
     Logs {
-        job: String,
+        #[serde(default)]
+        job: Option<String>,
         #[serde(default = "default_log_lines")]
         lines: usize,
         #[serde(default)]
         follow: bool,
+        #[serde(default)]
+        since: Option<f64>,
     },
     Budget,
     Reserve {
@@ -241,6 +250,14 @@ mod tests {
         let line = encode_request(&r);
         assert_eq!(line, "{\"v\":1,\"cmd\":\"stop\",\"jobs\":[\"a\"]}\n");
         assert_eq!(decode_request(line.trim_end().as_bytes()).unwrap(), r);
+    }
+
+    #[test]
+    fn logs_requests_from_older_clients_still_decode() {
+        let r = decode_request(br#"{"v":1,"cmd":"logs","job":"a","lines":5}"#).unwrap();
+        assert_eq!(r, Request::Logs { job: Some("a".into()), lines: 5, follow: false, since: None });
+        let all = Request::Logs { job: None, lines: 20, follow: true, since: Some(1.5) };
+        assert_eq!(decode_request(encode_request(&all).trim_end().as_bytes()).unwrap(), all);
     }
 
     #[test]

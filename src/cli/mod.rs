@@ -3,6 +3,7 @@
 //! lives in `render`, the socket in `client`.
 
 mod client;
+mod docs;
 pub mod render;
 
 use std::path::{Path, PathBuf};
@@ -18,8 +19,25 @@ pub const EXIT_REFUSED: i32 = 1;
 pub const EXIT_USAGE: i32 = 2;
 pub const EXIT_NO_DAEMON: i32 = 3;
 
+/// The end of `--help` and the man page.
+const AFTER_HELP: &str = "\
+Exit status of client commands: 0 done; 1 the supervisor refused (unknown job, job fatal, ...), \
+reason on stderr; 2 usage or config error; 3 no supervisor answers on the socket. \
+`corral health` exits 1 when the supervisor or the database is unhealthy.
+
+Environment: CORRAL_CONFIG (the manifest), CORRAL_SOCKET (the control socket), CORRAL_LOG \
+(corral's own log filter, e.g. debug), NO_COLOR (no colour even on a terminal). In the \
+manifest, ${VAR} also reads the file named by VAR_FILE when VAR is unset (Docker secrets).
+
+Files: ./supervisor.toml, else /etc/corral/supervisor.toml; /run/corral/corral.sock.";
+
 #[derive(Parser, Debug)]
-#[command(name = "corral", version, about = "Supervise worker fleets that share one PostgreSQL connection budget")]
+#[command(
+    name = "corral",
+    version,
+    about = "Supervise worker fleets that share one PostgreSQL connection budget",
+    after_long_help = AFTER_HELP
+)]
 pub struct Cli {
     /// Manifest file [default: $CORRAL_CONFIG, ./supervisor.toml, /etc/corral/supervisor.toml]
     #[arg(short = 'c', long = "config", global = true, value_name = "FILE")]
@@ -27,6 +45,9 @@ pub struct Cli {
     /// Control socket [default: from the config, else $CORRAL_SOCKET]
     #[arg(short = 's', long = "socket", global = true, value_name = "PATH")]
     pub socket: Option<PathBuf>,
+    /// Machine-readable output with stable field names (before or after the command)
+    #[arg(long, global = true)]
+    pub json: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -36,62 +57,53 @@ pub enum Command {
     /// Run the supervisor in the foreground (PID 1 ok)
     Run,
     /// Validate the config and print the jobs and budget plan (exit 0 ok, 2 invalid)
-    Check {
-        #[arg(long)]
-        json: bool,
-    },
+    Check,
     /// One line per job
-    Status {
-        jobs: Vec<String>,
-        #[arg(long)]
-        json: bool,
-    },
+    Status { jobs: Vec<String> },
     /// Start jobs (also clears FATAL)
     Start {
-        #[arg(required = true)]
+        #[arg(required = true, value_name = "JOB|all")]
         jobs: Vec<String>,
-        #[arg(long)]
-        json: bool,
     },
     /// Stop jobs gracefully (stop_signal, then SIGKILL after stop_timeout)
     Stop {
-        #[arg(required = true)]
+        #[arg(required = true, value_name = "JOB|all")]
         jobs: Vec<String>,
-        #[arg(long)]
-        json: bool,
     },
     /// Stop, then start jobs
     Restart {
-        #[arg(required = true)]
+        #[arg(required = true, value_name = "JOB|all")]
         jobs: Vec<String>,
-        #[arg(long)]
-        json: bool,
+    },
+    /// Send a signal to each job's main process (e.g. `corral signal layer1 HUP`)
+    Signal {
+        #[arg(required = true, value_name = "JOB|all")]
+        jobs: Vec<String>,
+        /// Name (HUP, SIGUSR1, ...) or number
+        #[arg(value_name = "SIG")]
+        signal: String,
     },
     /// Re-read the config file and apply the difference
     Reload {
         /// Print the difference without applying it
         #[arg(long)]
         dry_run: bool,
-        #[arg(long)]
-        json: bool,
     },
-    /// Recent output of a job
+    /// Recent output of a job, or of every job (each line with its job, stream and time)
     Logs {
-        job: String,
-        /// Number of lines
-        #[arg(short = 'n', default_value_t = 20)]
-        lines: usize,
+        job: Option<String>,
+        /// Number of lines [default: 20, or all kept lines with --since]
+        #[arg(short = 'n')]
+        lines: Option<usize>,
         /// Keep printing new lines until interrupted
         #[arg(short = 'f', long)]
         follow: bool,
-        #[arg(long)]
-        json: bool,
+        /// Only lines since this long ago (10m, 2h) or since a time (2026-05-01T10:00:00Z)
+        #[arg(long, value_name = "WHEN", value_parser = parse_since)]
+        since: Option<f64>,
     },
     /// The connection budget: limit, reserves, quotas, live use
-    Budget {
-        #[arg(long)]
-        json: bool,
-    },
+    Budget,
     /// Reserve connections for something outside corral
     Reserve {
         name: String,
@@ -100,52 +112,77 @@ pub enum Command {
         /// Expire after this long (e.g. 30m)
         #[arg(long, value_parser = humantime::parse_duration)]
         ttl: Option<std::time::Duration>,
-        #[arg(long)]
-        json: bool,
     },
     /// Release a reservation
-    Release {
-        name: String,
-        #[arg(long)]
-        json: bool,
-    },
+    Release { name: String },
     /// Exit 0 when supervisor and database are healthy
-    Health {
-        #[arg(long)]
-        json: bool,
-    },
+    Health,
     /// Stop all jobs, then the supervisor exits 0
-    Shutdown {
-        #[arg(long)]
-        json: bool,
+    Shutdown,
+    /// Print a shell completion script: corral completions bash > /etc/bash_completion.d/corral
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
+    /// Print the man page (roff), or write one page per command into DIR
+    Man {
+        /// Write corral.1 and corral-<command>.1 here instead
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// `--since`: a duration back from now, or an RFC 3339 time. Unix seconds.
+fn parse_since(s: &str) -> Result<f64, String> {
+    let now = std::time::SystemTime::now();
+    let at = match humantime::parse_duration(s) {
+        Ok(d) => now.checked_sub(d).unwrap_or(std::time::UNIX_EPOCH),
+        Err(_) => humantime::parse_rfc3339_weak(s)
+            .map_err(|_| format!("{s:?} is neither a duration (10m, 2h) nor a time (2026-05-01T10:00:00Z)"))?,
+    };
+    Ok(at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0))
 }
 
 /// Run a client command; returns the exit code.
 pub fn run_client(cli: &Cli) -> i32 {
     let config_path = cli.config.clone().unwrap_or_else(config::default_path);
-    let (request, json) = match &cli.command {
+    let json = cli.json;
+    let request = match &cli.command {
         Command::Run => {
             // main runs the daemon itself; a client asked to `run` has nothing to send.
             eprintln!("error: `corral run` is the daemon, not a client verb");
             return EXIT_USAGE;
         }
-        Command::Check { json } => return check(&config_path, *json),
-        Command::Status { jobs, json } => (Request::Status { jobs: jobs.clone() }, *json),
-        Command::Start { jobs, json } => (Request::Start { jobs: jobs.clone() }, *json),
-        Command::Stop { jobs, json } => (Request::Stop { jobs: jobs.clone() }, *json),
-        Command::Restart { jobs, json } => (Request::Restart { jobs: jobs.clone() }, *json),
-        Command::Reload { dry_run, json } => (Request::Reload { dry_run: *dry_run }, *json),
-        Command::Logs { job, lines, follow, json } => {
-            (Request::Logs { job: job.clone(), lines: *lines, follow: *follow }, *json)
+        Command::Check => return check(&config_path, json),
+        Command::Completions { shell } => return docs::completions(*shell),
+        Command::Man { dir } => return docs::man(dir.as_deref()),
+        Command::Status { jobs } => Request::Status { jobs: jobs.clone() },
+        Command::Start { jobs } => Request::Start { jobs: jobs.clone() },
+        Command::Stop { jobs } => Request::Stop { jobs: jobs.clone() },
+        Command::Restart { jobs } => Request::Restart { jobs: jobs.clone() },
+        Command::Signal { jobs, signal } => match crate::job::machine::parse_signal(signal) {
+            Some(sig) => Request::Signal { jobs: jobs.clone(), signal: crate::job::machine::signal_name(sig) },
+            None => {
+                eprintln!("error: unknown signal {signal:?}");
+                eprintln!("  hint: use a name like HUP, SIGUSR1, TERM or a number (`kill -l` lists them)");
+                return EXIT_USAGE;
+            }
+        },
+        Command::Reload { dry_run } => Request::Reload { dry_run: *dry_run },
+        Command::Logs { job, lines, follow, since } => Request::Logs {
+            job: job.clone(),
+            // With --since: everything since then, unless -n caps it.
+            lines: lines.unwrap_or(if since.is_some() { usize::MAX } else { 20 }),
+            follow: *follow,
+            since: *since,
+        },
+        Command::Budget => Request::Budget,
+        Command::Reserve { name, count, ttl } => {
+            Request::Reserve { name: name.clone(), count: *count, ttl_s: ttl.map(|d| d.as_secs_f64()) }
         }
-        Command::Budget { json } => (Request::Budget, *json),
-        Command::Reserve { name, count, ttl, json } => {
-            (Request::Reserve { name: name.clone(), count: *count, ttl_s: ttl.map(|d| d.as_secs_f64()) }, *json)
-        }
-        Command::Release { name, json } => (Request::Release { name: name.clone() }, *json),
-        Command::Health { json } => (Request::Health, *json),
-        Command::Shutdown { json } => (Request::Shutdown, *json),
+        Command::Release { name } => Request::Release { name: name.clone() },
+        Command::Health => Request::Health,
+        Command::Shutdown => Request::Shutdown,
     };
     let socket = client_socket(cli.socket.as_deref(), &config_path);
     let result = client::call(&socket, &request, |resp| {

@@ -4,7 +4,38 @@
 use crate::budget::plan::{LimitSource, Plan};
 use crate::config::Config;
 use crate::job::machine::signal_name;
-use crate::protocol::{JobStatus, Reply, Request, Response, StatusReport};
+use crate::protocol::{JobStatus, LogLine, Reply, Request, Response, StatusReport};
+
+/// Colour in human output (states as systemctl colours them): only when stdout is a terminal,
+/// and never when `NO_COLOR` is set to anything but the empty string (no-color.org).
+pub fn colour_wanted(stdout_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stdout_is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+fn colour() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        use std::io::IsTerminal;
+        colour_wanted(std::io::stdout().is_terminal(), std::env::var_os("NO_COLOR").as_deref())
+    })
+}
+
+/// The SGR code systemctl would use for a job state: green running, yellow on the way, red failed.
+fn state_style(state: &str) -> Option<&'static str> {
+    match state {
+        "running" => Some("32"),
+        "starting" | "stopping" | "backoff" | "waiting" => Some("33"),
+        "fatal" => Some("1;31"),
+        _ => None,
+    }
+}
+
+fn paint(text: &str, style: Option<&str>, on: bool) -> String {
+    match style {
+        Some(code) if on => format!("\x1b[{code}m{text}\x1b[0m"),
+        _ => text.to_string(),
+    }
+}
 
 pub fn response(request: &Request, resp: &Response, json: bool) {
     if !resp.ok {
@@ -12,7 +43,11 @@ pub fn response(request: &Request, resp: &Response, json: bool) {
         if json {
             println!("{}", serde_json::to_string(&resp.error).unwrap_or_default());
         } else if let Some(Reply::Actions { jobs }) = err.and_then(|e| e.result.as_deref()) {
-            print!("{}", status_table(jobs));
+            match request {
+                // What was signalled before the refusal.
+                Request::Signal { signal, .. } => print!("{}", signalled(jobs, signal)),
+                _ => print!("{}", status_table_styled(jobs, colour())),
+            }
         }
         if let Some(e) = err {
             // Config errors already read `error: file:line:col: ...`.
@@ -46,13 +81,17 @@ pub fn response(request: &Request, resp: &Response, json: bool) {
                 Request::Start { .. } => "started",
                 Request::Stop { .. } => "stopped",
                 Request::Restart { .. } => "restarted",
+                Request::Signal { signal, .. } => {
+                    print!("{}", signalled(jobs, signal));
+                    return;
+                }
                 _ => "done",
             };
             for j in jobs {
                 match (&j.reason, j.state.as_str()) {
                     // Answered while still held back: it starts by itself once the budget frees up.
                     (Some(reason), "waiting") => println!("{}: queued (waiting: {reason})", j.name),
-                    _ => println!("{}: {verb} ({})", j.name, j.state),
+                    _ => println!("{}: {verb} ({})", j.name, paint(&j.state, state_style(&j.state), colour())),
                 }
             }
         }
@@ -74,18 +113,45 @@ pub fn response(request: &Request, resp: &Response, json: bool) {
         }
         Reply::Logs { lines } => {
             for l in lines {
-                println!("{}", l.line);
+                println!("{}", log_line(request, l, colour()));
             }
         }
-        Reply::Log(l) => println!("{}", l.line),
+        Reply::Log(l) => println!("{}", log_line(request, l, colour())),
         Reply::Budget(b) => print!("{}", budget(b)),
-        Reply::Health(h) => println!("{}: {}", if h.healthy { "healthy" } else { "UNHEALTHY" }, h.message),
+        Reply::Health(h) => {
+            let (word, style) = if h.healthy { ("healthy", "32") } else { ("UNHEALTHY", "1;31") };
+            println!("{}: {}", paint(word, Some(style), colour()), h.message)
+        }
         Reply::Done { message } => println!("{message}"),
     }
 }
 
+/// `corral signal`: one line per job signalled.
+fn signalled(jobs: &[JobStatus], signal: &str) -> String {
+    jobs.iter()
+        .map(|j| format!("{}: sent {signal} to pid {}\n", j.name, j.pid.map_or_else(|| "-".into(), |p| p.to_string())))
+        .collect()
+}
+
+/// One job's lines as the job wrote them; every job's with time, job and stream in front:
+/// `2026-05-01T10:00:00.123Z layer1 stderr: message`.
+pub fn log_line(request: &Request, l: &LogLine, colour: bool) -> String {
+    if matches!(request, Request::Logs { job: Some(_), .. }) {
+        return l.line.clone();
+    }
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(l.ts.max(0.0));
+    let stream_style = (l.stream == "stderr").then_some("33");
+    format!(
+        "{} {} {}: {}",
+        humantime::format_rfc3339_millis(at),
+        paint(&l.job, Some("1"), colour),
+        paint(&l.stream, stream_style, colour),
+        l.line
+    )
+}
+
 fn status(s: &StatusReport) -> String {
-    let mut out = status_table(&s.jobs);
+    let mut out = status_table_styled(&s.jobs, colour());
     if let Some(err) = &s.config_error {
         out.push_str(&format!("\nconfig error (running config kept):\n{err}\n"));
     }
@@ -94,6 +160,11 @@ fn status(s: &StatusReport) -> String {
 
 /// Aligned columns, one line per job, like `supervisorctl status`.
 pub fn status_table(jobs: &[JobStatus]) -> String {
+    status_table_styled(jobs, false)
+}
+
+/// [`status_table`], with the STATE column coloured when `colour`.
+pub fn status_table_styled(jobs: &[JobStatus], colour: bool) -> String {
     let header = ["NAME", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT", "QUOTA", "CONN", "REASON"];
     let rows: Vec<[String; 9]> = jobs
         .iter()
@@ -123,20 +194,23 @@ pub fn status_table(jobs: &[JobStatus]) -> String {
             *w = (*w).max(c.chars().count());
         }
     }
-    let line = |cells: &[String]| {
+    // Padding is computed on the plain text; colour wraps the word only.
+    let line = |cells: &[String], style: Option<&str>| {
         let mut s = String::new();
         for (i, c) in cells.iter().enumerate() {
             if i + 1 == cells.len() {
                 s.push_str(c);
             } else {
-                s.push_str(&pad(c, widths[i]));
+                let text = if i == 1 { paint(c, style, colour) } else { c.clone() };
+                s.push_str(&text);
+                s.extend(std::iter::repeat_n(' ', widths[i].saturating_sub(c.chars().count()) + 2));
             }
         }
         s.trim_end().to_string() + "\n"
     };
-    let mut out = line(&header.map(String::from));
-    for r in &rows {
-        out.push_str(&line(r));
+    let mut out = line(&header.map(String::from), None);
+    for (r, j) in rows.iter().zip(jobs) {
+        out.push_str(&line(r, state_style(&j.state)));
     }
     out
 }
@@ -388,4 +462,57 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
         out.push_str(&line(r.clone()));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(name: &str, state: &str) -> JobStatus {
+        JobStatus {
+            name: name.into(),
+            state: state.into(),
+            pid: Some(7),
+            uptime_s: Some(61.0),
+            restarts: 0,
+            last_exit: None,
+            quota: None,
+            connections: None,
+            reason: None,
+            output_dropped: 0,
+        }
+    }
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        use std::ffi::OsStr;
+        assert!(colour_wanted(true, None));
+        // no-color.org: an empty NO_COLOR does not count.
+        assert!(colour_wanted(true, Some(OsStr::new(""))));
+        assert!(!colour_wanted(true, Some(OsStr::new("1"))));
+        assert!(!colour_wanted(false, None));
+    }
+
+    #[test]
+    fn coloured_states_keep_the_columns_aligned() {
+        let jobs = [job("a", "running"), job("longer", "fatal"), job("c", "stopped")];
+        let plain = status_table_styled(&jobs, false);
+        let coloured = status_table_styled(&jobs, true);
+        assert!(!plain.contains('\x1b'));
+        assert!(coloured.contains("\x1b[32mRUNNING\x1b[0m"), "{coloured}");
+        assert!(coloured.contains("\x1b[1;31mFATAL\x1b[0m"), "{coloured}");
+        assert!(!coloured.lines().nth(3).unwrap().contains('\x1b'), "stopped is not coloured: {coloured}");
+        let strip = |s: &str| s.replace("\x1b[32m", "").replace("\x1b[1;31m", "").replace("\x1b[0m", "");
+        assert_eq!(strip(&coloured), plain);
+    }
+
+    #[test]
+    fn every_jobs_lines_carry_time_job_and_stream() {
+        let l = LogLine { job: "layer1".into(), stream: "stderr".into(), ts: 1_777_000_000.25, line: "boom".into() };
+        let all = Request::Logs { job: None, lines: 20, follow: false, since: None };
+        assert_eq!(log_line(&all, &l, false), "2026-04-24T03:06:40.250Z layer1 stderr: boom");
+        let one = Request::Logs { job: Some("layer1".into()), lines: 20, follow: false, since: None };
+        assert_eq!(log_line(&one, &l, false), "boom");
+        assert_eq!(log_line(&all, &l, true), "2026-04-24T03:06:40.250Z \x1b[1mlayer1\x1b[0m \x1b[33mstderr\x1b[0m: boom");
+    }
 }

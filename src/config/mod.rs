@@ -4,11 +4,12 @@
 //! `${VAR}`, `validate` turns the raw tree into the typed [`Config`] below while
 //! collecting every error with file:line:col and a hint, and `diff` compares two
 //! configs into a [`ReloadPlan`]. Nothing here does I/O except [`load`] reading
-//! the file; nothing here knows about processes.
+//! the file and the `*_FILE` secrets it names (`secrets`); nothing here knows about processes.
 
 mod diff;
 mod expand;
 mod raw;
+mod secrets;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -239,7 +240,25 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let text = read(path).map_err(|(message, hint)| {
         ConfigErrors(vec![ConfigError { file: path.to_path_buf(), line: 0, column: 0, message, hint: Some(hint) }])
     })?;
-    parse(path, &text, &|name| std::env::var(name).ok())
+    // `${NAME}` falls back to the file named by `NAME_FILE` (Docker secrets).
+    let lookup = secrets::Lookup::default();
+    let parsed = parse(path, &text, &|name| lookup.var(name));
+    let unreadable: Vec<ConfigError> = lookup
+        .failures()
+        .into_iter()
+        .map(|message| ConfigError {
+            file: path.to_path_buf(),
+            line: 0,
+            column: 0,
+            message,
+            hint: Some("mount the secret there, or set the variable itself".into()),
+        })
+        .collect();
+    match (parsed, unreadable.is_empty()) {
+        (parsed, true) => parsed,
+        (Ok(_), false) => Err(ConfigErrors(unreadable)),
+        (Err(ConfigErrors(errs)), false) => Err(ConfigErrors(unreadable.into_iter().chain(errs).collect())),
+    }
 }
 
 /// A save is taken as finished once the file has not changed for this long.

@@ -4,7 +4,8 @@
 //! Owns the socket and the status/watchdog task. Sends `READY=1` once the
 //! autostart jobs are launched, `RELOADING=1` (with `MONOTONIC_USEC`) and
 //! `READY=1` around a reload, `STOPPING=1` when shutdown begins, a one-line
-//! `STATUS=` at most once a second when it changed, and `WATCHDOG=1` at half of
+//! `STATUS=` when it changed (within [`STATUS_SETTLE`] of a job's state change,
+//! and at least every second otherwise), and `WATCHDOG=1` at half of
 //! `$WATCHDOG_USEC`. The watchdog ping is sent only after the actor answered a
 //! status request, so a hung actor stops the pings and systemd restarts us.
 //! Everything is a no-op when `$NOTIFY_SOCKET` is unset. It never touches job
@@ -21,8 +22,11 @@ use tracing::{debug, warn};
 use super::supervisor::{Event, EventTx};
 use crate::protocol::{Reply, Request, StatusReport};
 
-/// `STATUS=` is recomputed at most this often.
+/// `STATUS=` is recomputed at least this often (budget and database changes have no event).
 const STATUS_EVERY: Duration = Duration::from_secs(1);
+/// After a state change, wait this long before recomputing `STATUS=`: a burst of transitions
+/// (a crash storm, a reload) becomes one line, at most a few lines a second.
+pub const STATUS_SETTLE: Duration = Duration::from_millis(200);
 
 /// A handle on systemd's notification socket; cheap to clone. The default
 /// value is disabled and sends nothing.
@@ -31,6 +35,8 @@ pub struct Notifier {
     inner: Option<Arc<Inner>>,
     /// Half of `$WATCHDOG_USEC`, when the watchdog is enabled for us.
     watchdog: Option<Duration>,
+    /// Wakes the status task when a job's state changed.
+    changed: Arc<tokio::sync::Notify>,
 }
 
 struct Inner {
@@ -59,7 +65,18 @@ impl Notifier {
                 return Notifier::default();
             }
         };
-        Notifier { inner: Some(Arc::new(inner)), watchdog: watchdog_interval(usec.as_deref(), wd_pid.as_deref(), std::process::id()) }
+        Notifier {
+            inner: Some(Arc::new(inner)),
+            watchdog: watchdog_interval(usec.as_deref(), wd_pid.as_deref(), std::process::id()),
+            changed: Arc::default(),
+        }
+    }
+
+    /// A job changed state (or the config or database health did): `STATUS=` follows soon.
+    pub fn state_changed(&self) {
+        if self.enabled() {
+            self.changed.notify_one();
+        }
     }
 
     pub fn enabled(&self) -> bool {
@@ -157,7 +174,13 @@ pub fn spawn_status(notifier: Notifier, tx: EventTx, has_database: bool) {
         let mut last_line = String::new();
         let mut last_at: Option<Instant> = None;
         loop {
-            interval.tick().await;
+            let ticked = tokio::select! {
+                _ = interval.tick() => true,
+                _ = notifier.changed.notified() => {
+                    tokio::time::sleep(STATUS_SETTLE).await;
+                    false
+                }
+            };
             // The answer is the proof of life: no answer within a tick, no ping.
             let status = match ask(&tx, Request::Status { jobs: Vec::new() }, tick).await {
                 Asked::Gone => return,
@@ -165,10 +188,12 @@ pub fn spawn_status(notifier: Notifier, tx: EventTx, has_database: bool) {
                 Asked::Answer(Reply::Status(s)) => s,
                 Asked::Answer(_) => continue,
             };
-            if notifier.watchdog.is_some() {
+            // Pinged on the watchdog's schedule only, not on every state change.
+            if ticked && notifier.watchdog.is_some() {
                 notifier.watchdog_ping();
             }
-            if last_at.is_some_and(|t| t.elapsed() < STATUS_EVERY) {
+            // Between changes, a line per second is plenty (the ticks may be faster).
+            if ticked && last_at.is_some_and(|t| t.elapsed() < STATUS_EVERY - tick / 2) {
                 continue;
             }
             last_at = Some(Instant::now());
@@ -286,7 +311,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("notify.sock");
         let rx = UnixDatagram::bind(&path).unwrap();
-        let n = Notifier { inner: Some(Arc::new(open(path.as_os_str().as_bytes()).unwrap())), watchdog: None };
+        let n = Notifier { inner: Some(Arc::new(open(path.as_os_str().as_bytes()).unwrap())), watchdog: None, changed: Arc::default() };
         n.ready();
         n.reloading();
         n.status("a\nb");

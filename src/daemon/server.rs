@@ -59,12 +59,8 @@ pub async fn bind(path: &Path, group: Option<&str>) -> Result<UnixListener, Stri
     nix::sys::stat::umask(old);
     let listener = listener.map_err(|e| format!("cannot bind control socket {}: {e}", path.display()))?;
     if let Some(group) = group {
-        let gid = nix::unistd::Group::from_name(group)
-            .ok()
-            .flatten()
-            .ok_or_else(|| format!("socket_group {group:?} does not exist"))?
-            .gid;
-        nix::unistd::chown(path, None, Some(gid)).map_err(|e| format!("cannot chown socket to group {group}: {e}"))?;
+        let gid = crate::lookup::users::group_id(group).map_err(|e| format!("socket_group: {e}"))?;
+        nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid))).map_err(|e| format!("cannot chown socket to group {group}: {e}"))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
             .map_err(|e| format!("cannot chmod socket: {e}"))?;
     } else {
@@ -176,12 +172,12 @@ impl Connection {
                 }
                 Ok(Ok(LineRead::Line)) => match protocol::decode_request(&buf) {
                     Err(r) => r,
-                    Ok(Request::Logs { job, lines, follow }) => {
-                        let check = ask(&self.tx, Request::Logs { job: job.clone(), lines, follow }).await;
+                    Ok(Request::Logs { job, lines, follow, since }) => {
+                        let check = ask(&self.tx, Request::Logs { job: job.clone(), lines, follow, since }).await;
                         if !check.ok {
                             check
                         } else {
-                            let (tail, rx) = self.logs.tail(&job, lines, follow);
+                            let (tail, rx) = self.logs.tail(job.as_deref(), lines, follow, since);
                             let r = Response::ok(Reply::Logs { lines: tail });
                             if write.write_all(protocol::encode_response(&r).as_bytes()).await.is_err() {
                                 return;

@@ -464,6 +464,7 @@ impl Supervisor {
             let after = job.m.state;
             if before != after {
                 self.log_transition(&name, before, after);
+                self.notify.state_changed();
             }
             for effect in effects {
                 self.execute(&name, effect);
@@ -813,11 +814,13 @@ impl Supervisor {
             Request::Stop { jobs } => self.verb(jobs, reply, "stop"),
             Request::Restart { jobs } => self.verb(jobs, reply, "restart"),
             Request::Reload { dry_run } => self.ask_reload(!dry_run, Some((reply, dry_run))),
+            Request::Signal { jobs, signal } => {
+                let _ = reply.send(self.signal_jobs(&jobs, &signal));
+            }
             Request::Logs { job, .. } => {
-                let resp = if self.jobs.contains_key(&job) {
-                    Response::ok(Reply::Logs { lines: Vec::new() })
-                } else {
-                    unknown_job(&[job])
+                let resp = match job {
+                    Some(job) if !self.jobs.contains_key(&job) => unknown_job(&[job]),
+                    _ => Response::ok(Reply::Logs { lines: Vec::new() }),
                 };
                 let _ = reply.send(resp);
             }
@@ -883,6 +886,41 @@ impl Supervisor {
                 self.shutdown_waiters.push(reply);
                 self.begin_shutdown("shutdown requested");
             }
+        }
+    }
+
+    /// `corral signal` (supervisorctl's): `signal` to each named job's main process. With `all`,
+    /// the jobs that have a process; a named job without one is refused, the others signalled.
+    fn signal_jobs(&mut self, jobs: &[String], signal: &str) -> Response {
+        let Some(sig) = machine::parse_signal(signal) else {
+            return Response::err(ErrorKind::BadRequest, format!("unknown signal {signal:?}"));
+        };
+        if jobs.is_empty() {
+            return Response::err(ErrorKind::BadRequest, "signal needs job names or `all`");
+        }
+        let everyone = jobs.iter().any(|j| j == "all");
+        let names = match self.check_names(jobs) {
+            Ok(n) => n,
+            Err(resp) => return resp,
+        };
+        let mut failed = Vec::new();
+        for name in &names {
+            match self.jobs[name].m.pid {
+                Some(pid) => match kill::signal_pid(pid, sig) {
+                    Ok(()) => info!(job = %name, pid, "sent {}", machine::signal_name(sig)),
+                    Err(e) => failed.push(format!("{name}: {e}")),
+                },
+                None if everyone => {}
+                None => failed.push(format!("{name}: not running ({})", self.jobs[name].m.state.as_str())),
+            }
+        }
+        let signalled: Vec<JobStatus> = names.iter().filter(|n| self.jobs[*n].m.pid.is_some()).filter_map(|n| self.job_status(n)).collect();
+        if !failed.is_empty() {
+            Response::err_with(ErrorKind::Refused, format!("signal failed: {}", failed.join("; ")), Reply::Actions { jobs: signalled })
+        } else if signalled.is_empty() {
+            Response::err(ErrorKind::Refused, "signal all: no job is running")
+        } else {
+            Response::ok(Reply::Actions { jobs: signalled })
         }
     }
 
@@ -1086,6 +1124,7 @@ impl Supervisor {
         }
         if ask.apply && !self.shutting_down {
             self.notify.ready();
+            self.notify.state_changed();
         }
         if let Some(next) = self.reloads.next.take() {
             self.reloads.current = Some(next);

@@ -10,6 +10,7 @@ use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, Config, NoTls};
 
 use super::error::{describe, DbError};
+use crate::lookup::postgres::Failure;
 use super::redact::redact;
 use super::usage::Attribution;
 
@@ -39,7 +40,12 @@ pub fn own_config(url: &str, service: &str) -> Result<(Config, String), DbError>
 /// Opens a connection and drives it on a task. The connection task's error, the best
 /// explanation of a broken connection, lands in the returned [`Death`].
 pub async fn open(config: &Config, target: &str, url: &str) -> Result<(Client, Death), DbError> {
-    let (client, connection) = config.connect(NoTls).await.map_err(|e| DbError::connect(target, &e, url))?;
+    // Host names resolve without NSS (the binary is static): see `lookup::postgres`.
+    let connected = crate::lookup::postgres::connect_each(config, |c| async move { c.connect(NoTls).await }).await;
+    let (client, connection) = connected.map_err(|e| match e {
+        Failure::Connect(e) => DbError::connect(target, &e, url),
+        Failure::Resolve(message) => DbError::Connect { target: target.to_string(), message, sqlstate: None },
+    })?;
     let died: Death = Arc::new(Mutex::new(None));
     let (slot, url) = (died.clone(), url.to_string());
     // It ends when the Client is dropped or the server goes away.

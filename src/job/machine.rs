@@ -371,9 +371,33 @@ pub fn signal_name(sig: i32) -> String {
     nix::sys::signal::Signal::try_from(sig).map(|s| s.as_str().to_string()).unwrap_or_else(|_| format!("signal {sig}"))
 }
 
+/// `HUP`, `SIGHUP`, `sighup` or `1`, as `kill` takes them.
+pub fn parse_signal(s: &str) -> Option<i32> {
+    let s = s.trim();
+    if let Ok(n) = s.parse::<i32>() {
+        return nix::sys::signal::Signal::try_from(n).ok().map(|sig| sig as i32);
+    }
+    let upper = s.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+    name.parse::<nix::sys::signal::Signal>().ok().map(|sig| sig as i32)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn signals_parse_as_kill_takes_them() {
+        for s in ["HUP", "SIGHUP", "sighup", "1", " hup "] {
+            assert_eq!(parse_signal(s), Some(libc::SIGHUP), "{s}");
+        }
+        assert_eq!(parse_signal("USR1"), Some(libc::SIGUSR1));
+        assert_eq!(parse_signal("9"), Some(libc::SIGKILL));
+        for s in ["", "SIG", "HUPP", "0", "999", "-1", "SIGRTMIN+1"] {
+            assert_eq!(parse_signal(s), None, "{s}");
+        }
+        assert_eq!(parse_signal(&signal_name(libc::SIGTERM)), Some(libc::SIGTERM));
+    }
 
     fn policy() -> Policy {
         Policy {

@@ -46,6 +46,8 @@ struct JobLog {
 #[derive(Clone, Default)]
 pub struct LogStore {
     inner: Arc<Mutex<HashMap<String, JobLog>>>,
+    /// `logs -f` without a job: every job's new lines. Locked after `inner`, never alone.
+    all: Arc<Mutex<Option<broadcast::Sender<LogLine>>>>,
     /// Reader tasks still running, so shutdown can print a job's last lines
     /// (written just before it exited) before the runtime is dropped.
     readers: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
@@ -54,6 +56,10 @@ pub struct LogStore {
 impl LogStore {
     pub fn push(&self, line: LogLine) {
         let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all = self.all.lock().unwrap_or_else(|e| e.into_inner());
+        if all.as_ref().is_some_and(|tx| tx.send(line.clone()).is_err()) {
+            *all = None;
+        }
         let log = map.entry(line.job.clone()).or_default();
         if let Some(tx) = &log.follow {
             if tx.send(line.clone()).is_err() {
@@ -66,13 +72,25 @@ impl LogStore {
         log.lines.push_back(line);
     }
 
-    /// The last `n` lines and, when `follow`, a receiver for the next ones
-    /// (taken under the same lock so no line falls between the two).
-    pub fn tail(&self, job: &str, n: usize, follow: bool) -> (Vec<LogLine>, Option<broadcast::Receiver<LogLine>>) {
+    /// The last `n` lines of `job` (of every job, merged by time, when `None`) written at or
+    /// after `since`, and, when `follow`, a receiver for the next ones (taken under the same
+    /// lock so no line falls between the two).
+    pub fn tail(&self, job: Option<&str>, n: usize, follow: bool, since: Option<f64>) -> (Vec<LogLine>, Option<broadcast::Receiver<LogLine>>) {
         let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let recent = |log: &JobLog| {
+            let fresh: Vec<&LogLine> = log.lines.iter().filter(|l| since.is_none_or(|t| l.ts >= t)).collect();
+            fresh[fresh.len().saturating_sub(n)..].iter().map(|l| (*l).clone()).collect::<Vec<_>>()
+        };
+        let Some(job) = job else {
+            let mut lines: Vec<LogLine> = map.values().flat_map(recent).collect();
+            lines.sort_by(|a, b| a.ts.total_cmp(&b.ts));
+            let lines = lines.split_off(lines.len().saturating_sub(n));
+            let mut all = self.all.lock().unwrap_or_else(|e| e.into_inner());
+            let rx = follow.then(|| all.get_or_insert_with(|| broadcast::channel(1024).0).subscribe());
+            return (lines, rx);
+        };
         let log = map.entry(job.to_string()).or_default();
-        let skip = log.lines.len().saturating_sub(n);
-        let lines = log.lines.iter().skip(skip).cloned().collect();
+        let lines = recent(log);
         let rx = follow.then(|| log.follow.get_or_insert_with(|| broadcast::channel(1024).0).subscribe());
         (lines, rx)
     }

@@ -4,6 +4,8 @@
 //! only waiter. The child gets its own process group (so stopping a job stops
 //! everything it forked), std's reset of the signal mask and SIGPIPE, and the
 //! job's lock descriptor without close-on-exec so the lock outlives corral.
+//! Nothing here needs `/dev` or NSS: stdin is an empty pipe, users come from
+//! `/etc/passwd` (`lookup::users`).
 
 use std::collections::BTreeMap;
 use std::os::fd::{OwnedFd, RawFd};
@@ -40,7 +42,7 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> std::io::Result<Spawned> {
     cmd.args(args)
         .envs(spec.env)
         .envs(spec.extra_env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
+        .stdin(empty_stdin()?)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
@@ -48,17 +50,16 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> std::io::Result<Spawned> {
         cmd.current_dir(cwd);
     }
     if let Some(user) = spec.user {
-        let u = nix::unistd::User::from_name(user)
-            .map_err(std::io::Error::from)?
-            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, format!("unknown user {user:?}")))?;
-        if !nix::unistd::geteuid().is_root() && u.uid != nix::unistd::geteuid() {
+        // From /etc/passwd itself, not NSS: the binary is static (see `lookup::users`).
+        let u = crate::lookup::users::user(user).map_err(|e| std::io::Error::new(std::io::ErrorKind::NotFound, e))?;
+        if !nix::unistd::geteuid().is_root() && u.uid != nix::unistd::geteuid().as_raw() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::PermissionDenied,
                 format!("user = {user:?} needs corral to run as root"),
             ));
         }
-        cmd.uid(u.uid.as_raw()).gid(u.gid.as_raw());
-        cmd.env("USER", &u.name).env("LOGNAME", &u.name).env("HOME", &u.dir);
+        cmd.uid(u.uid).gid(u.gid);
+        cmd.env("USER", &u.name).env("LOGNAME", &u.name).env("HOME", &u.home);
     }
     // The lock descriptor is inherited by clearing close-on-exec in corral for
     // the duration of this spawn (only the actor thread spawns, so no other
@@ -77,6 +78,14 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> std::io::Result<Spawned> {
     // Dropping `Child` neither waits nor kills: the reaper owns the exit.
     drop(child);
     Ok(Spawned { pid, stdout, stderr })
+}
+
+/// What `/dev/null` gives a reader, without needing `/dev` (an empty chroot, a bare image):
+/// a pipe whose write end is already closed, so the job reads EOF at once.
+fn empty_stdin() -> std::io::Result<Stdio> {
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    drop(write);
+    Ok(Stdio::from(read))
 }
 
 /// Clears FD_CLOEXEC on a descriptor until dropped.

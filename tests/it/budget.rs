@@ -9,7 +9,8 @@ use crate::harness::{poll, stderr, stdout, Corral, SEC};
 use crate::pg::TestPg;
 
 pub(crate) fn worker() -> &'static str {
-    env!("CARGO_BIN_EXE_corral-pg-worker")
+    static WORKER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    WORKER.get_or_init(|| crate::harness::example_bin("pg_worker").to_string_lossy().into_owned())
 }
 
 pub(crate) fn rt() -> tokio::runtime::Runtime {

@@ -468,8 +468,11 @@ fn bad_arguments_exit_2_and_no_supervisor_exits_3_naming_the_socket() {
     for args in [
         &["stop"][..],
         &["start"],
-        &["logs"],
         &["logs", "x", "-n", "many"],
+        &["logs", "--since", "the day before"],
+        &["signal", "alpha"],
+        &["signal", "alpha", "NOSUCHSIG"],
+        &["completions", "tcsh"],
         &["reserve", "ops"],
         &["reserve", "ops", "-n", "2", "--ttl", "soon"],
         &["frobnicate"],

@@ -16,6 +16,34 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_corral")
 }
 
+/// An example of this package (examples/NAME.rs), built on first use with the profile of the
+/// binary under test: `cargo test` does not build examples for a filtered run (`--test it
+/// budget::`), and examples are not installed by `cargo install`, which is why the test
+/// worker is one.
+pub fn example_bin(name: &str) -> PathBuf {
+    static BUILT: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, p)) = built.iter().find(|(n, _)| n == name) {
+        return p.clone();
+    }
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args(["build", "--quiet", "--example", name, "--message-format=json-render-diagnostics", "--manifest-path"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"));
+    if Path::new(bin()).parent().is_some_and(|d| d.ends_with("release")) {
+        cmd.arg("--release");
+    }
+    let out = cmd.stderr(Stdio::inherit()).output().expect("run cargo to build an example");
+    assert!(out.status.success(), "cargo build --example {name} failed");
+    let exe = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["target"]["name"] == name)
+        .find_map(|v| v["executable"].as_str().map(PathBuf::from))
+        .unwrap_or_else(|| panic!("cargo build --example {name} reported no executable"));
+    built.push((name.to_string(), exe.clone()));
+    exe
+}
+
 /// A running `corral run` with its own directory.
 pub struct Corral {
     pub child: Option<Child>,

@@ -145,6 +145,28 @@ fn sd_notify_watchdog_pings_at_half_the_interval() {
     assert!(gaps.iter().all(|&g| g >= 100), "pings too close together: {gaps:?} ms");
 }
 
+/// systemd showed "0/1 jobs running, 1 starting" while `corral status` said RUNNING: the
+/// `STATUS=` line follows a state change within a second, not at its next periodic refresh.
+#[test]
+fn sd_notify_status_follows_a_state_change_within_a_second() {
+    let (dir, config, socket) = setup("[jobs.w]\ncommand = [\"sleep\", \"100001\"]\nhealthy_after = \"1500ms\"\non_duplicate = \"ignore\"\n");
+    let notify = NotifySocket::bind(dir.path());
+    let path = notify.path.to_str().unwrap().to_string();
+    // No watchdog: the periodic refresh is then once a second, the slowest case.
+    let c = Corral::spawn_in(dir, config, socket, &[("NOTIFY_SOCKET", &path)]);
+    c.wait_ready();
+    notify.wait_states(&c, &["READY=1"], 10 * SEC);
+    c.wait_state("w", "running", 10 * SEC);
+    let seen = Instant::now();
+    let line = |m: &str| m == "STATUS=1/1 jobs running";
+    assert!(poll(5 * SEC, || notify.all().iter().any(|(_, m)| line(m))), "{:?}", notify.all());
+    let at = notify.all().into_iter().find(|(_, m)| line(m)).map(|(t, _)| t).unwrap();
+    // Seen by `corral status` first (it polls), STATUS= at most a second later.
+    assert!(at <= seen + Duration::from_secs(1), "STATUS= came {:?} after corral status said running", at - seen);
+    let starting = notify.all().iter().filter(|(_, m)| m.contains("1 starting")).count();
+    assert!(starting >= 1, "the starting phase was reported too: {:?}", notify.all());
+}
+
 #[test]
 fn sd_notify_watchdog_of_another_pid_is_not_ours() {
     let (dir, config, socket) = setup(SLEEPER);

@@ -8,6 +8,8 @@ mod budget;
 mod config_errors;
 mod control;
 mod core;
+mod docker;
+mod dropin;
 mod fleet;
 mod integration;
 mod pid1;

@@ -89,7 +89,8 @@ mod pg;
 #[test]
 fn database_outage_under_a_crash_storm_never_touches_jobs() {
     let pg = pg::TestPg::start_local(20);
-    let worker = env!("CARGO_BIN_EXE_corral-pg-worker");
+    let worker = harness::example_bin("pg_worker");
+    let worker = worker.to_str().unwrap();
     let mut body = format!(
         "[supervisor]\nsocket = \"{{dir}}/corral.sock\"\nlock_dir = \"{{dir}}/locks\"\n\n\
          [database]\nurl = \"{url}\"\nprovider_reserve = 0\nadhoc_reserve = 2\nhealth_interval = \"1s\"\nhealth_timeout = \"2s\"\n\n\
