@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use std::sync::Arc;
 
@@ -52,6 +52,10 @@ const RELOAD_DEBOUNCE: Duration = Duration::from_millis(200);
 /// A process snapshot younger than this is reused for duplicate checks, so
 /// starting 500 jobs scans the process table once, not 500 times.
 const SNAPSHOT_TTL: Duration = Duration::from_secs(1);
+/// A job told a lower quota gets this long to close connections before the reading that may
+/// confirm it; while connections stay unconfirmed, further readings follow at twice the delay
+/// each time, up to `rebalance_interval` (SPEC §5: freed connections reach others within ~1 s).
+const CONFIRM_AFTER: Duration = Duration::from_millis(100);
 
 pub enum Event {
     Request(Request, oneshot::Sender<Response>),
@@ -150,6 +154,11 @@ pub struct Supervisor {
     /// Fleet scope: the coordinator until the fleet task takes it, then the task's channel.
     coordinator: Option<Coordinator>,
     fleet_cmd: Option<mpsc::UnboundedSender<FleetCmd>>,
+    /// Readings asked for in a row while freed connections stay unconfirmed (backs them off).
+    follow_ups: u32,
+    /// Fleet scope: each job's wants and occupancy as the last sync reported them; a reading
+    /// that changes them syncs at once instead of at the next interval.
+    fleet_reported: Vec<(String, crate::budget::allocate::Wants, u32)>,
 }
 
 impl Supervisor {
@@ -179,6 +188,8 @@ impl Supervisor {
             notify: Notifier::default(),
             coordinator: None,
             fleet_cmd: None,
+            follow_ups: 0,
+            fleet_reported: Vec::new(),
         };
         sup.setup_budget();
         sup
@@ -384,6 +395,9 @@ impl Supervisor {
                 }
             }
             Event::FleetSnapshot(reply) => {
+                if let Some(b) = &self.budget {
+                    self.fleet_reported = b.reading_signature(&job_views(&self.jobs), Instant::now());
+                }
                 let _ = reply.send(self.fleet_request());
             }
             Event::Fleet(report) => self.on_fleet(report),
@@ -499,7 +513,7 @@ impl Supervisor {
         let mut extra_env = crate::budget::env::identity_env(&self.config.budget.service, name);
         if let (Some(n), Some(_)) = (self.budget.as_ref().and_then(|b| b.draining(name)), job.cfg.connections) {
             if let Some(cmd) = &self.probe_cmd {
-                let _ = cmd.send(ProbeCmd::UsageNow);
+                let _ = cmd.send(ProbeCmd::UsageAt(Instant::now()));
             }
             if let Some(j) = self.jobs.get_mut(name) {
                 j.awaiting = Awaiting::Reading;
@@ -598,8 +612,14 @@ impl Supervisor {
                 Some(name) => {
                     let uptime = self.jobs.get(&name).and_then(|j| j.started_at).map(|t| t.elapsed()).unwrap_or_default();
                     info!(job = %name, pid, uptime_s = format!("{:.1}", uptime.as_secs_f64()), "exited: {}", describe_exit(exit));
-                    if let Some(b) = self.budget.as_mut() {
+                    let draining = self.budget.as_mut().is_some_and(|b| {
                         b.exited(&name);
+                        b.draining(&name).is_some()
+                    });
+                    if draining {
+                        // Its backends close right after it: a reading now hands them on.
+                        self.follow_ups = 0;
+                        self.want_reading(Instant::now());
                     }
                     self.feed(&name, Input::Exited(exit, uptime));
                     self.rebalance();
@@ -1074,7 +1094,10 @@ impl Supervisor {
                 }
                 let live = usage.job(&service, name);
                 let quota = budget.quota_of_application(name);
-                if live > quota && budget.db.enforce != Enforce::Off {
+                // A job told a lower quota gets one rebalance_interval to close what it gave back
+                // (readings now come sooner than that; they must not count it as over quota).
+                let shrinking = budget.jobs.get(name).and_then(|b| b.told_at).is_some_and(|t| now.duration_since(t) < budget.cfg.rebalance_interval);
+                if live > quota && !shrinking && budget.db.enforce != Enforce::Off {
                     warn!(job = %name, live, quota, "job uses more connections than its quota");
                     if budget.db.enforce == Enforce::Terminate {
                         if let Some(probe) = self.probe.clone() {
@@ -1111,6 +1134,7 @@ impl Supervisor {
             let epoch = self.jobs[&name].m.epoch;
             self.feed(&name, Input::Timer { kind: TimerKind::RetryWait, epoch });
         }
+        self.after_reading();
     }
 
     /// Recompute grants and tell jobs whose quota changed (SPEC §5).
@@ -1133,8 +1157,10 @@ impl Supervisor {
     /// Write quota files and send `quota_signal` (SPEC §3).
     fn deliver(&mut self, tell: Vec<(String, u32)>) {
         let Some(budget) = self.budget.as_mut() else { return };
+        let mut shrunk = false;
         for (name, quota) in tell {
             let Some(job) = self.jobs.get(&name) else { continue };
+            shrunk |= budget.jobs.get(&name).and_then(|b| b.process).is_some_and(|p| p.held > quota);
             if let Err(e) = budget.write_quota(&job.cfg, quota) {
                 warn!(job = %name, "cannot write quota file: {e}");
                 continue;
@@ -1146,6 +1172,35 @@ impl Supervisor {
             if let (Some(sig), Some(pid)) = (job.cfg.quota_signal, job.m.pid) {
                 let _ = kill::signal_pid(pid, sig);
             }
+        }
+        if shrunk {
+            // What the job gives back goes to others once a reading shows it closed.
+            self.follow_ups = 0;
+            self.want_reading(Instant::now() + CONFIRM_AFTER);
+        }
+    }
+
+    /// Ask the probe task for a usage reading at `at` (it spaces them, SPEC §5).
+    fn want_reading(&self, at: Instant) {
+        if let Some(cmd) = &self.probe_cmd {
+            let _ = cmd.send(ProbeCmd::UsageAt(at));
+        }
+    }
+
+    /// After a reading: while connections given back are not confirmed closed, read again soon,
+    /// backing off; in fleet scope, sync at once when the reading changed what the fleet knows
+    /// of our jobs (connections closed, a job turned idle or active).
+    fn after_reading(&mut self) {
+        let Some(budget) = self.budget.as_ref() else { return };
+        if budget.unconfirmed() {
+            let delay = CONFIRM_AFTER.saturating_mul(1 << self.follow_ups.min(16)).min(self.config.budget.rebalance_interval);
+            self.follow_ups += 1;
+            self.want_reading(Instant::now() + delay);
+        } else {
+            self.follow_ups = 0;
+        }
+        if budget.fleet.is_some() && budget.reading_signature(&job_views(&self.jobs), Instant::now()) != self.fleet_reported {
+            self.request_sync();
         }
     }
 
@@ -1248,6 +1303,8 @@ impl Supervisor {
     }
 
     fn on_fleet(&mut self, report: FleetReport) {
+        // From the snapshot to the answer, lock waits included (bench/fleet.py reads it).
+        debug!(ms = format!("{:.2}", report.started.elapsed().as_secs_f64() * 1000.0), ok = report.result.is_ok(), "fleet sync");
         // Whatever the answer, it is the answer `start` waited for.
         for j in self.jobs.values_mut().filter(|j| j.awaiting == Awaiting::FleetSync) {
             j.awaiting = Awaiting::Nothing;

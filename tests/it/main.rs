@@ -9,6 +9,7 @@ mod config_errors;
 mod control;
 mod core;
 mod fleet;
+mod handover;
 mod integration;
 mod pid1;
 mod python_examples;
