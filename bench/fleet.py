@@ -642,7 +642,10 @@ def cpu_delta(a, b):
 def scale(args, worker_bin):
     results = []
     for n in args.scale:
-        cluster = Cluster(args.work, args.scale_max_connections)
+        # A database sized so that the fleet is short of connections: about 5 per corral for its
+        # jobs (busy ones want 10), after corral's 2 own each and the default reserves.
+        m = args.scale_max_connections or int((7 * n + 9) / 0.9) + 1
+        cluster = Cluster(args.work, m)
         try:
             results.append(scale_one(args, cluster, n, worker_bin))
         finally:
@@ -732,7 +735,7 @@ def scale_one(args, cluster, n, worker_bin):
     sampler.finish()
     SCALE_CORRALS.remove(victim)
     res = {
-        "n": n, "interval": interval, "window_s": elapsed, "usable": usable, "own_connections": own,
+        "n": n, "max_connections": cluster.max_connections, "interval": interval, "window_s": elapsed, "usable": usable, "own_connections": own,
         "peak": sampler.peak, "samples": sampler.samples,
         "xact_per_s": (xact1 - xact0) / elapsed, "coord_stmts_per_s": coord_calls / elapsed, "job_stmts_per_s": job_calls / elapsed,
         "syncs_per_s": syncs_per_s,
@@ -831,15 +834,15 @@ def render(res, args):
         out.append("")
     s = res.get("scale")
     if s:
-        out.append(f"Fleet at scale: PostgreSQL with `max_connections = {args.scale_max_connections}`, N corrals in fleet scope (each its own service), "
+        out.append(f"Fleet at scale: N corrals in fleet scope (each its own service) on one PostgreSQL whose `max_connections` leaves about 5 connections per corral for jobs, "
                    f"2 jobs each (`corral-pg-worker`, min 1 max 10: one busy, one idle), `rebalance_interval = \"{args.scale_interval}\"`, "
                    f"measured over {args.scale_window:.0f} s.\n")
-        out.append("| N | syncs/s | coordination statements/s | transactions/s (all) | PG CPU, corral's backends | PG CPU, all | sync p50 / p99 / max (ms) | lock wait mean / max (ms) | corral's own connections | peak job backends / usable | killed member expired | its share back |")
-        out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        out.append("| N | max_connections | syncs/s | coordination statements/s | transactions/s (all) | PG CPU, corral's backends | PG CPU, all | sync p50 / p99 / max (ms) | lock wait mean / max (ms) | corral's own connections | peak job backends / usable | killed member expired | its share back |")
+        out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for x in s:
-            lw = f"{x['lock_wait_mean_ms']:.2f} / {x['lock_wait_max_ms']:.1f}" if x["lock_wait_mean_ms"] is not None else "n/a"
+            lw = f"{x['lock_wait_mean_ms']:.2f} / {x['lock_wait_max_ms']:.2f}" if x["lock_wait_mean_ms"] is not None else "n/a"
             f = lambda v: f"{v:.1f} s" if v is not None else "not seen"
-            out.append(f"| {x['n']} | {x['syncs_per_s']:.1f} | {x['coord_stmts_per_s']:.0f} | {x['xact_per_s']:.0f} | {x['pg_cpu_own_pct']:.1f}% | {x['pg_cpu_all_pct']:.1f}% | "
+            out.append(f"| {x['n']} | {x['max_connections']} | {x['syncs_per_s']:.1f} | {x['coord_stmts_per_s']:.0f} | {x['xact_per_s']:.0f} | {x['pg_cpu_own_pct']:.1f}% | {x['pg_cpu_all_pct']:.1f}% | "
                        f"{x['sync_ms_p50']:.1f} / {x['sync_ms_p99']:.1f} / {x['sync_ms_max']:.1f} | {lw} | {x['own_connections']} | {x['peak']} / {x['usable']} | "
                        f"{f(x['killed_expired_s'])} | {f(x['killed_share_back_s'])} |")
         out.append("")
@@ -868,7 +871,7 @@ def main():
     a.scale = [int(x) for x in os.environ.get("SCALE_N", "10" if q else "10,25,50").split(",")]
     a.scale_interval = os.environ.get("SCALE_INTERVAL", "5s")
     a.scale_window = float(os.environ.get("SCALE_WINDOW", 30 if q else 60))
-    a.scale_max_connections = int(os.environ.get("SCALE_MAX_CONNECTIONS", 500))
+    a.scale_max_connections = int(os.environ.get("SCALE_MAX_CONNECTIONS", 0))
     only = os.environ.get("ONLY", "throughput,reaction,scale").split(",")
     if a.render:
         print(render(json.load(open(a.render)), a))
