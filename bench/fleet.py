@@ -856,9 +856,9 @@ def render(res, args):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--work", required=True)
-    ap.add_argument("--corral", required=True)
-    ap.add_argument("--worker", required=True, help="corral-pg-worker binary (scale section)")
+    ap.add_argument("--work", help="temp dir (not needed with --render)")
+    ap.add_argument("--corral")
+    ap.add_argument("--worker", help="corral-pg-worker binary (scale section)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json")
     ap.add_argument("--render")
@@ -874,8 +874,13 @@ def main():
     a.scale_max_connections = int(os.environ.get("SCALE_MAX_CONNECTIONS", 0))
     only = os.environ.get("ONLY", "throughput,reaction,scale").split(",")
     if a.render:
-        print(render(json.load(open(a.render)), a))
+        res = json.load(open(a.render))
+        for k, v in res.get("settings", {}).items():
+            setattr(a, k, v)
+        print(render(res, a))
         return
+    if not (a.work and a.corral and a.worker):
+        ap.error("--work, --corral and --worker are needed (bench/fleet gives them)")
     res = {}
     started = time.monotonic()
     try:
