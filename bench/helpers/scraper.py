@@ -163,7 +163,6 @@ class Worker:
         self.gate = Gate(self.quota, self.stop) if RESIZE else None
         self.retired = []
         self.lock = threading.Lock()
-        self.resize_wanted = threading.Event()
         self.items = {}  # wall-clock second -> items done
         self.errors = {"too_many_clients": 0, "pool_timeout": 0, "other": 0}
         self.error_samples = {}
@@ -245,19 +244,23 @@ class Worker:
                 self.stop.wait(RETRY_S)
 
     def run(self):
-        signal.signal(signal.SIGTERM, lambda *_: self.stop.set())
-        signal.signal(signal.SIGINT, lambda *_: self.stop.set())
+        # Handlers only set flags: a handler runs in the main thread between two bytecodes, and one
+        # that took a lock (Event.set) while the main thread held it would deadlock the worker.
+        flags = {"stop": False, "resize": False}
+        signal.signal(signal.SIGTERM, lambda *_: flags.__setitem__("stop", True))
+        signal.signal(signal.SIGINT, lambda *_: flags.__setitem__("stop", True))
         if RESIZE:
-            signal.signal(signal.SIGHUP, lambda *_: self.resize_wanted.set())
+            signal.signal(signal.SIGHUP, lambda *_: flags.__setitem__("resize", True))
         threads = [threading.Thread(target=self.thread, daemon=True) for _ in range(THREADS)]
         for t in threads:
             t.start()
-        while not self.stop.is_set():
-            # Signal handlers run here, in the main thread; resizing happens here too.
-            if self.resize_wanted.wait(0.05):
-                self.resize_wanted.clear()
+        while not flags["stop"]:
+            time.sleep(0.01)  # a signal cuts it short
+            if flags["resize"]:
+                flags["resize"] = False
                 self.resize()
             self.sweep_retired()
+        self.stop.set()
         # Threads finish their item; one still waiting for a connection at the end is not waited for.
         deadline = time.monotonic() + 3
         for t in threads:

@@ -1097,7 +1097,9 @@ impl Supervisor {
                 // A job told a lower quota gets one rebalance_interval to close what it gave back
                 // (readings now come sooner than that; they must not count it as over quota).
                 let shrinking = budget.jobs.get(name).and_then(|b| b.told_at).is_some_and(|t| now.duration_since(t) < budget.cfg.rebalance_interval);
-                if live > quota && !shrinking && budget.db.enforce != Enforce::Off {
+                // A stopping job's connections are on their way out (its quota is already 0).
+                let stopping = job.m.state == State::Stopping;
+                if live > quota && !shrinking && !stopping && budget.db.enforce != Enforce::Off {
                     warn!(job = %name, live, quota, "job uses more connections than its quota");
                     if budget.db.enforce == Enforce::Terminate {
                         if let Some(probe) = self.probe.clone() {
