@@ -25,7 +25,15 @@ and EVENTS_FILE (optional): "start", "ready", "resize" lines with CLOCK_MONOTONI
 """
 
 import os
+import signal
 import time
+
+# corral may send quota_signal while Python is still importing SQLAlchemy: SIGHUP's default action
+# would end the worker. Flags first (the handlers only set them); they are acted on in run().
+FLAGS = {"stop": False, "resize": False}
+signal.signal(signal.SIGHUP, lambda *_: FLAGS.__setitem__("resize", True))
+signal.signal(signal.SIGTERM, lambda *_: FLAGS.__setitem__("stop", True))
+signal.signal(signal.SIGINT, lambda *_: FLAGS.__setitem__("stop", True))
 
 T_START = time.monotonic()
 # "{index}" in a path is this worker's index (six instances of one corral job share one env).
@@ -43,7 +51,6 @@ event("start")
 
 import array  # noqa: E402
 import json  # noqa: E402
-import signal  # noqa: E402
 import threading  # noqa: E402
 
 from sqlalchemy import create_engine, exc, text  # noqa: E402
@@ -246,11 +253,7 @@ class Worker:
     def run(self):
         # Handlers only set flags: a handler runs in the main thread between two bytecodes, and one
         # that took a lock (Event.set) while the main thread held it would deadlock the worker.
-        flags = {"stop": False, "resize": False}
-        signal.signal(signal.SIGTERM, lambda *_: flags.__setitem__("stop", True))
-        signal.signal(signal.SIGINT, lambda *_: flags.__setitem__("stop", True))
-        if RESIZE:
-            signal.signal(signal.SIGHUP, lambda *_: flags.__setitem__("resize", True))
+        flags = FLAGS
         threads = [threading.Thread(target=self.thread, daemon=True) for _ in range(THREADS)]
         for t in threads:
             t.start()
@@ -258,7 +261,8 @@ class Worker:
             time.sleep(0.01)  # a signal cuts it short
             if flags["resize"]:
                 flags["resize"] = False
-                self.resize()
+                if RESIZE:
+                    self.resize()
             self.sweep_retired()
         self.stop.set()
         # Threads finish their item; one still waiting for a connection at the end is not waited for.
