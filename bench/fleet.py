@@ -648,6 +648,9 @@ def scale(args, worker_bin):
         cluster = Cluster(args.work, m)
         try:
             results.append(scale_one(args, cluster, n, worker_bin))
+        except Exception as e:  # noqa: BLE001 - report it, go on with the next N
+            log(f"scale {n} failed: {e}")
+            results.append({"n": n, "max_connections": m, "failed": str(e)})
         finally:
             stop_all_corrals()
             cluster.stop()
@@ -671,9 +674,9 @@ def scale_one(args, cluster, n, worker_bin):
     os.makedirs(sdir)
     interval = args.scale_interval
     jobs = (f'[jobs.busy]\ncommand = ["{worker_bin}"]\nconnections = {{ min = 1, max = 10, overflow = 0 }}\nquota_signal = "SIGHUP"\n'
-            f'on_duplicate = "ignore"\nsingle_instance = false\n\n'
+            f'on_duplicate = "ignore"\nsingle_instance = false\nautostart = false\n\n'
             f'[jobs.idle]\ncommand = ["{worker_bin}"]\nconnections = {{ min = 1, max = 10, overflow = 0 }}\nquota_signal = "SIGHUP"\n'
-            f'on_duplicate = "ignore"\nsingle_instance = false\nenv = {{ WORKER_IDLE = "1" }}\n')
+            f'on_duplicate = "ignore"\nsingle_instance = false\nautostart = false\nenv = {{ WORKER_IDLE = "1" }}\n')
     log(f"scale: starting {n} corrals (fleet scope, rebalance_interval {interval})")
     env = {"CORRAL_LOG": "info,corral::daemon::supervisor=debug"}
     for i in range(n):
@@ -681,7 +684,16 @@ def scale_one(args, cluster, n, worker_bin):
         SCALE_CORRALS.append(Corral(args.corral, sdir, f"c{i:02d}", body, env=env))
     corrals = list(SCALE_CORRALS)
     wait_for(lambda: len(corrals[0].json("budget").get("members", [])) == n, 120, f"{n} members")
-    wait_for(lambda: all(j["state"] == "running" for c in corrals for j in c.jobs().values()), 120, "every job running")
+    # Jobs start once every member has joined: members that join later find the database full
+    # (the fleet does not hold connections back for corrals that have not registered yet).
+    for c in corrals:
+        c.ctl("start", "all")
+    def not_running():
+        return [f"{c.dir[-3:]}/{j['name']}: {j['state']} {j.get('reason') or ''}" for c in corrals for j in c.jobs().values() if j["state"] != "running"]
+    try:
+        wait_for(lambda: not not_running(), 180, "every job running")
+    except RuntimeError:
+        raise RuntimeError(f"not every job running after 180 s: {not_running()[:6]}")
     time.sleep(3 * float(interval.rstrip("s")))  # grants settle (idle jobs shrink to their minimum)
     usable = corrals[0].json("budget")["usable"]
     sampler = Sampler(cluster, "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'corral/%' AND application_name NOT LIKE 'corral/%/\\_corral'")
@@ -840,18 +852,28 @@ def render(res, args):
         out.append("| N | max_connections | syncs/s | coordination statements/s | transactions/s (all) | PG CPU, corral's backends | PG CPU, all | sync p50 / p99 / max (ms) | lock wait mean / max (ms) | corral's own connections | peak job backends / usable | killed member expired | its share back |")
         out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for x in s:
+            if "failed" in x:
+                out.append(f"| {x['n']} | {x['max_connections']} | failed: {x['failed']} |" + " |" * 11)
+                continue
             lw = f"{x['lock_wait_mean_ms']:.2f} / {x['lock_wait_max_ms']:.2f}" if x["lock_wait_mean_ms"] is not None else "n/a"
             f = lambda v: f"{v:.1f} s" if v is not None else "not seen"
             out.append(f"| {x['n']} | {x['max_connections']} | {x['syncs_per_s']:.1f} | {x['coord_stmts_per_s']:.0f} | {x['xact_per_s']:.0f} | {x['pg_cpu_own_pct']:.1f}% | {x['pg_cpu_all_pct']:.1f}% | "
                        f"{x['sync_ms_p50']:.1f} / {x['sync_ms_p99']:.1f} / {x['sync_ms_max']:.1f} | {lw} | {x['own_connections']} | {x['peak']} / {x['usable']} | "
                        f"{f(x['killed_expired_s'])} | {f(x['killed_share_back_s'])} |")
         out.append("")
-        big = s[-1]
+        big = next((x for x in reversed(s) if "failed" not in x), None) or {"n": "-", "top_statements": []}
         out.append(f"Most frequent coordination statements at N = {big['n']} (calls, mean ms):\n")
         for q, calls, mean in big["top_statements"]:
             out.append(f"- {calls} x {mean} ms: `{q}`")
         out.append("")
     return "\n".join(out)
+
+
+def save(a, res):
+    """What is measured so far, so that a later failure loses nothing."""
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(res, f, indent=1)
 
 
 def main():
@@ -889,8 +911,10 @@ def main():
             try:
                 if "throughput" in only:
                     res["throughput"] = throughput(a, cluster)
+                    save(a, res)
                 if "reaction" in only:
                     res["reaction"] = reaction(a, cluster, usable_of(a.corral, os.path.join(a.work, "plan-r"), cluster)[0])
+                    save(a, res)
             finally:
                 stop_all()
                 cluster.stop()
