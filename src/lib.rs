@@ -17,6 +17,10 @@
 //! - `cli`      the client verbs: clap, socket client, rendering.
 //!
 //! `cli` and `daemon` never import each other; both speak `protocol`.
+//!
+//! Nothing on the actor's thread may block on a job or a file (SPEC §7, §8): output goes
+//! through bounded sinks drained by threads of their own (`process::output`), and a reload
+//! is read and validated on a thread of its own.
 
 pub mod budget;
 pub mod cli;

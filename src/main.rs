@@ -5,6 +5,7 @@ use clap::Parser;
 
 use corral::cli::{self, Cli, Command, EXIT_USAGE};
 use corral::config::{self, LogFormat};
+use corral::process::output;
 
 fn main() {
     let cli = match Cli::try_parse() {
@@ -33,8 +34,15 @@ fn run(cli: &Cli) -> i32 {
     };
     init_tracing(cfg.supervisor.log_format);
     let socket = corral::daemon::socket_path(&cfg, cli.socket.as_deref());
-    corral::daemon::run(cfg, socket)
+    let code = corral::daemon::run(cfg, socket);
+    // What jobs and corral wrote last, unless nobody reads it: then corral exits anyway.
+    output::stdout_sink().flush(EXIT_FLUSH);
+    output::stderr_sink().flush(EXIT_FLUSH);
+    code
 }
+
+/// At exit, how long corral's stdout and stderr get to take what is still queued for them.
+const EXIT_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CORRAL_LOG").unwrap_or_else(|_| "info".into());
@@ -42,7 +50,8 @@ fn init_tracing(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        // Never std::io::stderr directly: a stderr nobody reads would block the actor (SPEC §7).
+        .with_writer(output::SinkWriter(output::stderr_sink()));
     match format {
         LogFormat::Text => builder.with_target(false).init(),
         LogFormat::Json => builder.json().init(),

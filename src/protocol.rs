@@ -161,6 +161,10 @@ pub struct JobStatus {
     pub quota: Option<u32>,
     pub connections: Option<u32>,
     pub reason: Option<String>,
+    /// Lines of the job's output dropped from corral's stdout because it was not read fast
+    /// enough (SPEC §7); `corral logs` still has them.
+    #[serde(default)]
+    pub output_dropped: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -210,14 +214,19 @@ pub fn decode_request(line: &[u8]) -> Result<Request, Response> {
     Ok(env.request)
 }
 
+/// Cannot fail (strings, numbers, JSON values; no map with non-string keys); if it ever did,
+/// the daemon would answer "bad request" rather than panic.
 pub fn encode_request(request: &Request) -> String {
-    let mut s = serde_json::to_string(&Envelope { v: VERSION, request: request.clone() }).expect("requests serialize");
+    let mut s = serde_json::to_string(&Envelope { v: VERSION, request: request.clone() }).unwrap_or_default();
     s.push('\n');
     s
 }
 
+/// Cannot fail, as above; a response that did not encode becomes an error response.
 pub fn encode_response(response: &Response) -> String {
-    let mut s = serde_json::to_string(response).expect("responses serialize");
+    let mut s = serde_json::to_string(response).unwrap_or_else(|e| {
+        format!("{{\"ok\":false,\"error\":{{\"kind\":\"refused\",\"message\":{}}}}}", serde_json::Value::from(format!("cannot encode the response: {e}")))
+    });
     s.push('\n');
     s
 }
@@ -243,10 +252,66 @@ mod tests {
         }
     }
 
+    /// A JSON value of any shape, a few levels deep.
+    fn any_json() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_map(serde_json::Value::from),
+            "\\PC{0,20}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::from),
+                proptest::collection::btree_map("\\PC{0,8}", inner, 0..6).prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
     proptest::proptest! {
         #[test]
-        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..4096)) {
             let _ = decode_request(&bytes);
+        }
+
+        /// Requests that are nearly right: a known verb with fields of any type and value.
+        #[test]
+        fn near_valid_requests_decode_or_get_a_bad_request_reply(
+            cmd in proptest::sample::select(vec!["status", "start", "stop", "restart", "reload", "logs", "budget", "reserve", "release", "health", "shutdown", "x"]),
+            fields in proptest::collection::btree_map(
+                proptest::sample::select(vec!["jobs", "job", "lines", "follow", "name", "count", "ttl_s", "dry_run", "v", "extra"]),
+                any_json(),
+                0..5,
+            ),
+        ) {
+            let mut m = serde_json::Map::new();
+            m.insert("v".into(), 1.into());
+            m.insert("cmd".into(), cmd.into());
+            m.extend(fields.into_iter().map(|(k, v)| (k.to_string(), v)));
+            let line = serde_json::Value::Object(m).to_string();
+            match decode_request(line.as_bytes()) {
+                Ok(req) => {
+                    // What decodes encodes back to the same request.
+                    let again = encode_request(&req);
+                    proptest::prop_assert_eq!(decode_request(again.trim_end().as_bytes()).ok(), Some(req));
+                }
+                Err(resp) => proptest::prop_assert_eq!(resp.error.map(|e| e.kind), Some(ErrorKind::BadRequest)),
+            }
+        }
+
+        /// Every response corral can build encodes to one line of JSON that reads back.
+        #[test]
+        fn responses_always_encode_to_one_line(message in "\\PC{0,200}", value in any_json()) {
+            for resp in [Response::err(ErrorKind::Refused, message.clone()), Response::ok(Reply::Budget(value.clone())), Response::ok(Reply::Done { message: message.clone() })] {
+                let line = encode_response(&resp);
+                proptest::prop_assert!(line.ends_with('\n') && !line.trim_end().contains('\n'));
+                let back: Response = serde_json::from_str(&line).unwrap();
+                // An internally tagged variant cannot hold a bare non-object: that one becomes an
+                // error reply (it once was an expect() in the daemon).
+                proptest::prop_assert!(back.ok == resp.ok || line.contains("cannot encode the response"), "{}", line);
+            }
         }
     }
 }

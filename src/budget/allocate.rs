@@ -415,10 +415,8 @@ pub fn allocate(usable: u32, demands: &[Demand]) -> Allocation {
             .then_with(|| rank(&demands[a], &demands[b]))
     });
     let mut slots: Vec<Option<JobGrant>> = jobs.drain(..).map(Some).collect();
-    let jobs: Vec<JobGrant> = idx
-        .into_iter()
-        .map(|i| slots[i].take().expect("each index once"))
-        .collect();
+    // `idx` is a permutation of 0..n, so each slot is taken exactly once.
+    let jobs: Vec<JobGrant> = idx.into_iter().filter_map(|i| slots.get_mut(i).and_then(Option::take)).collect();
 
     Allocation {
         usable,

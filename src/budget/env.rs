@@ -306,7 +306,9 @@ pub fn quota_json(
         max_overflow,
         generation,
     };
-    let mut s = serde_json::to_string(&q).expect("plain struct serialises");
+    // Cannot fail: strings and integers only (serde_json fails on non-string map keys or a
+    // Serialize impl's own error, and this struct has neither).
+    let mut s = serde_json::to_string(&q).unwrap_or_default();
     s.push('\n');
     s
 }
@@ -318,6 +320,13 @@ pub fn quota_json(
 /// and is rewritten at every start, so durability across a power loss is not
 /// needed. Blocking: call from a blocking context (e.g. `spawn_blocking`).
 pub fn write_quota_file(path: &Path, json: &str) -> io::Result<()> {
+    write_quota_file_owned(path, json, None)
+}
+
+/// [`write_quota_file`] with the file mode 0600 (SPEC §10: no access for others), owned by
+/// `owner` (uid, gid) when given: a job running as another `user` can read its own file.
+pub fn write_quota_file_owned(path: &Path, json: &str, owner: Option<(u32, u32)>) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
@@ -339,7 +348,11 @@ pub fn write_quota_file(path: &Path, json: &str) -> io::Result<()> {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(&tmp)?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
+        }
         f.write_all(json.as_bytes())?;
         drop(f);
         std::fs::rename(&tmp, path)

@@ -125,7 +125,11 @@ pub enum Command {
 pub fn run_client(cli: &Cli) -> i32 {
     let config_path = cli.config.clone().unwrap_or_else(config::default_path);
     let (request, json) = match &cli.command {
-        Command::Run => unreachable!("run is handled by main"),
+        Command::Run => {
+            // main runs the daemon itself; a client asked to `run` has nothing to send.
+            eprintln!("error: `corral run` is the daemon, not a client verb");
+            return EXIT_USAGE;
+        }
         Command::Check { json } => return check(&config_path, *json),
         Command::Status { jobs, json } => (Request::Status { jobs: jobs.clone() }, *json),
         Command::Start { jobs, json } => (Request::Start { jobs: jobs.clone() }, *json),

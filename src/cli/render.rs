@@ -49,7 +49,11 @@ pub fn response(request: &Request, resp: &Response, json: bool) {
                 _ => "done",
             };
             for j in jobs {
-                println!("{}: {verb} ({})", j.name, j.state);
+                match (&j.reason, j.state.as_str()) {
+                    // Answered while still held back: it starts by itself once the budget frees up.
+                    (Some(reason), "waiting") => println!("{}: queued (waiting: {reason})", j.name),
+                    _ => println!("{}: {verb} ({})", j.name, j.state),
+                }
             }
         }
         Reply::Reload(r) => {
@@ -125,7 +129,7 @@ pub fn status_table(jobs: &[JobStatus]) -> String {
             if i + 1 == cells.len() {
                 s.push_str(c);
             } else {
-                s.push_str(&format!("{c:<w$}  ", w = widths[i]));
+                s.push_str(&pad(c, widths[i]));
             }
         }
         s.trim_end().to_string() + "\n"
@@ -191,9 +195,8 @@ pub fn check(cfg: &Config, plan: Option<&Plan>, minimums: u32, json: bool) {
     }
     for r in rows.iter() {
         println!(
-            "  {:<w0$}  {:<w1$}  {:<w2$}  {:<w3$}  {}",
-            r[0], r[1], r[2], r[3], r[4],
-            w0 = widths[0], w1 = widths[1], w2 = widths[2], w3 = widths[3]
+            "  {}{}{}{}{}",
+            pad(&r[0], widths[0]), pad(&r[1], widths[1]), pad(&r[2], widths[2]), pad(&r[3], widths[3]), r[4]
         );
     }
     if let Some(p) = plan {
@@ -357,6 +360,15 @@ pub fn budget(b: &serde_json::Value) -> String {
     out
 }
 
+/// `c` left-aligned in `width` columns plus the two-space gap. Not `{:<w$}`: a width above
+/// 65,535 panics in `format!`, and no cell's length should be able to do that.
+fn pad(c: &str, width: usize) -> String {
+    let mut s = String::with_capacity(width + 2);
+    s.push_str(c);
+    s.extend(std::iter::repeat_n(' ', width.saturating_sub(c.chars().count()) + 2));
+    s
+}
+
 fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in rows {
@@ -367,7 +379,7 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let line = |cells: Vec<String>| {
         let mut s = String::new();
         for (i, c) in cells.iter().enumerate() {
-            s.push_str(&format!("{c:<w$}  ", w = widths[i]));
+            s.push_str(&pad(c, widths[i]));
         }
         s.trim_end().to_string() + "\n"
     };

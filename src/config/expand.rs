@@ -12,6 +12,14 @@
 //! - Any other `$` is kept as is, so `"cost $5"` or a password with a `$`
 //!   needs no escaping unless the `$` is followed by `{` or `$`.
 //! - NAME is `[A-Za-z_][A-Za-z0-9_]*`. A variable's value is not expanded again.
+//! - Limits (a file may hold anything, SPEC §7): defaults nest at most [`MAX_DEPTH`] deep, and
+//!   one expanded value is at most [`MAX_EXPANDED_BYTES`] long. Past either, an error, never a
+//!   stack overflow or a memory blow-up.
+
+/// How deep `${A:-${B:-...}}` may nest.
+pub(super) const MAX_DEPTH: usize = 10;
+/// The longest value one string may expand to.
+pub(super) const MAX_EXPANDED_BYTES: usize = 1 << 20;
 
 /// Why a string could not be expanded. The caller knows where the string is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +30,10 @@ pub(super) enum ExpandError {
     Unterminated(String),
     /// `${...}` whose content is not `NAME` or `NAME:-default`; holds the content.
     Malformed(String),
+    /// Defaults nested deeper than [`MAX_DEPTH`].
+    TooDeep,
+    /// The value would be longer than [`MAX_EXPANDED_BYTES`].
+    TooLong,
 }
 
 impl ExpandError {
@@ -49,13 +61,30 @@ impl ExpandError {
                 "write \"${NAME}\" or \"${NAME:-default}\"; a name is letters, digits and \"_\", not starting with a digit"
                     .into(),
             ),
+            ExpandError::TooDeep => (
+                format!("variable defaults nest deeper than {MAX_DEPTH} levels"),
+                "flatten the defaults: \"${A:-${B:-value}}\" nests two levels".into(),
+            ),
+            ExpandError::TooLong => (
+                format!("the value expands to more than {} MiB", MAX_EXPANDED_BYTES >> 20),
+                "check the variables it names: one of them is far larger than a config value".into(),
+            ),
         }
     }
 }
 
 /// Expand `input` with `env` looking up variables.
 pub(super) fn expand(input: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, ExpandError> {
-    let mut out = String::with_capacity(input.len());
+    let mut out = String::with_capacity(input.len().min(MAX_EXPANDED_BYTES));
+    expand_into(input, env, 0, &mut out)?;
+    Ok(out)
+}
+
+/// Expand `input` at nesting `depth`, appending to `out`.
+fn expand_into(input: &str, env: &dyn Fn(&str) -> Option<String>, depth: usize, out: &mut String) -> Result<(), ExpandError> {
+    if depth > MAX_DEPTH {
+        return Err(ExpandError::TooDeep);
+    }
     let mut rest = input;
     while let Some(at) = rest.find('$') {
         out.push_str(&rest[..at]);
@@ -65,19 +94,25 @@ pub(super) fn expand(input: &str, env: &dyn Fn(&str) -> Option<String>) -> Resul
             rest = tail;
         } else if let Some(body_and_tail) = after.strip_prefix('{') {
             let end = closing_brace(body_and_tail).ok_or_else(|| ExpandError::Unterminated(rest[at..].to_string()))?;
-            out.push_str(&substitute(&body_and_tail[..end], env)?);
+            substitute(&body_and_tail[..end], env, depth, out)?;
             rest = &body_and_tail[end + 1..];
         } else {
             out.push('$');
             rest = after;
         }
+        if out.len() > MAX_EXPANDED_BYTES {
+            return Err(ExpandError::TooLong);
+        }
     }
     out.push_str(rest);
-    Ok(out)
+    if out.len() > MAX_EXPANDED_BYTES {
+        return Err(ExpandError::TooLong);
+    }
+    Ok(())
 }
 
-/// Resolve the inside of one `${...}`.
-fn substitute(body: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, ExpandError> {
+/// Resolve the inside of one `${...}` (found at nesting `depth`), appending to `out`.
+fn substitute(body: &str, env: &dyn Fn(&str) -> Option<String>, depth: usize, out: &mut String) -> Result<(), ExpandError> {
     let name_len = body
         .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
         .unwrap_or(body.len());
@@ -86,12 +121,17 @@ fn substitute(body: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String
         return Err(ExpandError::Malformed(body.to_string()));
     }
     if rest.is_empty() {
-        return env(name).ok_or_else(|| ExpandError::Undefined(name.to_string()));
+        let value = env(name).ok_or_else(|| ExpandError::Undefined(name.to_string()))?;
+        out.push_str(&value);
+        return Ok(());
     }
     match rest.strip_prefix(":-") {
         Some(default) => match env(name) {
-            Some(value) if !value.is_empty() => Ok(value),
-            _ => expand(default, env),
+            Some(value) if !value.is_empty() => {
+                out.push_str(&value);
+                Ok(())
+            }
+            _ => expand_into(default, env, depth + 1, out),
         },
         None => Err(ExpandError::Malformed(body.to_string())),
     }
@@ -197,6 +237,24 @@ mod tests {
         assert_eq!(expand("${1A}", &env), Err(ExpandError::Malformed("1A".into())));
         assert_eq!(expand("${HOST-x}", &env), Err(ExpandError::Malformed("HOST-x".into())));
         assert!(expand("${HO ST}", &env).is_err());
+    }
+
+    #[test]
+    fn nesting_is_limited() {
+        let nest = |n: usize| format!("{}x{}", "${MISSING:-".repeat(n), "}".repeat(n));
+        assert_eq!(ok(&nest(MAX_DEPTH)), "x");
+        assert_eq!(expand(&nest(MAX_DEPTH + 1), &env), Err(ExpandError::TooDeep));
+        // The case that overflowed the stack: an error, at once.
+        assert_eq!(expand(&nest(70_000), &env), Err(ExpandError::TooDeep));
+        assert!(ExpandError::TooDeep.describe(true).0.contains("deeper than 10"));
+    }
+
+    #[test]
+    fn expanded_values_are_limited() {
+        let big = |name: &str| (name == "BIG").then(|| "y".repeat(64 * 1024));
+        assert_eq!(expand(&"${BIG}".repeat(16), &big).map(|s| s.len()), Ok(1 << 20));
+        assert_eq!(expand(&"${BIG}".repeat(17), &big), Err(ExpandError::TooLong));
+        assert_eq!(expand(&"x".repeat(MAX_EXPANDED_BYTES + 1), &big), Err(ExpandError::TooLong));
     }
 
     #[test]

@@ -222,23 +222,124 @@ impl std::fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+/// The largest manifest corral reads (SPEC §7: a file of any size gets an error, not a stall).
+/// 20,000 jobs of a few lines each fit.
+pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
+/// The most jobs one manifest may define.
+pub const MAX_JOBS: usize = 10_000;
+
+const TOO_LARGE_HINT: &str = "a manifest this large is not a config corral can supervise: split the jobs over several corrals";
+
+fn too_large_message(len: u64) -> String {
+    format!("the manifest is {len} bytes, more than the {} MiB corral reads", MAX_MANIFEST_BYTES >> 20)
+}
+
 /// Read, expand and validate a manifest file using the process environment.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigErrors(vec![ConfigError {
-            file: path.to_path_buf(),
-            line: 0,
-            column: 0,
-            message: format!("cannot read config file: {e}"),
-            hint: Some("pass the manifest with -c FILE or set CORRAL_CONFIG".into()),
-        }])
+    let text = read(path).map_err(|(message, hint)| {
+        ConfigErrors(vec![ConfigError { file: path.to_path_buf(), line: 0, column: 0, message, hint: Some(hint) }])
     })?;
     parse(path, &text, &|name| std::env::var(name).ok())
+}
+
+/// A save is taken as finished once the file has not changed for this long.
+pub const SAVE_SETTLE: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// [`load`] for a reload (SPEC §8): only a file that has stopped changing. The file is read
+/// once it was last modified [`SAVE_SETTLE`] ago, and read again when it changed while being
+/// read, so an in-place save (truncate, then write) is never caught half-way unless the writer
+/// pauses longer than that in the middle. Blocks (sleeps): call it off the actor.
+pub fn load_settled(path: &Path) -> Result<Config, ConfigErrors> {
+    const TRIES: usize = 20;
+    for _ in 0..TRIES {
+        let before = stamp(path);
+        let age = before.as_ref().and_then(|s| s.modified.elapsed().ok());
+        if let Some(age) = age.filter(|a| *a < SAVE_SETTLE) {
+            std::thread::sleep(SAVE_SETTLE - age);
+            continue;
+        }
+        let result = load(path);
+        if stamp(path) == before {
+            return result;
+        }
+    }
+    // Still changing after all the tries: take what is there now.
+    load(path)
+}
+
+/// What tells one version of a file from the next.
+#[derive(PartialEq)]
+struct Stamp {
+    len: u64,
+    modified: std::time::SystemTime,
+    inode: (u64, u64),
+}
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some(Stamp { len: m.len(), modified: m.modified().ok()?, inode: (m.dev(), m.ino()) })
+}
+
+/// The manifest's text: a regular file of at most [`MAX_MANIFEST_BYTES`] of UTF-8. Never blocks
+/// on a FIFO or reads a device forever. Errors are (message, hint).
+fn read(path: &Path) -> Result<String, (String, String)> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let hint = || "pass the manifest with -c FILE or set CORRAL_CONFIG".to_string();
+    // O_NONBLOCK: opening a FIFO would otherwise wait for a writer; a regular file ignores it.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| (format!("cannot read config file: {e}"), hint()))?;
+    let meta = file.metadata().map_err(|e| (format!("cannot read config file: {e}"), hint()))?;
+    if !meta.is_file() {
+        return Err(("the config is not a regular file".into(), "point -c at the manifest file itself".into()));
+    }
+    if meta.len() > MAX_MANIFEST_BYTES as u64 {
+        return Err((too_large_message(meta.len()), TOO_LARGE_HINT.into()));
+    }
+    // The file may grow while we read: never take more than the limit.
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_MANIFEST_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| (format!("cannot read config file: {e}"), hint()))?;
+    if bytes.len() > MAX_MANIFEST_BYTES {
+        return Err((too_large_message(bytes.len() as u64), TOO_LARGE_HINT.into()));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        (
+            format!("the config is not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()),
+            "save the manifest as UTF-8".into(),
+        )
+    })
 }
 
 /// Parse manifest text. `env` looks up `${VAR}` (an input, so tests need no process env).
 pub fn parse(path: &Path, text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
     validate::build(path, text, env)
+}
+
+/// Why `s` cannot be a job, service or reservation name, or None when it can. Names become
+/// file names (locks, quota files), parts of `application_name` and log fields: 1 to 64 bytes of
+/// `[A-Za-z0-9_.-]`, starting with a letter, digit or `_` (so never `.`, `..` or a hidden file,
+/// and never something a CLI parses as a flag).
+pub fn name_problem(s: &str) -> Option<String> {
+    const MAX: usize = 64;
+    if s.is_empty() {
+        return Some("it is empty".into());
+    }
+    if s.len() > MAX {
+        return Some(format!("it has {} bytes, at most {MAX} are allowed", s.len()));
+    }
+    if let Some(c) = s.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))) {
+        return Some(format!("{c:?} is not allowed"));
+    }
+    if s.starts_with(['.', '-']) {
+        return Some("it must start with a letter, a digit or \"_\"".into());
+    }
+    None
 }
 
 /// Where the manifest lives when `-c` is not given (SPEC §1).
@@ -279,7 +380,7 @@ pub fn socket_hint(path: &Path) -> Option<PathBuf> {
     if let Ok(cfg) = load(path) {
         return cfg.supervisor.socket;
     }
-    let text = std::fs::read_to_string(path).ok()?;
+    let text = read(path).ok()?;
     let value: toml::Table = text.parse().ok()?;
     let socket = value.get("supervisor")?.get("socket")?.as_str()?;
     if socket.contains("${") {
@@ -297,6 +398,36 @@ mod fuzz_tests {
         (name == "SET").then(|| "value".to_string())
     }
 
+    #[test]
+    fn names() {
+        for good in ["a", "layer1_5.v-2", "_x", "9lives", &"a".repeat(64)] {
+            assert_eq!(name_problem(good), None, "{good}");
+        }
+        for bad in ["", ".", "..", ".hidden", "-flag", "a b", "a/b", "a\nb", "é", &"a".repeat(65), &"a".repeat(70_000)] {
+            assert!(name_problem(bad).is_some(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn load_refuses_what_is_not_a_small_regular_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let msg = |p: &Path| load(p).unwrap_err().0[0].message.clone();
+        assert!(msg(dir.path()).contains("not a regular file"));
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        assert!(msg(&fifo).contains("not a regular file"), "a FIFO must not block the read");
+        assert!(msg(Path::new("/dev/zero")).contains("not a regular file"));
+        let big = dir.path().join("big.toml");
+        std::fs::write(&big, format!("# {}\n", "x".repeat(MAX_MANIFEST_BYTES))).unwrap();
+        assert!(msg(&big).contains("more than the 4 MiB"), "{}", msg(&big));
+        let latin1 = dir.path().join("latin1.toml");
+        std::fs::write(&latin1, b"[jobs.a]\ncommand = [\"caf\xe9\"]\n").unwrap();
+        assert!(msg(&latin1).contains("not UTF-8 text (invalid byte at offset 24)"), "{}", msg(&latin1));
+        let empty = dir.path().join("empty.toml");
+        std::fs::write(&empty, "\n# nothing yet\n").unwrap();
+        assert!(msg(&empty).contains("the manifest is empty"));
+    }
+
     proptest::proptest! {
         /// Arbitrary text never panics the parser: it is a config or located errors.
         #[test]
@@ -304,6 +435,38 @@ mod fuzz_tests {
             if let Err(errs) = parse(Path::new("f.toml"), &text, &env) {
                 proptest::prop_assert!(!errs.0.is_empty());
             }
+        }
+
+        /// Raw bytes, as a file may hold them, never panic the loader: a config or located errors.
+        #[test]
+        fn raw_bytes_give_config_or_errors(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..2048)) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("f.toml");
+            std::fs::write(&path, &bytes).unwrap();
+            if let Err(errs) = load(&path) {
+                proptest::prop_assert!(!errs.0.is_empty());
+                proptest::prop_assert!(errs.to_string().len() < 64 * 1024);
+            }
+        }
+
+        /// Hostile shapes repeated up to 100,000 times (nesting, long names, nested defaults,
+        /// many keys) are errors or configs, never a stack overflow or a panic.
+        #[test]
+        fn hostile_shapes_never_panic(
+            shape in 0usize..8,
+            n in proptest::prop_oneof![0usize..50, 50usize..2_000, 2_000usize..100_000],
+        ) {
+            let text = match shape {
+                0 => format!("a = {}{}\n", "[".repeat(n), "]".repeat(n)),
+                1 => format!("a = {}1{}\n", "{ b = ".repeat(n), " }".repeat(n)),
+                2 => format!("[jobs.a]\ncommand = [\"x\"]\nenv = {{ X = \"{}x{}\" }}\n", "${A:-".repeat(n), "}".repeat(n)),
+                3 => format!("[jobs.{}]\ncommand = [\"x\"]\n", "n".repeat(n + 1)),
+                4 => (0..n.min(12_000)).map(|i| format!("[jobs.j{i}]\ncommand = [\"x\"]\nbogus{i} = 1\n")).collect(),
+                5 => format!("{}= 1\n", "a.".repeat(n)),
+                6 => format!("[jobs.a]\ncommand = [{}]\n", "\"x\", ".repeat(n)),
+                _ => format!("[jobs.a]\ncommand = [\"x\"]\nstop_timeout = \"{}s\"\n", "9".repeat(n % 400 + 1)),
+            };
+            let _ = parse(Path::new("f.toml"), &text, &env);
         }
 
         /// Near-valid manifests (TOML-ish fragments glued together) never panic either.
@@ -315,6 +478,8 @@ mod fuzz_tests {
             "url = \"${SET}\"\n", "url = \"${UNSET}\"\n", "connections = { min = 3, max = 2 }\n", "connections = 0\n",
             "env = { A = \"${UNSET:-d}\" }\n", "priority = 99999999999\n", "listen = 5\n", "scope = \"fleet\"\n",
             "provider_reserve = \"150%\"\n", "max_connections = \"auto\"\n", "= =\n", "[[jobs]]\n", "\"\\u0000\" = 1\n",
+            "[jobs.\"..\"]\n", "[jobs.all]\n", "reap_interval = \"1ns\"\n", "backoff = { initial = \"18446744073709551615s\" }\n",
+            "healthy_after = \"99999999999h\"\n", "[jobs.a.connections]\nmax = 2\n", "env.X = \"${A:-${B:-${C:-x}}}\"\n",
         ]), 0..12)) {
             let text: String = parts.concat();
             let _ = parse(Path::new("f.toml"), &text, &env);

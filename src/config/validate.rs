@@ -16,11 +16,11 @@ use serde::de::DeserializeOwned;
 use toml::{Spanned, Value};
 
 use super::expand::expand;
-use super::raw::{self, Keys, RawBackoff, RawBudget, RawDatabase, RawHttp, RawJob, RawSupervisor, Str, TOP_KEYS};
+use super::raw::{self, Doc, Keys, RawBackoff, RawBudget, RawDatabase, RawHttp, RawJob, RawSupervisor, Str, TOP_KEYS};
 use super::{
-    Backoff, BudgetConfig, Config, ConfigError, ConfigErrors, Connections, DatabaseConfig, Enforce, HttpConfig,
-    JobConfig, LogFormat, MaxConnections, OnDuplicate, OrphanPolicy, Reserve, RestartPolicy, Scope, SupervisorConfig,
-    PRESETS,
+    name_problem, Backoff, BudgetConfig, Config, ConfigError, ConfigErrors, Connections, DatabaseConfig, Enforce,
+    HttpConfig, JobConfig, LogFormat, MaxConnections, OnDuplicate, OrphanPolicy, Reserve, RestartPolicy, Scope,
+    SupervisorConfig, MAX_JOBS, PRESETS,
 };
 
 // Defaults. The README documents these; keep the two in step.
@@ -81,6 +81,35 @@ const ON_DUPLICATE: &[(&str, OnDuplicate)] = &[
 ];
 const CONNECTIONS_KEYS: &[&str] = &["min", "max", "overflow"];
 
+// Sane ranges (SPEC §7: a value that passes `check` never panics or spins the daemon). A timer
+// period has a floor so it cannot burn a core; every duration has a ceiling far below what
+// `Instant` arithmetic can overflow.
+const SEC: Duration = Duration::from_secs(1);
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(86_400);
+const REAP_INTERVAL_RANGE: (Duration, Duration) = (SEC, DAY);
+const STOP_TIMEOUT_RANGE: (Duration, Duration) = (Duration::ZERO, HOUR);
+const HEALTH_INTERVAL_RANGE: (Duration, Duration) = (SEC, DAY);
+const HEALTH_TIMEOUT_RANGE: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(600));
+const IDLE_AFTER_RANGE: (Duration, Duration) = (Duration::ZERO, DAY);
+const REBALANCE_INTERVAL_RANGE: (Duration, Duration) = (Duration::from_millis(100), HOUR);
+const FLEET_GRACE_RANGE: (Duration, Duration) = (Duration::ZERO, DAY);
+const HEALTHY_AFTER_RANGE: (Duration, Duration) = (Duration::ZERO, HOUR);
+const BACKOFF_INITIAL_RANGE: (Duration, Duration) = (Duration::ZERO, HOUR);
+const BACKOFF_MAX_RANGE: (Duration, Duration) = (Duration::ZERO, DAY);
+/// PostgreSQL's own ceiling for max_connections: no count of connections is larger.
+const MAX_CONNECTION_COUNT: i64 = 262_143;
+const START_RETRIES_MAX: i64 = 10_000;
+const PRIORITY_RANGE: (i64, i64) = (-1_000_000, 1_000_000);
+/// PostgreSQL keeps this many bytes of an application_name (`corral/<service>/<job>`).
+const MAX_APPLICATION_NAME: usize = crate::db::MAX_APPLICATION_NAME_BYTES;
+/// Errors reported from one file; past this, a count of the rest (a status line stays small).
+const MAX_ERRORS: usize = 50;
+/// Total bytes all `${VAR}` expansions of one file may produce.
+const MAX_EXPANDED_TOTAL: usize = 32 << 20;
+/// User text quoted in a message is cut to this many characters.
+const QUOTE_MAX: usize = 64;
+
 /// Signals a config may name, with or without "SIG", in any case.
 const SIGNALS: &[(&str, i32)] = &[
     ("HUP", libc::SIGHUP),
@@ -119,6 +148,11 @@ type Span = Range<usize>;
 /// Parse, expand and validate `text`, read from `path`.
 pub(super) fn build(path: &Path, text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
     let mut cx = Cx::new(path, text, env);
+    if text.len() > super::MAX_MANIFEST_BYTES {
+        // Checked before parsing: the parse itself is what a huge file would cost.
+        cx.error(None, super::too_large_message(text.len() as u64), Some(super::TOO_LARGE_HINT.into()));
+        return Err(cx.into_errors());
+    }
     let config = cx.config();
     match config {
         Some(config) if cx.errors.is_empty() => Ok(config),
@@ -133,7 +167,13 @@ struct Cx<'a> {
     env: &'a dyn Fn(&str) -> Option<String>,
     /// Relative paths in the manifest are relative to its directory.
     base_dir: PathBuf,
-    errors: Vec<ConfigError>,
+    /// The parsed text (None until parsed, or when it is not TOML).
+    doc: Option<Doc>,
+    /// Each error with the byte offset it points at; line:col are computed once, at the end,
+    /// in one pass over the text (per error it would be quadratic in a big file).
+    errors: Vec<(Option<usize>, ConfigError)>,
+    /// Bytes produced by `${VAR}` expansion so far.
+    expanded: usize,
 }
 
 impl<'a> Cx<'a> {
@@ -149,23 +189,46 @@ impl<'a> Cx<'a> {
             text,
             env,
             base_dir,
+            doc: None,
             errors: Vec::new(),
+            expanded: 0,
         }
     }
 
-    fn into_errors(mut self) -> ConfigErrors {
+    fn into_errors(self) -> ConfigErrors {
         // In file order, which is how a reader goes through them.
-        self.errors.sort_by_key(|e| (e.line, e.column));
-        self.errors.dedup();
-        ConfigErrors(self.errors)
+        let mut errors = locate(self.text, self.errors);
+        errors.dedup();
+        if errors.len() > MAX_ERRORS {
+            let more = errors.len() - MAX_ERRORS;
+            errors.truncate(MAX_ERRORS);
+            errors.push(ConfigError {
+                file: self.file.to_path_buf(),
+                line: 0,
+                column: 0,
+                message: format!("... and {more} more error(s) not shown"),
+                hint: Some("fix the errors above first".into()),
+            });
+        }
+        ConfigErrors(errors)
     }
 
     // ---- the manifest, section by section ----
 
     fn config(&mut self) -> Option<Config> {
-        if let Err(e) = self.text.parse::<toml::Table>() {
-            self.toml_error(&e, None);
-            return None;
+        match Doc::parse(self.text) {
+            Ok(doc) if doc.is_empty() => {
+                // An empty file is never a config (SPEC §8): at reload it is most likely a
+                // save caught between truncate and write, and applying it would stop every job.
+                let hint = "a manifest needs at least one table, like [jobs.NAME] with its command; an empty file is refused so that a save caught half-way never stops your jobs";
+                self.error(None, "the manifest is empty", Some(hint.into()));
+                return None;
+            }
+            Ok(doc) => self.doc = Some(doc),
+            Err(e) => {
+                self.toml_error(e.message(), e.span(), None);
+                return None;
+            }
         }
         let top: Keys = self.select(&[], None).ok().flatten().unwrap_or_default();
         for key in top.keys() {
@@ -202,20 +265,16 @@ impl<'a> Cx<'a> {
             .ok()
             .flatten()
             .unwrap_or_default();
-        // One parse for all jobs; only when some job does not deserialize,
-        // each is selected on its own (a parse of the whole file each) so that
-        // every broken job gets its own error.
-        let mut all: BTreeMap<String, RawJob> = match raw::select(self.text, &["jobs"]) {
-            Ok(Some(all)) => all,
-            _ => BTreeMap::new(),
-        };
+        if names.len() > MAX_JOBS {
+            let hint = "split the jobs over several corrals (each with its own manifest and socket)";
+            self.error(anchor("jobs"), format!("too many jobs: {}, at most {MAX_JOBS}", names.len()), Some(hint.into()));
+            return None;
+        }
+        // Each job on its own, from the one parse: every broken job gets its own error.
         for name in names.keys() {
-            let raw = match all.remove(name.get_ref()) {
-                Some(raw) => Some(raw),
-                None => self.select::<RawJob>(&["jobs", name.get_ref()], Some(name.span())).ok().flatten(),
-            };
+            let raw = self.select::<RawJob>(&["jobs", name.get_ref()], Some(name.span())).ok().flatten();
             if let Some(raw) = raw {
-                let job = self.job(name, &raw, &supervisor, has_database);
+                let job = self.job(name, &raw, &supervisor, has_database, &budget.service);
                 jobs.insert(job.name.clone(), job);
             }
         }
@@ -238,8 +297,8 @@ impl<'a> Cx<'a> {
                 .as_ref()
                 .and_then(|v| self.path("lock_dir", v))
                 .unwrap_or_else(|| DEFAULT_LOCK_DIR.into()),
-            reap_interval: self.period("reap_interval", raw.reap_interval.as_ref(), DEFAULT_REAP_INTERVAL),
-            stop_timeout: self.duration("stop_timeout", raw.stop_timeout.as_ref(), DEFAULT_STOP_TIMEOUT),
+            reap_interval: self.duration("reap_interval", raw.reap_interval.as_ref(), DEFAULT_REAP_INTERVAL, REAP_INTERVAL_RANGE),
+            stop_timeout: self.duration("stop_timeout", raw.stop_timeout.as_ref(), DEFAULT_STOP_TIMEOUT, STOP_TIMEOUT_RANGE),
             log_format: self.choice("log_format", raw.log_format.as_ref(), LOG_FORMATS, DEFAULT_LOG_FORMAT),
             orphans: self.choice("orphans", raw.orphans.as_ref(), ORPHAN_POLICIES, DEFAULT_ORPHANS),
         }
@@ -248,7 +307,7 @@ impl<'a> Cx<'a> {
     fn database(&mut self, raw: &RawDatabase, anchor: Option<Span>) -> DatabaseConfig {
         let url = match &raw.url {
             // The url holds the password: no message here may quote it.
-            Some(v) => match expand(v.get_ref(), self.env) {
+            Some(v) => match self.expand(v.get_ref()) {
                 Ok(url) if url.trim().is_empty() => {
                     let hint = "set it to the connection string, e.g. url = \"${DATABASE_URL}\"";
                     self.error(Some(v.span()), "\"url\" is empty", Some(hint.into()));
@@ -280,14 +339,15 @@ impl<'a> Cx<'a> {
                 .as_ref()
                 .and_then(|v| self.reserve(v))
                 .unwrap_or(DEFAULT_PROVIDER_RESERVE),
-            adhoc_reserve: self.count("adhoc_reserve", raw.adhoc_reserve.as_ref(), DEFAULT_ADHOC_RESERVE),
+            adhoc_reserve: self.count("adhoc_reserve", raw.adhoc_reserve.as_ref(), DEFAULT_ADHOC_RESERVE, MAX_CONNECTION_COUNT),
             external_reserve: self.count(
                 "external_reserve",
                 raw.external_reserve.as_ref(),
                 DEFAULT_EXTERNAL_RESERVE,
+                MAX_CONNECTION_COUNT,
             ),
-            health_interval: self.period("health_interval", raw.health_interval.as_ref(), DEFAULT_HEALTH_INTERVAL),
-            health_timeout: self.period("health_timeout", raw.health_timeout.as_ref(), DEFAULT_HEALTH_TIMEOUT),
+            health_interval: self.duration("health_interval", raw.health_interval.as_ref(), DEFAULT_HEALTH_INTERVAL, HEALTH_INTERVAL_RANGE),
+            health_timeout: self.duration("health_timeout", raw.health_timeout.as_ref(), DEFAULT_HEALTH_TIMEOUT, HEALTH_TIMEOUT_RANGE),
             enforce: self.choice("enforce", raw.enforce.as_ref(), ENFORCE_MODES, DEFAULT_ENFORCE),
         }
     }
@@ -309,18 +369,19 @@ impl<'a> Cx<'a> {
                 .as_ref()
                 .and_then(|v| self.name("service", v))
                 .unwrap_or_else(|| DEFAULT_SERVICE.into()),
-            idle_after: self.duration("idle_after", raw.idle_after.as_ref(), DEFAULT_IDLE_AFTER),
-            rebalance_interval: self.period(
+            idle_after: self.duration("idle_after", raw.idle_after.as_ref(), DEFAULT_IDLE_AFTER, IDLE_AFTER_RANGE),
+            rebalance_interval: self.duration(
                 "rebalance_interval",
                 raw.rebalance_interval.as_ref(),
                 DEFAULT_REBALANCE_INTERVAL,
+                REBALANCE_INTERVAL_RANGE,
             ),
             warn_at: raw
                 .warn_at
                 .as_ref()
                 .and_then(|v| self.warn_at(v))
                 .unwrap_or(DEFAULT_WARN_AT),
-            fleet_grace: self.duration("fleet_grace", raw.fleet_grace.as_ref(), DEFAULT_FLEET_GRACE),
+            fleet_grace: self.duration("fleet_grace", raw.fleet_grace.as_ref(), DEFAULT_FLEET_GRACE, FLEET_GRACE_RANGE),
         }
     }
 
@@ -335,7 +396,7 @@ impl<'a> Cx<'a> {
             let hint = "write host:port, like \"127.0.0.1:9464\" or \"[::1]:9464\"";
             self.error(
                 Some(v.span()),
-                format!("invalid listen address \"{listen}\""),
+                format!("invalid listen address \"{}\"", quote(&listen)),
                 Some(hint.into()),
             );
             return None;
@@ -343,16 +404,26 @@ impl<'a> Cx<'a> {
         Some(HttpConfig { listen })
     }
 
-    fn job(&mut self, name: &Str, raw: &RawJob, supervisor: &SupervisorConfig, has_database: bool) -> JobConfig {
+    fn job(&mut self, name: &Str, raw: &RawJob, supervisor: &SupervisorConfig, has_database: bool, service: &str) -> JobConfig {
         let job_name = name.get_ref();
-        if !is_name(job_name) {
-            let hint =
-                "job names may use only letters, digits, \"_\", \".\" and \"-\" (the name becomes a lock file name)";
-            self.error(
-                Some(name.span()),
-                format!("invalid job name \"{job_name}\""),
-                Some(hint.into()),
-            );
+        if let Some(problem) = name_problem(job_name) {
+            let hint = format!("{NAME_RULE} (the name becomes a lock file name)");
+            self.error(Some(name.span()), format!("invalid job name \"{}\": {problem}", quote(job_name)), Some(hint));
+        } else if job_name == "all" {
+            let hint = "`corral start all` means every job: rename this one";
+            self.error(Some(name.span()), "\"all\" cannot be a job name", Some(hint.into()));
+        } else if raw.connections.is_some() {
+            // Its connections are told apart by application_name, which PostgreSQL truncates.
+            let app = crate::budget::env::application_name(service, job_name);
+            if app.len() > MAX_APPLICATION_NAME {
+                let room = MAX_APPLICATION_NAME - (app.len() - job_name.len());
+                let message = format!(
+                    "job name \"{job_name}\" is too long for a job with connections: its application_name \"{app}\" has {} bytes, PostgreSQL keeps {MAX_APPLICATION_NAME}",
+                    app.len()
+                );
+                let hint = format!("shorten the job name to at most {room} bytes, or the [budget] service");
+                self.error(Some(name.span()), message, Some(hint));
+            }
         }
         let command = match &raw.command {
             Some(v) => self.command(v),
@@ -360,7 +431,7 @@ impl<'a> Cx<'a> {
                 let hint = "add command = [\"program\", \"arg\", ...]";
                 self.error(
                     Some(name.span()),
-                    format!("job \"{job_name}\" has no \"command\""),
+                    format!("job \"{}\" has no \"command\"", quote(job_name)),
                     Some(hint.into()),
                 );
                 Vec::new()
@@ -373,7 +444,7 @@ impl<'a> Cx<'a> {
                 let hint = "environment variable names must be non-empty and contain no \"=\"";
                 self.error(
                     Some(key.span()),
-                    format!("invalid environment variable name \"{k}\""),
+                    format!("invalid environment variable name \"{}\"", quote(k)),
                     Some(hint.into()),
                 );
             } else if let Some(v) = self.string(k, value) {
@@ -384,7 +455,7 @@ impl<'a> Cx<'a> {
         let connections = raw.connections.as_ref().and_then(|v| {
             if !has_database {
                 let hint = "add a [database] section with its url, or remove \"connections\" from this job";
-                let message = format!("job \"{job_name}\" sets \"connections\" but there is no [database] section");
+                let message = format!("job \"{}\" sets \"connections\" but there is no [database] section", quote(job_name));
                 self.error(Some(v.span()), message, Some(hint.into()));
             }
             self.connections(v)
@@ -407,14 +478,14 @@ impl<'a> Cx<'a> {
                 None => DEFAULT_SUCCESS_CODES.to_vec(),
             },
             backoff,
-            healthy_after: self.duration("healthy_after", raw.healthy_after.as_ref(), DEFAULT_HEALTHY_AFTER),
-            start_retries: self.count("start_retries", raw.start_retries.as_ref(), DEFAULT_START_RETRIES),
+            healthy_after: self.duration("healthy_after", raw.healthy_after.as_ref(), DEFAULT_HEALTHY_AFTER, HEALTHY_AFTER_RANGE),
+            start_retries: self.count("start_retries", raw.start_retries.as_ref(), DEFAULT_START_RETRIES, START_RETRIES_MAX),
             stop_signal: raw
                 .stop_signal
                 .as_ref()
                 .and_then(|v| self.signal("stop_signal", v))
                 .unwrap_or(DEFAULT_STOP_SIGNAL),
-            stop_timeout: self.duration("stop_timeout", raw.stop_timeout.as_ref(), supervisor.stop_timeout),
+            stop_timeout: self.duration("stop_timeout", raw.stop_timeout.as_ref(), supervisor.stop_timeout, STOP_TIMEOUT_RANGE),
             single_instance: raw.single_instance.unwrap_or(DEFAULT_SINGLE_INSTANCE),
             on_duplicate: self.choice(
                 "on_duplicate",
@@ -425,7 +496,7 @@ impl<'a> Cx<'a> {
             priority: raw
                 .priority
                 .as_ref()
-                .and_then(|v| self.int("priority", v, i32::MIN.into(), i32::MAX.into()))
+                .and_then(|v| self.int("priority", v, PRIORITY_RANGE.0, PRIORITY_RANGE.1))
                 .map_or(DEFAULT_PRIORITY, |p| p as i32),
             connections,
             quota_signal: raw.quota_signal.as_ref().and_then(|v| self.signal("quota_signal", v)),
@@ -461,7 +532,7 @@ impl<'a> Cx<'a> {
                 let mut argv = Vec::with_capacity(items.len());
                 for (i, item) in items.iter().enumerate() {
                     match item {
-                        Value::String(s) => match expand(s, self.env) {
+                        Value::String(s) => match self.expand(s) {
                             Ok(arg) if i == 0 && arg.trim().is_empty() => {
                                 let hint = format!("the first element is the program to run: {example}");
                                 self.error(Some(v.span()), "the program in \"command\" is empty", Some(hint));
@@ -502,8 +573,8 @@ impl<'a> Cx<'a> {
                 max: DEFAULT_BACKOFF_MAX,
             };
         };
-        let initial = self.duration("initial", raw.initial.as_ref(), DEFAULT_BACKOFF_INITIAL);
-        let max = self.duration("max", raw.max.as_ref(), DEFAULT_BACKOFF_MAX);
+        let initial = self.duration("initial", raw.initial.as_ref(), DEFAULT_BACKOFF_INITIAL, BACKOFF_INITIAL_RANGE);
+        let max = self.duration("max", raw.max.as_ref(), DEFAULT_BACKOFF_MAX, BACKOFF_MAX_RANGE);
         if initial > max {
             // Point at whichever of the two was written (the other is a default).
             let span = raw.max.as_ref().or(raw.initial.as_ref()).map(|v| v.span());
@@ -575,10 +646,10 @@ impl<'a> Cx<'a> {
                 format!("connections overflow ({overflow}) must be between 0 and max ({max})"),
                 "overflow is the part of the quota given as DB_MAX_OVERFLOW, so it cannot exceed max",
             ))
-        } else if u32::try_from(max).is_err() {
+        } else if max > MAX_CONNECTION_COUNT {
             Some((
-                format!("connections max ({max}) is too large"),
-                "use a realistic connection count",
+                format!("connections max ({max}) must be at most {MAX_CONNECTION_COUNT}"),
+                "use a realistic connection count (PostgreSQL allows at most 262143 connections)",
             ))
         } else {
             None
@@ -610,7 +681,7 @@ impl<'a> Cx<'a> {
                     Err(_) => {
                         self.error(
                             Some(v.span()),
-                            format!("invalid max_connections \"{s}\""),
+                            format!("invalid max_connections \"{}\"", quote(&s)),
                             Some(hint.into()),
                         );
                         return None;
@@ -627,11 +698,11 @@ impl<'a> Cx<'a> {
             }
         };
         match u32::try_from(n) {
-            Ok(n) if n > 0 => Some(MaxConnections::Fixed(n)),
+            Ok(n) if n > 0 && i64::from(n) <= MAX_CONNECTION_COUNT => Some(MaxConnections::Fixed(n)),
             _ => {
                 self.error(
                     Some(v.span()),
-                    format!("max_connections must be a positive integer, found {n}"),
+                    format!("max_connections must be between 1 and {MAX_CONNECTION_COUNT}, found {n}"),
                     Some(hint.into()),
                 );
                 None
@@ -646,10 +717,8 @@ impl<'a> Cx<'a> {
             None
         };
         match v.get_ref() {
-            Value::Integer(n) => match u32::try_from(*n) {
-                Ok(n) => Some(Reserve::Count(n)),
-                Err(_) => bad(self, format!("provider_reserve must be 0 or more, found {n}")),
-            },
+            Value::Integer(n) if (0..=MAX_CONNECTION_COUNT).contains(n) => Some(Reserve::Count(*n as u32)),
+            Value::Integer(n) => bad(self, format!("provider_reserve must be between 0 and {MAX_CONNECTION_COUNT}, found {n}")),
             Value::String(s) => {
                 let s = self.string("provider_reserve", &Spanned::new(v.span(), s.clone()))?;
                 let text = s.trim();
@@ -658,14 +727,14 @@ impl<'a> Cx<'a> {
                         Ok(p) if (0.0..100.0).contains(&p) => Some(Reserve::Percent(p)),
                         Ok(_) => bad(
                             self,
-                            format!("provider_reserve \"{s}\" must be at least 0% and below 100%"),
+                            format!("provider_reserve \"{}\" must be at least 0% and below 100%", quote(&s)),
                         ),
-                        Err(_) => bad(self, format!("invalid provider_reserve \"{s}\"")),
+                        Err(_) => bad(self, format!("invalid provider_reserve \"{}\"", quote(&s))),
                     }
                 } else {
                     match text.parse::<u32>() {
-                        Ok(n) => Some(Reserve::Count(n)),
-                        Err(_) => bad(self, format!("invalid provider_reserve \"{s}\"")),
+                        Ok(n) if i64::from(n) <= MAX_CONNECTION_COUNT => Some(Reserve::Count(n)),
+                        _ => bad(self, format!("invalid provider_reserve \"{}\"", quote(&s))),
                     }
                 }
             }
@@ -713,8 +782,8 @@ impl<'a> Cx<'a> {
         }
         let names: Vec<&str> = PRESETS.iter().map(|(n, _)| *n).collect();
         let message = match did_you_mean(&name, &names) {
-            Some(s) => format!("unknown preset \"{name}\" (did you mean \"{s}\"?)"),
-            None => format!("unknown preset \"{name}\""),
+            Some(s) => format!("unknown preset \"{}\" (did you mean \"{s}\"?)", quote(&name)),
+            None => format!("unknown preset \"{}\"", quote(&name)),
         };
         self.error(
             Some(v.span()),
@@ -726,9 +795,22 @@ impl<'a> Cx<'a> {
 
     // ---- scalar helpers: each reports its own error and returns None/default ----
 
+    /// `${VAR}` expansion, with the file's total output bounded.
+    fn expand(&mut self, s: &str) -> Result<String, super::expand::ExpandError> {
+        if self.expanded > MAX_EXPANDED_TOTAL {
+            return Err(super::expand::ExpandError::TooLong);
+        }
+        let out = expand(s, self.env)?;
+        self.expanded += out.len();
+        if self.expanded > MAX_EXPANDED_TOTAL {
+            return Err(super::expand::ExpandError::TooLong);
+        }
+        Ok(out)
+    }
+
     /// The expanded string.
     fn string(&mut self, key: &str, v: &Str) -> Option<String> {
-        match expand(v.get_ref(), self.env) {
+        match self.expand(v.get_ref()) {
             Ok(s) => Some(s),
             Err(e) => {
                 let (message, hint) = e.describe(true);
@@ -754,9 +836,15 @@ impl<'a> Cx<'a> {
     /// A name used in lock files, environment values and application_name.
     fn name(&mut self, key: &str, v: &Str) -> Option<String> {
         let s = self.string(key, v)?;
-        if !is_name(&s) {
-            let hint = "use only letters, digits, \"_\", \".\" and \"-\"";
-            self.error(Some(v.span()), format!("invalid {key} \"{s}\""), Some(hint.into()));
+        if let Some(problem) = name_problem(&s) {
+            self.error(Some(v.span()), format!("invalid {key} \"{}\": {problem}", quote(&s)), Some(NAME_RULE.into()));
+            return None;
+        }
+        let own = crate::budget::env::application_name(&s, crate::db::OWN_JOB);
+        if key == "service" && own.len() > MAX_APPLICATION_NAME {
+            let room = MAX_APPLICATION_NAME - (own.len() - s.len());
+            let message = format!("service \"{s}\" is too long: corral's own application_name \"{own}\" would exceed the {MAX_APPLICATION_NAME} bytes PostgreSQL keeps");
+            self.error(Some(v.span()), message, Some(format!("use a service name of at most {room} bytes")));
             return None;
         }
         Some(s)
@@ -774,37 +862,34 @@ impl<'a> Cx<'a> {
         )
     }
 
-    fn duration(&mut self, key: &str, v: Option<&Str>, default: Duration) -> Duration {
+    /// A duration within `range` (inclusive); the default when absent or wrong.
+    fn duration(&mut self, key: &str, v: Option<&Str>, default: Duration, range: (Duration, Duration)) -> Duration {
         let Some(v) = v else { return default };
         let Some(s) = self.string(key, v) else { return default };
-        match humantime::parse_duration(s.trim()) {
+        let d = match humantime::parse_duration(s.trim()) {
             Ok(d) => d,
             Err(e) => {
                 let hint = "write a number with a unit, like \"500ms\", \"30s\" or \"2m\"";
                 self.error(
                     Some(v.span()),
-                    format!("invalid duration \"{s}\" for \"{key}\": {e}"),
+                    format!("invalid duration \"{}\" for \"{key}\": {e}", quote(&s)),
                     Some(hint.into()),
                 );
-                default
+                return default;
             }
+        };
+        let (min, max) = range;
+        if d < min || d > max {
+            let show = |d: Duration| if d.is_zero() { "0s".to_string() } else { humantime::format_duration(d).to_string() };
+            let why = if d < min && min > Duration::ZERO && min <= SEC { " (shorter would keep a core busy)" } else { "" };
+            self.error(
+                Some(v.span()),
+                format!("\"{key}\" must be between {} and {}{why}, found \"{}\"", show(min), show(max), quote(s.trim())),
+                Some(format!("use a duration from {} to {}", show(min), show(max))),
+            );
+            return default;
         }
-    }
-
-    /// A duration used as a timer period, where zero would spin.
-    fn period(&mut self, key: &str, v: Option<&Str>, default: Duration) -> Duration {
-        let d = self.duration(key, v, default);
-        match v {
-            Some(v) if d.is_zero() => {
-                self.error(
-                    Some(v.span()),
-                    format!("\"{key}\" must be longer than 0"),
-                    Some("use a duration like \"30s\"".into()),
-                );
-                default
-            }
-            _ => d,
-        }
+        d
     }
 
     fn choice<T: Copy>(&mut self, key: &str, v: Option<&Str>, options: &[(&str, T)], default: T) -> T {
@@ -815,8 +900,8 @@ impl<'a> Cx<'a> {
         }
         let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
         let message = match did_you_mean(&s, &names) {
-            Some(m) => format!("invalid value \"{s}\" for \"{key}\" (did you mean \"{m}\"?)"),
-            None => format!("invalid value \"{s}\" for \"{key}\""),
+            Some(m) => format!("invalid value \"{}\" for \"{key}\" (did you mean \"{m}\"?)", quote(&s)),
+            None => format!("invalid value \"{}\" for \"{key}\"", quote(&s)),
         };
         let quoted: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
         self.error(
@@ -837,8 +922,8 @@ impl<'a> Cx<'a> {
         let names: Vec<String> = SIGNALS.iter().map(|(n, _)| format!("SIG{n}")).collect();
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         let message = match did_you_mean(&format!("SIG{short}"), &names) {
-            Some(m) => format!("unknown signal \"{s}\" for \"{key}\" (did you mean \"{m}\"?)"),
-            None => format!("unknown signal \"{s}\" for \"{key}\""),
+            Some(m) => format!("unknown signal \"{}\" for \"{key}\" (did you mean \"{m}\"?)", quote(&s)),
+            None => format!("unknown signal \"{}\" for \"{key}\"", quote(&s)),
         };
         let hint = "use a signal name like \"SIGTERM\", \"SIGINT\", \"SIGHUP\", \"SIGQUIT\" or \"SIGUSR1\"";
         self.error(Some(v.span()), message, Some(hint.into()));
@@ -859,29 +944,24 @@ impl<'a> Cx<'a> {
         None
     }
 
-    /// A non-negative count.
-    fn count(&mut self, key: &str, v: Option<&Spanned<i64>>, default: u32) -> u32 {
-        v.and_then(|v| self.int(key, v, 0, u32::MAX.into()))
+    /// A count from 0 to `max` (at most u32::MAX).
+    fn count(&mut self, key: &str, v: Option<&Spanned<i64>>, default: u32, max: i64) -> u32 {
+        v.and_then(|v| self.int(key, v, 0, max.min(u32::MAX.into())))
             .map_or(default, |n| n as u32)
     }
 
     // ---- errors ----
 
     fn error(&mut self, span: Option<Span>, message: impl Into<String>, hint: Option<String>) {
-        let (line, column) = span.map_or((0, 0), |s| position(self.text, s.start));
-        self.errors.push(ConfigError {
-            file: self.file.to_path_buf(),
-            line,
-            column,
-            message: message.into(),
-            hint,
-        });
+        let error = ConfigError { file: self.file.to_path_buf(), line: 0, column: 0, message: message.into(), hint };
+        self.errors.push((span.map(|s| s.start), error));
     }
 
     /// Deserialize one part of the document. `Err(())` when it is broken (the
     /// error is recorded, at `anchor` when toml gives no position).
     fn select<T: DeserializeOwned>(&mut self, path: &[&str], anchor: Option<Span>) -> Result<Option<T>, ()> {
-        raw::select(self.text, path).map_err(|e| self.toml_error(&e, anchor))
+        let Some(doc) = &self.doc else { return Ok(None) };
+        raw::select(doc, path).map_err(|e| self.toml_error(e.message(), e.span(), anchor))
     }
 
     fn unknown_key(&mut self, key: &Str, known: &[&str], context: &str) {
@@ -890,9 +970,8 @@ impl<'a> Cx<'a> {
     }
 
     /// Turn toml's and serde's messages into ours.
-    fn toml_error(&mut self, e: &toml::de::Error, anchor: Option<Span>) {
-        let span = e.span().or(anchor);
-        let text = e.message();
+    fn toml_error(&mut self, text: &str, span: Option<Span>, anchor: Option<Span>) {
+        let span = span.or(anchor);
         let quoted: Vec<&str> = text.split('`').skip(1).step_by(2).collect();
         let (message, hint) = if text.starts_with("unknown field `") {
             // "unknown field `x`, expected one of `a`, `b`": the rest are the valid keys.
@@ -962,6 +1041,7 @@ impl<'a> Cx<'a> {
 }
 
 fn unknown_key_message(key: &str, known: &[&str], otherwise: &str) -> (String, String) {
+    let key = &quote(key);
     match did_you_mean(key, known) {
         Some(s) => (
             format!("unknown key \"{key}\" (did you mean \"{s}\"?)"),
@@ -977,7 +1057,12 @@ fn unknown_key_message(key: &str, known: &[&str], otherwise: &str) -> (String, S
 
 /// The closest candidate, if close enough to be a typo.
 fn did_you_mean<'c>(input: &str, candidates: &[&'c str]) -> Option<&'c str> {
-    let limit = (input.chars().count() / 3).max(1);
+    let len = input.chars().count();
+    // Far longer than every candidate: no typo, and the distance would cost len x candidates.
+    if len > 3 * candidates.iter().map(|c| c.len()).max().unwrap_or(0) {
+        return None;
+    }
+    let limit = (len / 3).max(1);
     candidates
         .iter()
         .map(|c| (edit_distance(&input.to_lowercase(), &c.to_lowercase()), *c))
@@ -1008,14 +1093,38 @@ fn edit_distance(a: &str, b: &str) -> usize {
     d[a.len()][b.len()]
 }
 
-/// 1-based line and column (in characters) of a byte offset.
-fn position(text: &str, offset: usize) -> (usize, usize) {
-    let before = text.get(..offset.min(text.len())).unwrap_or(text);
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    (
-        before.matches('\n').count() + 1,
-        before[line_start..].chars().count() + 1,
-    )
+/// Give each error its 1-based line and column (in characters), in one pass over the text,
+/// and return them in file order (errors without a position first).
+fn locate(text: &str, mut errors: Vec<(Option<usize>, ConfigError)>) -> Vec<ConfigError> {
+    errors.sort_by_key(|(offset, _)| *offset);
+    let (mut at, mut line, mut column) = (0usize, 1usize, 1usize);
+    for (offset, e) in errors.iter_mut() {
+        let Some(mut offset) = *offset else { continue };
+        offset = offset.min(text.len());
+        while !text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        for c in text[at..offset].chars() {
+            if c == '\n' {
+                line += 1;
+                column = 1;
+            } else {
+                column += 1;
+            }
+        }
+        at = offset;
+        (e.line, e.column) = (line, column);
+    }
+    errors.into_iter().map(|(_, e)| e).collect()
+}
+
+/// User text in a message, cut to [`QUOTE_MAX`] characters (a 65,536-character name must not
+/// make a 65,536-character error line, nor 2,000 of them).
+fn quote(s: &str) -> String {
+    match s.char_indices().nth(QUOTE_MAX) {
+        Some((at, _)) => format!("{}...", &s[..at]),
+        None => s.to_string(),
+    }
 }
 
 /// The key of `key = value` whose value starts at `offset`, if it reads so.
@@ -1030,12 +1139,8 @@ fn key_before(text: &str, offset: usize) -> Option<String> {
     Some(before[start..].to_string())
 }
 
-/// `[A-Za-z0-9_.-]+`: safe as a file name and in `application_name`.
-fn is_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-}
+/// What job, service and reservation names may be, for hints.
+const NAME_RULE: &str = "a name is 1 to 64 letters, digits, \"_\", \".\" and \"-\", starting with a letter, digit or \"_\"";
 
 fn is_host_port(s: &str) -> bool {
     if s.parse::<std::net::SocketAddr>().is_ok() {
@@ -1094,8 +1199,8 @@ mod tests {
     // ---- valid manifests ----
 
     #[test]
-    fn empty_manifest_gets_every_default() {
-        let c = ok("");
+    fn a_bare_manifest_gets_every_default() {
+        let c = ok("[supervisor]\n");
         assert_eq!(c.path, Path::new(FILE));
         assert_eq!(
             c.supervisor,
@@ -1588,8 +1693,117 @@ quota_signal   = "sighup"
             "[supervisor]\nreap_interval = \"0s\"\n",
             2,
             17,
-            "\"reap_interval\" must be longer than 0",
+            "\"reap_interval\" must be between 1s and 1day (shorter would keep a core busy), found \"0s\"",
         );
+    }
+
+    #[test]
+    fn every_duration_has_a_sane_range() {
+        // Each of these passed `check` once and then burned a core or panicked the daemon.
+        one("[supervisor]\nreap_interval = \"1ns\"\n", 2, 17, "\"reap_interval\" must be between 1s and 1day");
+        let e = one(
+            &format!("{JOB}backoff = {{ initial = \"18446744073709551615s\" }}\n"),
+            3,
+            23,
+            "\"initial\" must be between 0s and 1h, found \"18446744073709551615s\"",
+        );
+        assert_eq!(e.hint.as_deref(), Some("use a duration from 0s to 1h"));
+        let cases = [
+            ("[supervisor]\nstop_timeout = \"2h\"\n", "stop_timeout"),
+            (&format!("{JOB}stop_timeout = \"1000years\"\n"), "stop_timeout"),
+            (&format!("{JOB}healthy_after = \"2h\"\n"), "healthy_after"),
+            (&format!("{JOB}backoff = {{ max = \"2days\" }}\n"), "max"),
+            ("[budget]\nrebalance_interval = \"1ms\"\n", "rebalance_interval"),
+            ("[budget]\nidle_after = \"400days\"\n", "idle_after"),
+            ("[budget]\nfleet_grace = \"400days\"\n", "fleet_grace"),
+            ("[database]\nurl = \"u\"\nhealth_interval = \"10ms\"\n", "health_interval"),
+            ("[database]\nurl = \"u\"\nhealth_timeout = \"1ms\"\n", "health_timeout"),
+        ];
+        for (text, key) in cases {
+            let errs = errors(text);
+            assert_eq!(errs.len(), 1, "{errs:?}");
+            assert!(errs[0].message.starts_with(&format!("\"{key}\" must be between")), "{}", errs[0]);
+            assert!(errs[0].line > 0, "{}", errs[0]);
+        }
+        // The edges are in.
+        ok(&format!("[supervisor]\nreap_interval = \"1s\"\n{JOB}backoff = {{ initial = \"1h\", max = \"1day\" }}\n"));
+    }
+
+    #[test]
+    fn every_number_has_a_sane_range() {
+        one(&format!("{DB}{JOB}connections = 300000\n"), 5, 15, "connections max (300000) must be at most 262143");
+        one("[database]\nurl = \"u\"\nmax_connections = 300000\n", 3, 19, "max_connections must be between 1 and 262143");
+        one("[database]\nurl = \"u\"\nadhoc_reserve = 300000\n", 3, 17, "\"adhoc_reserve\" must be at most 262143");
+        one("[database]\nurl = \"u\"\nprovider_reserve = 300000\n", 3, 20, "provider_reserve must be between 0 and 262143");
+        one(&format!("{JOB}start_retries = 100000\n"), 3, 17, "\"start_retries\" must be at most 10000");
+        one(&format!("{JOB}priority = -2000000\n"), 3, 12, "\"priority\" must be at least -1000000");
+    }
+
+    #[test]
+    fn job_names_follow_the_name_rules() {
+        let long = "a".repeat(65_536);
+        let e = one(&format!("[jobs.{long}]\ncommand = [\"x\"]\n"), 1, 7, "invalid job name \"aaaa");
+        assert!(e.message.contains("it has 65536 bytes, at most 64"), "{}", e.message);
+        assert!(e.message.len() < 200, "a long name is quoted short: {}", e.message.len());
+        one(&format!("[jobs.{}]\ncommand = [\"x\"]\n", "b".repeat(256)), 1, 7, "invalid job name");
+        one("[jobs.\".\"]\ncommand = [\"x\"]\n", 1, 7, "invalid job name \".\": it must start with");
+        one("[jobs.\"..\"]\ncommand = [\"x\"]\n", 1, 7, "invalid job name \"..\"");
+        one("[jobs.-x]\ncommand = [\"x\"]\n", 1, 7, "invalid job name \"-x\"");
+        one("[jobs.\"a\\nb\"]\ncommand = [\"x\"]\n", 1, 7, "invalid job name");
+        one("[jobs.all]\ncommand = [\"x\"]\n", 1, 7, "\"all\" cannot be a job name");
+        ok(&format!("[jobs.{}]\ncommand = [\"x\"]\n", "c".repeat(64)));
+    }
+
+    #[test]
+    fn names_must_fit_in_application_name() {
+        // corral/corral/<job> must fit in PostgreSQL's 63 bytes for a job with connections.
+        let name = "j".repeat(50);
+        let e = one(&format!("{DB}[jobs.{name}]\ncommand = [\"x\"]\nconnections = 1\n"), 3, 7, "job name");
+        assert!(e.message.contains("has 64 bytes, PostgreSQL keeps 63"), "{}", e.message);
+        assert_eq!(e.hint.as_deref(), Some("shorten the job name to at most 49 bytes, or the [budget] service"));
+        ok(&format!("{DB}[jobs.{}]\ncommand = [\"x\"]\nconnections = 1\n", "j".repeat(49)));
+        // Without connections the name never reaches the database.
+        ok(&format!("{DB}[jobs.{name}]\ncommand = [\"x\"]\n"));
+        one(&format!("[budget]\nservice = \"{}\"\n", "s".repeat(49)), 2, 11, "service \"sss");
+    }
+
+    #[test]
+    fn an_empty_manifest_is_an_error() {
+        for text in ["", "\n\n", "# just a comment\n", "   \t\n# a\n# b\n"] {
+            let errs = errors(text);
+            assert_eq!(errs.len(), 1);
+            assert_eq!(errs[0].message, "the manifest is empty");
+            assert!(errs[0].hint.as_deref().unwrap_or_default().contains("half-way"), "{:?}", errs[0].hint);
+        }
+    }
+
+    #[test]
+    fn limits_of_size_and_count() {
+        let e = errors(&format!("# {}\n", "x".repeat(super::super::MAX_MANIFEST_BYTES)));
+        assert!(e[0].message.contains("more than the 4 MiB"), "{}", e[0]);
+        let many: String = (0..=MAX_JOBS).map(|i| format!("[jobs.j{i}]\ncommand = [\"x\"]\n")).collect();
+        let e = errors(&many);
+        assert!(e[0].message.starts_with("too many jobs: 10001, at most 10000"), "{}", e[0]);
+        // Deep TOML nesting is the parser's error, never a stack overflow.
+        let deep = format!("a = {}{}\n", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(errors(&deep)[0].message.starts_with("invalid TOML"));
+        let deep = format!("a = {}1{}\n", "{ b = ".repeat(50_000), " }".repeat(50_000));
+        assert!(errors(&deep)[0].message.starts_with("invalid TOML"));
+        // 70,000 nested defaults (the reload that once killed the daemon).
+        let nest = format!("{}x{}", "${A:-".repeat(70_000), "}".repeat(70_000));
+        let e = one(&format!("{JOB}env = {{ X = \"{nest}\" }}\n"), 3, 13, "variable defaults nest deeper than 10 levels in \"X\"");
+        assert!(e.to_string().len() < 400);
+    }
+
+    #[test]
+    fn many_broken_jobs_each_get_their_error_and_the_report_stays_short() {
+        // 2,000 jobs with an unknown key: one parse, each job on its own (this once took 8 s).
+        let text: String = (0..2000).map(|i| format!("[jobs.j{i}]\ncommand = [\"x\"]\nbogus = 1\n")).collect();
+        let e = errors(&text);
+        assert_eq!(e.len(), MAX_ERRORS + 1);
+        assert_eq!((e[0].line, e[0].column), (3, 1));
+        assert_eq!((e[1].line, e[1].column), (6, 1));
+        assert_eq!(e[MAX_ERRORS].message, "... and 1950 more error(s) not shown");
     }
 
     #[test]
@@ -1739,7 +1953,7 @@ quota_signal   = "sighup"
             "[database]\nurl = \"u\"\nprovider_reserve = -1\n",
             3,
             20,
-            "provider_reserve must be 0 or more",
+            "provider_reserve must be between 0 and 262143",
         );
     }
 
@@ -1749,7 +1963,7 @@ quota_signal   = "sighup"
             "[database]\nurl = \"u\"\nmax_connections = 0\n",
             3,
             19,
-            "max_connections must be a positive integer, found 0",
+            "max_connections must be between 1 and 262143, found 0",
         );
         one(
             "[database]\nurl = \"u\"\nmax_connections = \"lots\"\n",
@@ -1777,7 +1991,7 @@ quota_signal   = "sighup"
             &format!("{JOB}priority = 3000000000\n"),
             3,
             12,
-            "\"priority\" must be at most 2147483647",
+            "\"priority\" must be at most 1000000",
         );
     }
 
@@ -1897,10 +2111,13 @@ priority = \"high\"
         assert_eq!(edit_distance("", "abc"), 3);
         assert_eq!(did_you_mean("restrat", &["restart", "priority"]), Some("restart"));
         assert_eq!(did_you_mean("xyz", &["restart", "priority"]), None);
-        assert_eq!(position("ab\ncd\né=x", 9), (3, 3));
-        assert_eq!(position("", 0), (1, 1));
+        let err = |at| (Some(at), ConfigError { file: FILE.into(), line: 0, column: 0, message: String::new(), hint: None });
+        let at: Vec<(usize, usize)> = locate("ab\ncd\né=x", vec![err(9), err(0), err(4)]).iter().map(|e| (e.line, e.column)).collect();
+        assert_eq!(at, vec![(1, 1), (2, 2), (3, 3)]);
+        assert_eq!(locate("", vec![err(0)])[0].line, 1);
+        assert_eq!(quote(&"x".repeat(100)).len(), 67);
         assert_eq!(key_before("a.b_c = 5", 8).as_deref(), Some("b_c"));
         assert_eq!(key_before("[1, 5]", 4), None);
-        assert!(is_name("layer1_5.v-2") && !is_name("") && !is_name("a b") && !is_name("a/b"));
+        assert_eq!(did_you_mean(&"restart".repeat(10), &["restart"]), None);
     }
 }

@@ -97,6 +97,8 @@ pub struct Budget {
     pub quota_dir: PathBuf,
     /// Present in fleet scope: grants come from the fleet's allocation, not a local one.
     pub fleet: Option<FleetState>,
+    /// Some job runs as another `user`: the quota directory lets others traverse it (0711).
+    pub quota_dir_shared: bool,
 }
 
 /// What the actor must do after an allocation.
@@ -129,6 +131,7 @@ impl Budget {
             fleet: (cfg.scope == Scope::Fleet).then(FleetState::default),
             cfg,
             quota_dir,
+            quota_dir_shared: false,
         }
     }
 
@@ -458,19 +461,33 @@ impl Budget {
 
     /// Environment for a job spawned with `quota` (SPEC §3).
     pub fn env_for(&self, cfg: &JobConfig, quota: u32) -> Vec<(String, String)> {
-        let conn = cfg.connections.expect("only jobs with connections get DB env");
-        let mut env = crate::budget::env::job_env(&self.cfg.service, &cfg.name, quota, conn.overflow, &self.db.url, &cfg.env);
+        // Only jobs with connections get a quota; without, there is no overflow to hand out.
+        let overflow = cfg.connections.map_or(0, |c| c.overflow);
+        let mut env = crate::budget::env::job_env(&self.cfg.service, &cfg.name, quota, overflow, &self.db.url, &cfg.env);
         env.push((crate::budget::env::QUOTA_FILE_VAR.to_string(), self.quota_file(&cfg.name).display().to_string()));
         env
     }
 
+    /// Write the job's quota file (SPEC §3), private to corral and the job (SPEC §10): the
+    /// directory is 0700, or 0711 when some job runs as another `user` (it reaches its own
+    /// file by name but cannot list or change the directory); the file is 0600, owned by the
+    /// job's user when it has one.
     pub fn write_quota(&mut self, cfg: &JobConfig, quota: u32) -> std::io::Result<()> {
-        let conn = cfg.connections.expect("only jobs with connections have a quota");
+        let Some(conn) = cfg.connections else {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "the job has no connections, so no quota file"));
+        };
         let b = self.jobs.entry(cfg.name.clone()).or_default();
         b.generation += 1;
         let json = crate::budget::env::quota_json(&self.cfg.service, &cfg.name, quota, conn.overflow, b.generation);
-        std::fs::create_dir_all(&self.quota_dir)?;
-        crate::budget::env::write_quota_file(&self.quota_file(&cfg.name), &json)
+        let mode = if self.quota_dir_shared { 0o711 } else { 0o700 };
+        crate::process::lock::secure_dir(&self.quota_dir, mode).map_err(|e| std::io::Error::other(e.to_string()))?;
+        let owner = cfg
+            .user
+            .as_deref()
+            .filter(|_| nix::unistd::geteuid().is_root())
+            .and_then(|u| nix::unistd::User::from_name(u).ok().flatten())
+            .map(|u| (u.uid.as_raw(), u.gid.as_raw()));
+        crate::budget::env::write_quota_file_owned(&self.quota_file(&cfg.name), &json, owner)
     }
 
     /// Connections outside corral, grouped by role and application_name (SPEC §5).

@@ -156,6 +156,7 @@ pub fn render_metrics(status: &StatusReport, budget: Option<&serde_json::Value>,
     let restarts = Family::<JobLabel, Counter>::default();
     let connections = Family::<JobLabel, Gauge>::default();
     let quota = Family::<JobLabel, Gauge>::default();
+    let dropped = Family::<JobLabel, Counter>::default();
     for j in &status.jobs {
         let l = JobLabel { job: j.name.clone() };
         up.get_or_create(&l).set(i64::from(j.state == "running"));
@@ -166,11 +167,17 @@ pub fn render_metrics(status: &StatusReport, budget: Option<&serde_json::Value>,
         if let Some(q) = j.quota {
             quota.get_or_create(&l).set(i64::from(q));
         }
+        dropped.get_or_create(&l).inc_by(j.output_dropped);
     }
     reg.register("corral_job_up", "1 when the job is in state running, else 0", up);
     reg.register("corral_job_restarts", "Restarts of the job since corral started", restarts);
     reg.register("corral_job_connections", "Live database connections of the job at the last reading", connections);
     reg.register("corral_job_quota", "The job's granted connection quota", quota);
+    reg.register(
+        "corral_job_output_dropped_lines",
+        "Lines of the job's output dropped from corral's stdout because it was not read fast enough",
+        dropped,
+    );
 
     if let Some(b) = budget {
         let num = |k: &str| b.get(k).and_then(|v| v.as_i64()).unwrap_or(0);
@@ -204,7 +211,10 @@ pub fn render_metrics(status: &StatusReport, budget: Option<&serde_json::Value>,
     reg.register("corral_orphans_killed", "Stray orphans terminated by the sweep", orphans);
 
     let mut out = String::new();
-    prometheus_client::encoding::text::encode(&mut out, &reg).expect("writing to a String cannot fail");
+    // Writing to a String cannot fail; a failed encoding would be a partial page, never a panic.
+    if prometheus_client::encoding::text::encode(&mut out, &reg).is_err() {
+        out.push_str("# EOF\n");
+    }
     out
 }
 
@@ -262,6 +272,7 @@ mod tests {
                     quota: Some(5),
                     connections: Some(2),
                     reason: None,
+                    output_dropped: 7,
                 },
                 JobStatus {
                     name: "b".into(),
@@ -273,6 +284,7 @@ mod tests {
                     quota: None,
                     connections: None,
                     reason: Some("x".into()),
+                    output_dropped: 0,
                 },
             ],
             config_error: None,
@@ -292,6 +304,7 @@ mod tests {
             "corral_job_restarts_total{job=\"a\"} 3",
             "corral_job_connections{job=\"a\"} 2",
             "corral_job_quota{job=\"a\"} 5",
+            "corral_job_output_dropped_lines_total{job=\"a\"} 7",
             "corral_budget_usable 48",
             "corral_budget_granted 21",
             "corral_db_up 1",

@@ -249,6 +249,7 @@ mod tests {
             quota: None,
             connections: None,
             reason: None,
+            output_dropped: 0,
         }
     }
 

@@ -7,7 +7,6 @@
 //! always registered before its exit can be collected.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use tokio::signal::unix::{signal, SignalKind};
@@ -23,6 +22,7 @@ use super::notify::Notifier;
 use crate::config::{self, Config, Enforce, JobConfig, OnDuplicate, OrphanPolicy};
 use crate::db::fleet::{Coordinator, Identity, LockOutcome, SyncRequest};
 use crate::db::{self, Probe};
+use crate::budget::allocate::WaitReason;
 use crate::job::machine::{self, describe_exit};
 use crate::job::{Effect, Exit, Input, Job, Policy, State, TimerKind};
 use crate::process::lock::{JobLock, LockError};
@@ -73,6 +73,8 @@ pub enum Event {
     /// Sweep now (on demand), without re-arming the periodic timer.
     SweepNow,
     ReloadDebounced { generation: u64 },
+    /// The config file as read and validated off the actor (SPEC §8).
+    ConfigLoaded(Box<Result<Config, config::ConfigErrors>>),
     Sweep,
     /// The fleet task wants the local jobs for its next sync.
     FleetSnapshot(oneshot::Sender<SyncRequest>),
@@ -80,9 +82,29 @@ pub enum Event {
     Fleet(FleetReport),
     /// Fleet-wide locks may have gone unconfirmed for `fleet_grace`.
     FleetCheck,
+    /// A `quota_signal` held back for a young process is due.
+    QuotaSignalDue { job: String, pid: i32 },
 }
 
 pub type EventTx = mpsc::UnboundedSender<Event>;
+
+/// Who asked for a reload: the watcher and SIGHUP (`apply`, no reply), `corral reload` (a reply,
+/// maybe `--dry-run`).
+#[derive(Default)]
+struct ReloadAsk {
+    apply: bool,
+    replies: Vec<(oneshot::Sender<Response>, bool)>,
+}
+
+/// The file is read and validated on a thread of its own, so a file of any size never stalls
+/// the actor. At most one read runs; asks arriving meanwhile wait for the next read.
+#[derive(Default)]
+struct Reloads {
+    /// Answered by the read in flight.
+    current: Option<ReloadAsk>,
+    /// Asked after that read started: they need a fresh one.
+    next: Option<ReloadAsk>,
+}
 
 struct JobRt {
     cfg: JobConfig,
@@ -104,6 +126,12 @@ struct JobRt {
     /// Held back until the next database answer: a fleet sync (grant or lock), or a
     /// usage reading (the previous run's connections closing). `start` waits for it.
     awaiting: Awaiting,
+    /// Held back only until connections being given back are confirmed free: `start` waits
+    /// for it (up to QUEUED_START_WAIT), then says it is queued rather than failed.
+    queued: bool,
+    /// A quota change reached this process before it could have installed its
+    /// `quota_signal` handler: the signal is sent once it is old enough.
+    signal_due: Option<i32>,
 }
 
 /// A held-back job whose answer is one database round trip away: `start` and `restart`
@@ -126,7 +154,17 @@ struct Waiter {
     what: WaitFor,
     reply: oneshot::Sender<Response>,
     verb: &'static str,
+    since: Instant,
 }
+
+/// How long `start`/`restart` wait for a job queued behind connections that are being given
+/// back (a shrink not confirmed yet, the previous run's connections closing) before they answer
+/// that it is queued.
+const QUEUED_START_WAIT: Duration = Duration::from_secs(20);
+/// `quota_signal` is never sent to a process younger than this (nor before its
+/// `healthy_after`): it may not have installed its handler yet, and SIGHUP's default action
+/// kills it. Its first quota is in its environment anyway.
+const QUOTA_SIGNAL_MIN_UPTIME: Duration = Duration::from_secs(2);
 
 pub struct Supervisor {
     config: Config,
@@ -144,6 +182,7 @@ pub struct Supervisor {
     own_pid: i32,
     snapshot: Option<(Instant, Snapshot)>,
     reload_generation: u64,
+    reloads: Reloads,
     last_sweep: Instant,
     budget: Option<Budget>,
     probe: Option<Arc<Probe>>,
@@ -180,6 +219,7 @@ impl Supervisor {
             own_pid: std::process::id() as i32,
             snapshot: None,
             reload_generation: 0,
+            reloads: Reloads::default(),
             last_sweep: Instant::now(),
             budget: None,
             probe: None,
@@ -231,7 +271,9 @@ impl Supervisor {
     fn setup_budget(&mut self) {
         let Some(db_cfg) = self.config.database.clone() else { return };
         let quota_dir = self.config.supervisor.lock_dir.with_file_name("quota");
-        self.budget = Some(Budget::new(db_cfg.clone(), self.config.budget.clone(), quota_dir));
+        let mut budget = Budget::new(db_cfg.clone(), self.config.budget.clone(), quota_dir);
+        budget.quota_dir_shared = self.config.jobs.values().any(|j| j.user.is_some());
+        self.budget = Some(budget);
         match Probe::new(&db_cfg.url, &self.config.budget.service) {
             Ok(p) => self.probe = Some(Arc::new(p)),
             Err(e) => error!("database url rejected: {e}"),
@@ -240,10 +282,15 @@ impl Supervisor {
 
     /// Run until shutdown; returns the process exit code.
     pub async fn run(mut self, mut events: mpsc::UnboundedReceiver<Event>, ready: impl FnOnce()) -> i32 {
-        let mut sigchld = signal(SignalKind::child()).expect("SIGCHLD handler");
-        let mut sigterm = signal(SignalKind::terminate()).expect("SIGTERM handler");
-        let mut sigint = signal(SignalKind::interrupt()).expect("SIGINT handler");
-        let mut sighup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+        // Before any job starts: without these corral could neither reap nor stop, so it refuses to run.
+        let handlers = (|| Ok::<_, std::io::Error>((signal(SignalKind::child())?, signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?, signal(SignalKind::hangup())?)))();
+        let (mut sigchld, mut sigterm, mut sigint, mut sighup) = match handlers {
+            Ok(h) => h,
+            Err(e) => {
+                error!("cannot install signal handlers ({e}): not starting any job");
+                return 1;
+            }
+        };
 
         // Children that exited before our handler existed (e.g. PID 1 inheriting zombies).
         self.reap();
@@ -303,7 +350,7 @@ impl Supervisor {
                 }
                 _ = sighup.recv() => {
                     info!("SIGHUP: reloading config");
-                    let _ = self.reload(false);
+                    self.ask_reload(true, None);
                 }
                 Some(ev) = events.recv() => {
                     self.handle(ev);
@@ -377,9 +424,10 @@ impl Supervisor {
             Event::ReloadDebounced { generation } => {
                 if generation == self.reload_generation {
                     info!("config file changed: reloading");
-                    let _ = self.reload(false);
+                    self.ask_reload(true, None);
                 }
             }
+            Event::ConfigLoaded(result) => self.config_loaded(*result),
             Event::Sweep => {
                 self.sweep();
                 self.arm_sweep();
@@ -402,6 +450,18 @@ impl Supervisor {
             }
             Event::Fleet(report) => self.on_fleet(report),
             Event::FleetCheck => self.check_fleet_locks(),
+            Event::QuotaSignalDue { job, pid } => {
+                let Some(j) = self.jobs.get_mut(&job) else { return };
+                if j.m.pid == Some(pid) && j.signal_due.take() == Some(pid) {
+                    if let Some(sig) = j.cfg.quota_signal {
+                        info!(job = %job, pid, "sending the quota_signal held back while the job started");
+                        let _ = kill::signal_pid(pid, sig);
+                    }
+                    if let Some(b) = self.budget.as_mut().and_then(|b| b.jobs.get_mut(&job)) {
+                        b.told_at = Some(Instant::now());
+                    }
+                }
+            }
         }
     }
 
@@ -466,24 +526,28 @@ impl Supervisor {
             return Input::Blocked { reason: "supervisor is shutting down".into() };
         }
         let lock_dir = self.config.supervisor.lock_dir.clone();
-        let needs_scan = {
-            let job = &self.jobs[name];
-            job.check_duplicates && job.cfg.on_duplicate != OnDuplicate::Ignore
+        // The job exists from here on: nothing in try_spawn removes jobs.
+        let Some(job) = self.jobs.get(name) else {
+            return Input::SpawnFailed { error: "the job is no longer in the config".into() };
         };
+        let needs_scan = job.check_duplicates && job.cfg.on_duplicate != OnDuplicate::Ignore;
         let dups = if needs_scan { self.duplicates_of(name) } else { Vec::new() };
         let format = self.config.supervisor.log_format;
-        let job = self.jobs.get_mut(name).expect("job exists");
+        let Some(job) = self.jobs.get_mut(name) else {
+            return Input::SpawnFailed { error: "the job is no longer in the config".into() };
+        };
+        job.queued = false;
 
         if job.cfg.single_instance && job.lock.is_none() {
             match JobLock::acquire(&lock_dir, name) {
                 Ok(lock) => job.lock = Some(lock),
-                Err(LockError::Held { path, holder }) => {
-                    // The recorded job is gone but something it forked still holds
+                Err(LockError::Held { path, holder, recorded_gone }) => {
+                    // The recorded job is gone but something it forked may still hold
                     // the lock: a stray orphan. Sweep now instead of at reap_interval.
-                    if holder.is_some_and(|p| !kill::pid_alive(p)) && self.config.supervisor.orphans == OrphanPolicy::Kill {
+                    if recorded_gone && self.config.supervisor.orphans == OrphanPolicy::Kill {
                         let _ = self.tx.send(Event::SweepNow);
                     }
-                    let who = holder.map(|p| format!("pid {p}")).unwrap_or_else(|| "another process".into());
+                    let who = holder.map(|h| h.to_string()).unwrap_or_else(|| "another process".into());
                     return Input::Blocked { reason: format!("lock: {} held by {who}", path.display()) };
                 }
                 Err(e) => return Input::SpawnFailed { error: e.to_string() },
@@ -517,6 +581,7 @@ impl Supervisor {
             }
             if let Some(j) = self.jobs.get_mut(name) {
                 j.awaiting = Awaiting::Reading;
+                j.queued = true;
             }
             return Input::Blocked { reason: format!("budget: up to {n} connection(s) of the previous run still open") };
         }
@@ -550,10 +615,20 @@ impl Supervisor {
                     quota = Some(g.grant);
                 }
                 other => {
+                    let shrinking = matches!(other.as_ref().and_then(|g| g.wait_reason.as_ref()), Some(WaitReason::ShrinkPending));
+                    if shrinking {
+                        // Freed as soon as a reading confirms the shrinks: ask for one now.
+                        if let Some(cmd) = &self.probe_cmd {
+                            let _ = cmd.send(ProbeCmd::UsageAt(Instant::now()));
+                        }
+                    }
                     let why = other.and_then(|g| g.wait_reason).map(|r| r.to_string()).unwrap_or_else(|| "budget".into());
                     let usable = budget.plan(Instant::now()).usable;
                     let min = job.cfg.connections.map(|c| c.min).unwrap_or(0);
                     self.deliver(tell);
+                    if let Some(j) = self.jobs.get_mut(name) {
+                        j.queued = shrinking;
+                    }
                     return Input::Blocked {
                         reason: format!("{why}: needs {min} connection(s), {} of {usable} usable are granted", alloc.total),
                     };
@@ -561,7 +636,9 @@ impl Supervisor {
             }
             self.deliver(tell.into_iter().filter(|(j, _)| j != name).collect());
         }
-        let job = self.jobs.get_mut(name).expect("job exists");
+        let Some(job) = self.jobs.get_mut(name) else {
+            return Input::SpawnFailed { error: "the job is no longer in the config".into() };
+        };
         let spec = spawn::SpawnSpec {
             command: &job.cfg.command,
             cwd: job.cfg.cwd.as_ref(),
@@ -598,12 +675,14 @@ impl Supervisor {
     }
 
     fn duplicates_of(&mut self, name: &str) -> Vec<i32> {
-        let fresh = matches!(&self.snapshot, Some((t, _)) if t.elapsed() < SNAPSHOT_TTL);
-        if !fresh {
-            self.snapshot = Some((Instant::now(), Snapshot::take()));
-        }
-        let snap = &self.snapshot.as_ref().expect("just taken").1;
-        snap.duplicates(&self.jobs[name].cfg.command, self.own_pid)
+        let Some(command) = self.jobs.get(name).map(|j| j.cfg.command.clone()) else { return Vec::new() };
+        let snap = match self.snapshot.take() {
+            Some((t, snap)) if t.elapsed() < SNAPSHOT_TTL => (t, snap),
+            _ => (Instant::now(), Snapshot::take()),
+        };
+        let dups = snap.1.duplicates(&command, self.own_pid);
+        self.snapshot = Some(snap);
+        dups
     }
 
     fn reap(&mut self) {
@@ -753,9 +832,7 @@ impl Supervisor {
             Request::Start { jobs } => self.verb(jobs, reply, "start"),
             Request::Stop { jobs } => self.verb(jobs, reply, "stop"),
             Request::Restart { jobs } => self.verb(jobs, reply, "restart"),
-            Request::Reload { dry_run } => {
-                let _ = reply.send(self.reload(dry_run));
-            }
+            Request::Reload { dry_run } => self.ask_reload(!dry_run, Some((reply, dry_run))),
             Request::Logs { job, .. } => {
                 let resp = if self.jobs.contains_key(&job) {
                     Response::ok(Reply::Logs { lines: Vec::new() })
@@ -763,6 +840,13 @@ impl Supervisor {
                     unknown_job(&[job])
                 };
                 let _ = reply.send(resp);
+            }
+            // Reservation names reach logs and the fleet's tables: the job name rules apply.
+            Request::Reserve { name, .. } | Request::Release { name } if config::name_problem(&name).is_some() => {
+                let problem = config::name_problem(&name).unwrap_or_default();
+                let shown: String = name.chars().take(64).collect();
+                let message = format!("invalid reservation name {shown:?}: {problem} (letters, digits, \"_\", \".\", \"-\")");
+                let _ = reply.send(Response::err(ErrorKind::BadRequest, message));
             }
             Request::Budget | Request::Reserve { .. } | Request::Release { .. } if self.budget.is_none() => {
                 let _ = reply.send(Response::err(
@@ -869,7 +953,7 @@ impl Supervisor {
             };
             self.feed(name, input);
         }
-        self.waiters.push(Waiter { what: WaitFor::Settled(names), reply, verb });
+        self.waiters.push(Waiter { what: WaitFor::Settled(names), reply, verb, since: Instant::now() });
     }
 
     /// Answer verbs whose jobs have settled (no longer stopping).
@@ -877,8 +961,12 @@ impl Supervisor {
         let mut i = 0;
         while i < self.waiters.len() {
             let WaitFor::Settled(names) = &self.waiters[i].what;
+            let patient = self.waiters[i].verb != "stop" && self.waiters[i].since.elapsed() < QUEUED_START_WAIT;
             let pending = names.iter().any(|n| {
-                self.jobs.get(n).is_some_and(|j| j.m.state == State::Stopping || (j.m.state == State::Waiting && j.awaiting != Awaiting::Nothing))
+                self.jobs.get(n).is_some_and(|j| {
+                    j.m.state == State::Stopping
+                        || (j.m.state == State::Waiting && (j.awaiting != Awaiting::Nothing || (j.queued && patient)))
+                })
             });
             if pending {
                 i += 1;
@@ -887,11 +975,13 @@ impl Supervisor {
             let w = self.waiters.swap_remove(i);
             let WaitFor::Settled(names) = w.what;
             let statuses: Vec<JobStatus> = names.iter().filter_map(|n| self.job_status(n)).collect();
+            // Queued behind connections being given back is not a failure: it starts by itself.
+            let queued = |name: &str| self.jobs.get(name).is_some_and(|j| j.m.state == State::Waiting && j.queued);
             let failed: Vec<String> = statuses
                 .iter()
                 .filter(|s| match w.verb {
                     "stop" => !matches!(s.state.as_str(), "stopped" | "exited" | "fatal"),
-                    _ => matches!(s.state.as_str(), "fatal" | "waiting" | "backoff"),
+                    _ => matches!(s.state.as_str(), "fatal" | "waiting" | "backoff") && !queued(&s.name),
                 })
                 .map(|s| format!("{}: {}{}", s.name, s.state, s.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default()))
                 .collect();
@@ -942,41 +1032,91 @@ impl Supervisor {
                 State::Fatal | State::Waiting | State::Backoff => j.m.reason.clone(),
                 _ => None,
             },
+            output_dropped: self.logs.dropped(name),
         })
     }
 
     // ----- reload (SPEC §8) -----
 
-    /// A reload, framed for systemd by RELOADING=1 and READY=1 (also when the
-    /// new file is rejected: the old config keeps running, so we are ready).
-    fn reload(&mut self, dry_run: bool) -> Response {
-        if dry_run {
-            return self.apply_reload(true);
+    /// Ask for the config file to be read again; `apply` unless only dry runs ask.
+    fn ask_reload(&mut self, apply: bool, reply: Option<(oneshot::Sender<Response>, bool)>) {
+        let slot = if self.reloads.current.is_some() { &mut self.reloads.next } else { &mut self.reloads.current };
+        let ask = slot.get_or_insert_with(ReloadAsk::default);
+        ask.apply |= apply;
+        ask.replies.extend(reply);
+        if self.reloads.next.is_none() {
+            self.start_load();
         }
-        self.notify.reloading();
-        let resp = self.apply_reload(false);
-        self.notify.ready();
-        resp
     }
 
-    fn apply_reload(&mut self, dry_run: bool) -> Response {
-        let path: PathBuf = self.config.path.clone();
-        let new = match config::load(&path) {
-            Ok(c) => c,
+    /// Read and validate the file on a thread; the result comes back as `ConfigLoaded`.
+    /// A reload is framed for systemd by RELOADING=1 and READY=1 (also when the new file is
+    /// rejected: the old config keeps running, so we are ready).
+    fn start_load(&mut self) {
+        if self.reloads.current.as_ref().is_some_and(|a| a.apply) {
+            self.notify.reloading();
+        }
+        let (path, tx) = (self.config.path.clone(), self.tx.clone());
+        let spawned = std::thread::Builder::new()
+            .name("corral-reload".into())
+            // The parser's own limits keep it far below this; a thread's default is 2 MiB.
+            .stack_size(16 << 20)
+            .spawn(move || {
+                let _ = tx.send(Event::ConfigLoaded(Box::new(config::load_settled(&path))));
+            });
+        if let Err(e) = spawned {
+            error!("cannot start a thread to read the config: {e}");
+            let message = format!("cannot reload now (no thread to read the config: {e}); try again");
+            for (reply, _) in self.reloads.current.take().map(|a| a.replies).unwrap_or_default() {
+                let _ = reply.send(Response::err(ErrorKind::Refused, message.clone()));
+            }
+            self.notify.ready();
+        }
+    }
+
+    fn config_loaded(&mut self, result: Result<Config, config::ConfigErrors>) {
+        let ask = self.reloads.current.take().unwrap_or_default();
+        let (dry_plan, resp) = match result {
+            _ if self.shutting_down => (None, Response::err(ErrorKind::ShuttingDown, "supervisor is shutting down")),
             Err(errs) => {
                 let text = errs.to_string();
-                error!("config reload rejected, keeping the running config:\n{text}");
-                if !dry_run {
+                if ask.apply {
+                    error!("config reload rejected, keeping the running config:\n{text}");
                     self.config_error = Some(text.clone());
                 }
-                return Response::err(ErrorKind::Config, text);
+                (None, Response::err(ErrorKind::Config, text))
+            }
+            Ok(new) => {
+                let plan = serde_json::to_value(config::diff(&self.config, &new)).unwrap_or_default();
+                let dry = Response::ok(Reply::Reload(ReloadReport { applied: false, plan: plan.clone() }));
+                if ask.apply {
+                    (Some(dry), self.apply_reload(new))
+                } else {
+                    (None, dry)
+                }
             }
         };
+        trim_heap();
+        for (reply, dry_run) in ask.replies {
+            let answer = match (&dry_plan, dry_run) {
+                (Some(dry), true) => dry.clone(),
+                _ => resp.clone(),
+            };
+            let _ = reply.send(answer);
+        }
+        if ask.apply && !self.shutting_down {
+            self.notify.ready();
+        }
+        if let Some(next) = self.reloads.next.take() {
+            self.reloads.current = Some(next);
+            self.start_load();
+        }
+    }
+
+    /// Apply a validated config as a diff (SPEC §8).
+    fn apply_reload(&mut self, new: Config) -> Response {
         let plan = config::diff(&self.config, &new);
         let plan_json = serde_json::to_value(&plan).unwrap_or_default();
-        if dry_run {
-            return Response::ok(Reply::Reload(ReloadReport { applied: false, plan: plan_json }));
-        }
         self.config_error = None;
         for item in &plan.needs_restart {
             warn!("config change needs a restart of corral to take effect: {item}");
@@ -996,6 +1136,7 @@ impl Supervisor {
                 }
                 b.db = db;
                 b.cfg = self.config.budget.clone();
+                b.quota_dir_shared = self.config.jobs.values().any(|j| j.user.is_some());
             }
             (None, None) => {}
             _ => warn!("adding or removing [database] takes effect after a restart of corral"),
@@ -1008,7 +1149,7 @@ impl Supervisor {
             self.drop_if_removed(name);
         }
         for name in plan.restart.iter().chain(plan.update.iter()) {
-            let cfg = self.config.jobs[name].clone();
+            let Some(cfg) = self.config.jobs.get(name).cloned() else { continue };
             if let Some(j) = self.jobs.get_mut(name) {
                 j.policy = Policy::from(&cfg);
                 j.cfg = cfg;
@@ -1024,7 +1165,7 @@ impl Supervisor {
             }
         }
         for name in &plan.added {
-            let cfg = self.config.jobs[name].clone();
+            let Some(cfg) = self.config.jobs.get(name).cloned() else { continue };
             let autostart = cfg.autostart;
             self.jobs.insert(name.clone(), JobRt::new(cfg));
             if autostart {
@@ -1133,7 +1274,8 @@ impl Supervisor {
             .map(|(n, _)| n.clone())
             .collect();
         for name in waiting {
-            let epoch = self.jobs[&name].m.epoch;
+            // Feeding one job can drop another that was removed from the config.
+            let Some(epoch) = self.jobs.get(&name).map(|j| j.m.epoch) else { continue };
             self.feed(&name, Input::Timer { kind: TimerKind::RetryWait, epoch });
         }
         self.after_reading();
@@ -1160,9 +1302,10 @@ impl Supervisor {
     fn deliver(&mut self, tell: Vec<(String, u32)>) {
         let Some(budget) = self.budget.as_mut() else { return };
         let mut shrunk = false;
+        let mut held_back = Vec::new();
         for (name, quota) in tell {
-            let Some(job) = self.jobs.get(&name) else { continue };
             shrunk |= budget.jobs.get(&name).and_then(|b| b.process).is_some_and(|p| p.held > quota);
+            let Some(job) = self.jobs.get_mut(&name) else { continue };
             if let Err(e) = budget.write_quota(&job.cfg, quota) {
                 warn!(job = %name, "cannot write quota file: {e}");
                 continue;
@@ -1172,8 +1315,19 @@ impl Supervisor {
             }
             info!(job = %name, quota, "quota changed");
             if let (Some(sig), Some(pid)) = (job.cfg.quota_signal, job.m.pid) {
-                let _ = kill::signal_pid(pid, sig);
+                let uptime = job.started_at.map(|t| t.elapsed()).unwrap_or_default();
+                let old_enough = job.cfg.healthy_after.max(QUOTA_SIGNAL_MIN_UPTIME);
+                if uptime >= old_enough {
+                    let _ = kill::signal_pid(pid, sig);
+                } else if job.signal_due != Some(pid) {
+                    // Too young to have a handler: the file is rewritten now, the signal follows.
+                    job.signal_due = Some(pid);
+                    held_back.push((old_enough - uptime, Event::QuotaSignalDue { job: name.clone(), pid }));
+                }
             }
+        }
+        for (delay, ev) in held_back {
+            self.after(delay, ev);
         }
         if shrunk {
             // What the job gives back goes to others once a reading shows it closed.
@@ -1243,8 +1397,18 @@ impl Supervisor {
 
     fn fleet_request(&self) -> SyncRequest {
         let views = job_views(&self.jobs);
-        let budget = self.budget.as_ref().expect("fleet scope has a budget");
-        budget.fleet_request(&views, Instant::now())
+        match self.budget.as_ref() {
+            Some(budget) => budget.fleet_request(&views, Instant::now()),
+            // Only fleet scope asks, and fleet scope has a budget.
+            None => SyncRequest {
+                base: 0,
+                own: 0,
+                interval: self.config.budget.rebalance_interval,
+                hold: Duration::ZERO,
+                jobs: Vec::new(),
+                singletons: BTreeMap::new(),
+            },
+        }
     }
 
     fn request_sync(&self) {
@@ -1267,10 +1431,12 @@ impl Supervisor {
     fn fleet_admit(&mut self, name: &str) -> Result<Option<u32>, String> {
         let now = Instant::now();
         let service = self.config.budget.service.clone();
-        let budget = self.budget.as_ref().expect("fleet scope has a budget");
+        // Only called in fleet scope, which has both; anything else holds the job back.
+        let (Some(budget), Some(job)) = (self.budget.as_ref(), self.jobs.get(name)) else {
+            return Err("budget: no fleet budget".into());
+        };
+        let Some(f) = budget.fleet.as_ref() else { return Err("budget: no fleet budget".into()) };
         let hold_for = budget.fleet_hold();
-        let f = budget.fleet.as_ref().expect("fleet scope");
-        let job = &self.jobs[name];
         let failing = f.last_error.as_ref().map(|e| format!(" (fleet coordination failing: {e})")).unwrap_or_default();
         if job.cfg.single_instance && !f.holds(name, hold_for, now) {
             let (reason, unanswered) = match f.locks.get(name) {
@@ -1343,7 +1509,7 @@ impl Supervisor {
                     .map(|(n, _)| n.clone())
                     .collect();
                 for name in waiting {
-                    let epoch = self.jobs[&name].m.epoch;
+                    let Some(epoch) = self.jobs.get(&name).map(|j| j.m.epoch) else { continue };
                     self.feed(&name, Input::Timer { kind: TimerKind::RetryWait, epoch });
                 }
             }
@@ -1397,6 +1563,16 @@ impl Supervisor {
     }
 }
 
+/// Give back to the system what a big manifest's parse used: glibc keeps freed memory (and
+/// the reload thread's arena) cached, which would show as RSS kept after every large reload.
+fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free memory; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 fn job_views(jobs: &BTreeMap<String, JobRt>) -> Vec<JobView<'_>> {
     jobs.values()
         .map(|j| JobView {
@@ -1421,6 +1597,8 @@ impl JobRt {
             last_wait_logged: None,
             start_pending: false,
             awaiting: Awaiting::Nothing,
+            queued: false,
+            signal_due: None,
         }
     }
 }

@@ -275,7 +275,7 @@ impl Coordinator {
 
     async fn client(&mut self) -> Result<&mut Client, DbError> {
         self.ensure().await?;
-        Ok(&mut self.conn.as_mut().expect("just connected").client)
+        self.conn.as_mut().map(|c| &mut c.client).ok_or_else(not_connected)
     }
 
     fn err(&self, what: &'static str, e: &tokio_postgres::Error) -> DbError {
@@ -295,7 +295,7 @@ impl Coordinator {
     /// Heartbeat, expire, report our demands, allocate for the whole fleet, write the grants.
     pub async fn sync(&mut self, req: &SyncRequest) -> Result<SyncResult, DbError> {
         self.ensure().await?;
-        let conn = self.conn.as_mut().expect("just connected");
+        let conn = self.conn.as_mut().ok_or_else(not_connected)?;
         let r = sync_tx(&mut conn.client, &self.ident, self.lease, &mut self.locks, req).await;
         match r {
             Ok((result, new_lease)) => {
@@ -631,9 +631,10 @@ impl FleetRows {
         let jobs = self
             .rows
             .iter()
-            .map(|r| {
-                let g = alloc.get(&r.id()).expect("every row is allocated");
-                JobView {
+            .filter_map(|r| {
+                // Every row was allocated; a row without a grant is left out rather than panic.
+                let g = alloc.get(&r.id())?;
+                Some(JobView {
                     member: r.member.clone(),
                     service: r.service.clone(),
                     name: r.job.clone(),
@@ -645,7 +646,7 @@ impl FleetRows {
                     held: g.held,
                     connections: self.live_of.get(&r.id()).copied().flatten(),
                     waiting: g.wait_reason.as_ref().map(|w| w.to_string()),
-                }
+                })
             })
             .collect();
         FleetView {
@@ -733,7 +734,8 @@ async fn write_grants(
     let (mut m_ids, mut jobs, mut grants, mut targets, mut helds, mut waits) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for row in rows {
-        let g = alloc.get(&row.id()).expect("every row is allocated");
+        // Every row was allocated; one that was not keeps its old grant.
+        let Some(g) = alloc.get(&row.id()) else { continue };
         m_ids.push(row.member.clone());
         jobs.push(row.job.clone());
         grants.push(i(g.grant));
@@ -750,8 +752,9 @@ async fn write_grants(
     .await?;
     let mut results = BTreeMap::new();
     for (job, wants) in mine {
-        let g = alloc.get(&fleet::row_id(&me.service, job, &me.id)).expect("our row is allocated");
-        let row = rows.iter().find(|r| r.member == me.id && &r.job == job).expect("our row was read");
+        // Our rows were written before the read and allocated with it; without one, no result.
+        let Some(g) = alloc.get(&fleet::row_id(&me.service, job, &me.id)) else { continue };
+        let Some(row) = rows.iter().find(|r| r.member == me.id && &r.job == job) else { continue };
         let tell = fleet::told_after(*wants, g.grant, g.waiting_budget);
         if let Some(q) = tell.filter(|q| row.process.is_none_or(|p| p.told != *q)) {
             tx.execute(
@@ -809,3 +812,8 @@ async fn reserve_tx(
     tx.commit().await?;
     Ok(Ok(()))
 }
+/// `ensure` succeeded but left no connection: cannot happen, reported instead of a panic.
+fn not_connected() -> DbError {
+    DbError::Unexpected { what: "fleet coordination", message: "no connection after connecting".into() }
+}
+

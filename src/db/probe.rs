@@ -375,7 +375,11 @@ impl Probe {
                     reconnected = true;
                 }
                 slot.in_flight = true;
-                let live = slot.live.as_ref().expect("just ensured");
+                let Some(live) = slot.live.as_ref() else {
+                    // Opened just above: cannot happen, reported instead of a panic.
+                    slot.in_flight = false;
+                    return Err(DbError::Unexpected { what, message: "no connection after connecting".into() });
+                };
                 let backend_pid = live.backend_pid;
                 let result = op(&live.client).await;
                 slot.in_flight = false;

@@ -13,9 +13,12 @@ pub fn delay(initial: Duration, max: Duration, attempt: u32, jitter: f64) -> Dur
     if initial.is_zero() {
         return Duration::ZERO;
     }
-    let exp = attempt.saturating_sub(1).min(32);
-    let base = initial.saturating_mul(1u32 << exp.min(31));
-    let jittered = base.mul_f64(1.0 + 0.25 * jitter.clamp(0.0, 0.999));
+    let exp = attempt.saturating_sub(1).min(31);
+    let base = initial.saturating_mul(1u32 << exp);
+    // Not `mul_f64`: it panics when the product does not fit in a Duration. Validation keeps
+    // `initial` and `max` small, but a delay must never be able to kill the supervisor.
+    let factor = 1.0 + 0.25 * jitter.clamp(0.0, 0.999);
+    let jittered = Duration::try_from_secs_f64(base.as_secs_f64() * factor).unwrap_or(Duration::MAX);
     jittered.min(max)
 }
 
@@ -39,7 +42,20 @@ mod tests {
         assert_eq!(delay(Duration::ZERO, Duration::from_secs(5), 7, 0.5), Duration::ZERO);
     }
 
+    #[test]
+    fn huge_durations_never_panic() {
+        let huge = Duration::from_secs(u64::MAX);
+        assert_eq!(delay(huge, huge, 1, 0.9), huge);
+        assert_eq!(delay(Duration::MAX, Duration::MAX, u32::MAX, 0.999), Duration::MAX);
+    }
+
     proptest::proptest! {
+        #[test]
+        fn any_input_gives_a_delay_at_most_max(i in proptest::num::u64::ANY, m in proptest::num::u64::ANY, a in proptest::num::u32::ANY, j in proptest::num::f64::ANY) {
+            let (i, m) = (Duration::from_nanos(i).saturating_mul(1 << 20), Duration::from_nanos(m).saturating_mul(1 << 20));
+            proptest::prop_assert!(delay(i, m, a, j) <= m.max(Duration::ZERO));
+        }
+
         #[test]
         fn grows_until_cap(a in 1u32..20, j1 in 0.0f64..1.0, j2 in 0.0f64..1.0, ms in 1u64..5000) {
             let i = Duration::from_millis(ms);

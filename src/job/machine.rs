@@ -283,6 +283,11 @@ fn begin_stop(job: &mut Job, policy: &Policy, fx: &mut Vec<Effect>) {
     job.epoch += 1;
     job.state = State::Stopping;
     fx.push(Effect::Signal { pgid: pid, signal: policy.stop_signal });
+    // A stopped (SIGSTOP, Ctrl-Z) group would only act on the stop signal when continued:
+    // continue it, or every stop of a paused job waits for SIGKILL.
+    if !matches!(policy.stop_signal, libc::SIGKILL | libc::SIGCONT) {
+        fx.push(Effect::Signal { pgid: pid, signal: libc::SIGCONT });
+    }
     fx.push(Effect::ArmTimer { kind: TimerKind::StopTimeout, after: policy.stop_timeout, epoch: job.epoch });
 }
 
@@ -465,11 +470,21 @@ mod tests {
     }
 
     #[test]
+    fn no_sigcont_after_sigkill_as_the_stop_signal() {
+        let p = Policy { stop_signal: libc::SIGKILL, ..policy() };
+        let mut j = started(&p);
+        let fx = step(&mut j, &p, Input::Stop, 0.0);
+        assert!(!fx.contains(&Effect::Signal { pgid: 42, signal: libc::SIGCONT }), "{fx:?}");
+    }
+
+    #[test]
     fn stop_signals_group_then_kills_after_timeout() {
         let p = policy();
         let mut j = started(&p);
         let fx = step(&mut j, &p, Input::Stop, 0.0);
         assert_eq!(fx[0], Effect::Signal { pgid: 42, signal: libc::SIGTERM });
+        // A group paused with SIGSTOP acts on the stop signal only once continued.
+        assert_eq!(fx[1], Effect::Signal { pgid: 42, signal: libc::SIGCONT });
         let e = j.epoch;
         let fx = step(&mut j, &p, Input::Timer { kind: TimerKind::StopTimeout, epoch: e }, 0.0);
         assert_eq!(fx, vec![Effect::Signal { pgid: 42, signal: libc::SIGKILL }]);

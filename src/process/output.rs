@@ -5,11 +5,19 @@
 //!
 //! Readers are plain tasks that own the pipe; they never touch job state, so a
 //! chatty job cannot slow down the supervisor actor.
+//!
+//! Nothing here ever blocks the runtime thread on corral's own stdout or stderr (SPEC §7):
+//! lines go to a [`Sink`], a bounded queue drained by a writer thread of its own, which is the
+//! only code that may block on a reader that stopped reading (a stuck log driver, a terminal
+//! paused with Ctrl-S). When the queue is full, a line is dropped and counted for its job
+//! (`output_dropped` in `status --json` and `/metrics`); the ring buffer for `corral logs` is
+//! filled all the same. corral's own log (tracing, on stderr) goes through a second sink.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
-use std::os::fd::OwnedFd;
-use std::sync::{Arc, Mutex};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::broadcast;
@@ -22,10 +30,16 @@ pub const RING_LINES: usize = 1000;
 /// Longer lines are cut (a runaway job must not grow our memory).
 pub const MAX_LINE_BYTES: usize = 16 * 1024;
 
+/// Bytes of output waiting for a slow stdout (or stderr) before lines are dropped. The writer
+/// thread may hold one more batch of this size while it is blocked.
+pub const SINK_BYTES: usize = 1 << 20;
+
 #[derive(Default)]
 struct JobLog {
     lines: VecDeque<LogLine>,
     follow: Option<broadcast::Sender<LogLine>>,
+    /// Lines that did not reach corral's stdout because it was not read fast enough.
+    dropped: u64,
 }
 
 /// Shared between readers (writers of lines) and the control server (readers).
@@ -84,6 +98,16 @@ impl LogStore {
     pub fn forget(&self, job: &str) {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).remove(job);
     }
+
+    /// Lines of `job` dropped from corral's stdout so far.
+    pub fn dropped(&self, job: &str) -> u64 {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).get(job).map_or(0, |l| l.dropped)
+    }
+
+    fn count_dropped(&self, job: &str) {
+        let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(job.to_string()).or_default().dropped += 1;
+    }
 }
 
 /// Read `fd` line by line until EOF, printing and storing each line.
@@ -95,6 +119,7 @@ pub fn start_reader(fd: OwnedFd, job: String, stream: &'static str, format: LogF
     let reader = tokio::spawn(async move {
         let mut reader = BufReader::with_capacity(1024, pipe);
         let mut buf = Vec::with_capacity(256);
+        let mut stalled = false;
         loop {
             buf.clear();
             match read_line_capped(&mut reader, &mut buf).await {
@@ -106,7 +131,14 @@ pub fn start_reader(fd: OwnedFd, job: String, stream: &'static str, format: LogF
             }
             let text = String::from_utf8_lossy(&buf).into_owned();
             let line = LogLine { job: job.clone(), stream: stream.to_string(), ts: unix_now(), line: text };
-            emit(&line, format);
+            if stdout_sink().push(format_line(&line, format)) {
+                stalled = false;
+            } else {
+                store.count_dropped(&job);
+                if !std::mem::replace(&mut stalled, true) {
+                    tracing::warn!(job = %job, "corral's stdout is not read fast enough: dropping output lines (counted in status as output_dropped; `corral logs` keeps them)");
+                }
+            }
             store.push(line);
         }
     });
@@ -136,8 +168,9 @@ async fn read_line_capped<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R, buf: &m
     }
 }
 
-fn emit(line: &LogLine, format: LogFormat) {
-    let mut out = std::io::stdout().lock();
+/// One line as it appears on corral's stdout.
+fn format_line(line: &LogLine, format: LogFormat) -> Vec<u8> {
+    let mut out = Vec::with_capacity(line.job.len() + line.line.len() + 4);
     let _ = match format {
         LogFormat::Text => writeln!(out, "[{}] {}", line.job, line.line),
         LogFormat::Json => {
@@ -145,9 +178,217 @@ fn emit(line: &LogLine, format: LogFormat) {
             writeln!(out, "{v}")
         }
     };
-    let _ = out.flush();
+    out
+}
+
+/// Job output's way to corral's stdout.
+pub fn stdout_sink() -> &'static Sink {
+    static SINK: OnceLock<Sink> = OnceLock::new();
+    SINK.get_or_init(|| Sink::spawn("corral-stdout", std::io::stdout().as_fd().try_clone_to_owned().ok(), SINK_BYTES))
+}
+
+/// corral's own log's way to stderr (see `main.rs`).
+pub fn stderr_sink() -> &'static Sink {
+    static SINK: OnceLock<Sink> = OnceLock::new();
+    SINK.get_or_init(|| Sink::spawn("corral-stderr", std::io::stderr().as_fd().try_clone_to_owned().ok(), SINK_BYTES))
+}
+
+/// A bounded, lossy byte queue in front of a file descriptor, drained by its own thread.
+/// `push` never blocks: it takes the bytes when they fit in the bound, else drops them.
+/// Only the writer thread ever waits on the descriptor.
+pub struct Sink {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    /// Signalled when bytes are queued.
+    ready: Condvar,
+    /// Signalled when the writer finished a batch.
+    written: Condvar,
+}
+
+#[derive(Default)]
+struct Queue {
+    chunks: VecDeque<Vec<u8>>,
+    bytes: usize,
+    /// The writer took a batch and is writing it.
+    writing: bool,
+    dropped: u64,
+    capacity: usize,
+}
+
+impl Sink {
+    /// Start the writer thread on `out` (None: a sink that discards, when the descriptor
+    /// could not be duplicated). Without a thread (it could not be spawned) bytes are dropped.
+    pub fn spawn(name: &str, out: Option<OwnedFd>, capacity: usize) -> Sink {
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue { capacity, ..Queue::default() }),
+            ready: Condvar::new(),
+            written: Condvar::new(),
+        });
+        let worker = shared.clone();
+        let file = out.map(std::fs::File::from);
+        let spawned = std::thread::Builder::new().name(name.to_string()).spawn(move || worker.drain_to(file));
+        if spawned.is_err() {
+            shared.lock().capacity = 0;
+        }
+        Sink { shared }
+    }
+
+    /// Queue `bytes`; false when they were dropped (the queue is full).
+    pub fn push(&self, bytes: Vec<u8>) -> bool {
+        let mut q = self.shared.lock();
+        if q.bytes + bytes.len() > q.capacity {
+            q.dropped += 1;
+            return false;
+        }
+        q.bytes += bytes.len();
+        q.chunks.push_back(bytes);
+        drop(q);
+        self.shared.ready.notify_one();
+        true
+    }
+
+    /// Chunks dropped so far.
+    pub fn dropped(&self) -> u64 {
+        self.shared.lock().dropped
+    }
+
+    /// Wait up to `timeout` until everything queued is written. False when the reader is
+    /// too slow (or gone): at exit, corral does not wait longer than that for it.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut q = self.shared.lock();
+        while !q.chunks.is_empty() || q.writing {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            q = self.shared.written.wait_timeout(q, left).unwrap_or_else(|e| e.into_inner()).0;
+        }
+        true
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The writer thread: take everything queued, write it (this may block), repeat.
+    fn drain_to(&self, mut out: Option<std::fs::File>) {
+        loop {
+            let batch = {
+                let mut q = self.lock();
+                while q.chunks.is_empty() {
+                    q = self.ready.wait(q).unwrap_or_else(|e| e.into_inner());
+                }
+                q.writing = true;
+                q.bytes = 0;
+                std::mem::take(&mut q.chunks)
+            };
+            if let Some(f) = out.as_mut() {
+                for chunk in &batch {
+                    // A closed reader (EPIPE; SIGPIPE is ignored) or any other error: the bytes
+                    // are lost, as they would be on a terminal that went away.
+                    if f.write_all(chunk).is_err() {
+                        break;
+                    }
+                }
+            }
+            drop(batch);
+            self.lock().writing = false;
+            self.written.notify_all();
+        }
+    }
+}
+
+/// A `tracing` writer for a sink: each formatted event is one chunk.
+#[derive(Clone, Copy)]
+pub struct SinkWriter(pub &'static Sink);
+
+impl Write for SinkWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.push(buf.to_vec());
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for SinkWriter {
+    type Writer = SinkWriter;
+
+    fn make_writer(&'a self) -> SinkWriter {
+        *self
+    }
 }
 
 pub fn unix_now() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn pipe() -> (std::fs::File, OwnedFd) {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        (std::fs::File::from(r), w)
+    }
+
+    #[test]
+    fn a_reader_that_stops_reading_costs_dropped_lines_never_a_blocked_push() {
+        let (mut r, w) = pipe();
+        // The smallest pipe (a page), so the writer surely blocks on what the queue holds.
+        // SAFETY: fcntl on a descriptor we own.
+        unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&w), libc::F_SETPIPE_SZ, 4096) };
+        let sink = Sink::spawn("test-sink", Some(w), 8 * 1000);
+        let line = [vec![b'x'; 999], vec![b'\n']].concat();
+        // Far more than the pipe and the queue hold: every push returns at once.
+        let kept = (0..5_000).filter(|_| sink.push(line.clone())).count();
+        assert!((8..5_000).contains(&kept), "kept {kept}");
+        assert_eq!(sink.dropped() as usize, 5_000 - kept);
+        assert!(!sink.flush(Duration::from_millis(50)), "nobody reads: the flush gives up");
+        // The reader comes back: what was kept arrives, whole lines.
+        let reader = std::thread::spawn(move || {
+            let mut got = vec![0u8; kept * 1000];
+            r.read_exact(&mut got).map(|_| got)
+        });
+        assert!(sink.flush(Duration::from_secs(10)));
+        let got = reader.join().unwrap().unwrap();
+        assert!(got.chunks(1000).all(|l| l == line.as_slice()));
+    }
+
+    #[test]
+    fn lines_arrive_in_order_when_the_reader_keeps_up() {
+        let (mut r, w) = pipe();
+        let sink = Sink::spawn("test-sink", Some(w), 1 << 20);
+        for i in 0..1000 {
+            assert!(sink.push(format!("{i}\n").into_bytes()));
+        }
+        assert!(sink.flush(Duration::from_secs(10)));
+        let mut buf = vec![0u8; 1 << 16];
+        let mut text = String::new();
+        while text.lines().count() < 1000 {
+            let n = r.read(&mut buf).unwrap();
+            text.push_str(std::str::from_utf8(&buf[..n]).unwrap());
+        }
+        let want: String = (0..1000).map(|i| format!("{i}\n")).collect();
+        assert_eq!(text, want);
+        assert_eq!(sink.dropped(), 0);
+    }
+
+    #[test]
+    fn a_closed_reader_is_not_an_error() {
+        let (r, w) = pipe();
+        drop(r);
+        let sink = Sink::spawn("test-sink", Some(w), 1 << 20);
+        assert!(sink.push(b"into the void\n".to_vec()));
+        assert!(sink.flush(Duration::from_secs(10)));
+    }
 }

@@ -68,8 +68,12 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> std::io::Result<Spawned> {
     let mut child = cmd.spawn()?;
     drop(_inherit);
     let pid = child.id() as i32;
-    let stdout = child.stdout.take().map(OwnedFd::from).expect("stdout is piped");
-    let stderr = child.stderr.take().map(OwnedFd::from).expect("stderr is piped");
+    let (Some(stdout), Some(stderr)) = (child.stdout.take().map(OwnedFd::from), child.stderr.take().map(OwnedFd::from)) else {
+        // Both were set to piped above, so std always returns them; never leave an untracked
+        // child behind if it did not (the reaper collects it).
+        let _ = crate::process::kill::signal_pid(pid, libc::SIGKILL);
+        return Err(std::io::Error::other("the job's output pipes were not created"));
+    };
     // Dropping `Child` neither waits nor kills: the reaper owns the exit.
     drop(child);
     Ok(Spawned { pid, stdout, stderr })

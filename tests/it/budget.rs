@@ -281,3 +281,37 @@ fn check_prints_the_plan_and_fails_when_minimums_cannot_fit() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("need at least 49 connections but only 48 are usable"), "{}", stderr(&out));
 }
+
+/// issue 12 item 7: `quota_signal` is never sent before the job can have installed its handler
+/// (this one installs it after a second, and SIGHUP's default action would kill it), and
+/// `corral start` waits for a job queued behind connections being given back instead of
+/// reporting a failure.
+#[test]
+fn quota_signal_waits_for_a_young_job_and_start_waits_for_a_queued_one() {
+    let pg = TestPg::start(30);
+    let job = |name: &str| {
+        format!(
+            "[jobs.{name}]\ncommand = [\"sh\", \"-c\", \"sleep 1; trap 'echo hup >> {{dir}}/{name}.hups' HUP; while :; do sleep 0.1; done\"]\n\
+             connections = {{ min = 1, max = 26 }}\nquota_signal = \"SIGHUP\"\nautostart = false\non_duplicate = \"ignore\"\n\n"
+        )
+    };
+    let body = format!(
+        "[database]\nurl = \"{url}\"\nprovider_reserve = 0\nadhoc_reserve = 0\nhealth_interval = \"2s\"\n\n\
+         [budget]\nrebalance_interval = \"300ms\"\n\n{a}{b}",
+        url = pg.url(),
+        a = job("a"),
+        b = job("b")
+    );
+    let c = Corral::start(&body);
+    let out = c.ctl(&["start", "a"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let a = c.job("a");
+    // a holds every usable connection; b can only start once a's shrink is confirmed.
+    let out = c.ctl(&["start", "b"]);
+    assert!(out.status.success(), "start must wait for (or report as queued) a job behind a shrink: {}{}", stdout(&out), stderr(&out));
+    assert!(poll(20 * SEC, || std::fs::read_to_string(c.path("a.hups")).is_ok_and(|s| s.contains("hup"))), "a never got its quota_signal\n{}", c.output());
+    let now = c.job("a");
+    assert_eq!((now["pid"].clone(), now["restarts"].clone(), now["last_exit"].clone()), (a["pid"].clone(), 0.into(), serde_json::Value::Null), "a was killed by an early signal: {now}\n{}", c.output());
+    c.wait_state("b", "running", 20 * SEC);
+    assert!(!c.output().contains("killed by SIGHUP"), "{}", c.output());
+}

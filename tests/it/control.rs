@@ -681,3 +681,21 @@ fn a_stale_socket_is_replaced() {
     c.wait_state("alpha", "running", 10 * SEC);
     assert!(c.output().contains("stale socket"), "{}", c.output());
 }
+
+#[test]
+fn a_reservation_name_is_checked_like_a_job_name() {
+    // An unreachable database with a fixed limit: reservations themselves work.
+    let c = Corral::start(&format!(
+        "[database]\nurl = \"postgres://u:p@127.0.0.1:1/db\"\nmax_connections = 60\nhealth_timeout = \"1s\"\n\n{SLEEPER}"
+    ));
+    for bad in ["a\nINFO forged line", "..", ".hidden", &"r".repeat(65), ""] {
+        let out = c.ctl(&["reserve", bad, "-n", "1"]);
+        assert_eq!(code(&out), 2, "{bad:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains("invalid reservation name"), "{bad:?}: {}", stderr(&out));
+    }
+    let out = c.ctl(&["release", "a\nb"]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    let out = c.ctl(&["reserve", "ops.backfill-1", "-n", "1"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(!c.output().contains("INFO forged line"), "a newline in a name reached the log");
+}

@@ -262,7 +262,7 @@ fn the_sweep_kills_stray_orphans_that_left_the_jobs_group() {
 socket = "{dir}/corral.sock"
 lock_dir = "{dir}/locks"
 orphans = "kill"
-reap_interval = "500ms"
+reap_interval = "1s"
 
 [jobs.leaky]
 command = ["sh", "-c", "(setsid sh -c 'echo $$$$ > {dir}/stray; exec sleep 300' &); (sleep 300 & echo $! > {dir}/kept); exec sleep 1000"]
@@ -429,4 +429,52 @@ stop_timeout = "30s"
     assert!(t0.elapsed() < Duration::from_secs(3), "second SIGINT did not kill at once: {:?}", t0.elapsed());
     assert_eq!(code, Some(0));
     assert!(!pid_alive(main));
+}
+
+// ----- never held back, never stuck (SPEC §7, §10) -----
+
+#[test]
+fn a_job_paused_with_sigstop_stops_on_its_stop_signal_without_waiting_for_sigkill() {
+    let c = Corral::start(
+        r#"
+[jobs.paused]
+command = ["sh", "-c", "echo $$$$ > {dir}/pid; exec sleep 1000"]
+stop_timeout = "60s"
+"#,
+    );
+    let pid = wait_file_pid(&c.path("pid"), 10 * SEC);
+    c.wait_state("paused", "running", 10 * SEC);
+    unsafe { libc::kill(-pid, libc::SIGSTOP) };
+    assert!(poll(5 * SEC, || proc_stat(pid).is_some_and(|(s, _)| s == 'T')), "not stopped: {:?}", proc_stat(pid));
+    let out = c.ctl(&["stop", "paused"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let j = c.job("paused");
+    assert_eq!(j["last_exit"]["signal"], libc::SIGTERM, "ended by SIGTERM after SIGCONT, not by the SIGKILL of stop_timeout: {j}");
+}
+
+#[test]
+fn lock_files_are_private_and_a_held_lock_names_its_real_holder() {
+    use std::os::unix::fs::PermissionsExt;
+    let c = Corral::start(
+        r#"
+[jobs.solo]
+command = ["sh", "-c", "exec sleep 1000", "{dir}"]
+healthy_after = "100ms"
+"#,
+    );
+    let old = c.wait_state("solo", "running", 10 * SEC)["pid"].as_i64().unwrap();
+    let (dir, file) = (c.path("locks"), c.path("locks/solo.lock"));
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!((mode(&dir), mode(&file)), (0o700, 0o600), "others must not be able to open a lock");
+    assert!(c.ctl(&["stop", "solo"]).status.success());
+    // Something else takes the lock while the file still names the old job's (dead) pid.
+    let held = std::fs::OpenOptions::new().read(true).open(&file).unwrap();
+    assert_eq!(unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&held), libc::LOCK_EX | libc::LOCK_NB) }, 0);
+    let out = c.ctl(&["start", "solo"]);
+    assert_eq!(out.status.code(), Some(1));
+    let reason = c.job("solo")["reason"].as_str().unwrap_or_default().to_string();
+    let me = format!("held by pid {} (", std::process::id());
+    assert!(reason.contains(&me), "the reason must name the live holder, not the old job {old}: {reason}");
+    drop(held);
+    c.wait_state("solo", "running", 10 * SEC);
 }

@@ -83,6 +83,21 @@ impl Corral {
         Corral { child: Some(child), dir, config, socket, output, readers }
     }
 
+    /// Start corral on `body` with its stdout and stderr on pipes nobody reads (a stuck log
+    /// driver, a terminal paused with Ctrl-S). The read ends are returned: keep them open, or
+    /// corral's writes fail (EPIPE) instead of blocking. Its output is not captured.
+    pub fn start_unread(body: &str) -> (Corral, Vec<std::os::fd::OwnedFd>) {
+        let (dir, config, socket) = setup(body);
+        let (out_r, out_w) = nix::unistd::pipe().expect("pipe");
+        let (err_r, err_w) = nix::unistd::pipe().expect("pipe");
+        let mut cmd = Command::new(bin());
+        cmd.args(["run", "-c"]).arg(&config).current_dir(dir.path()).stdout(Stdio::from(out_w)).stderr(Stdio::from(err_w));
+        let child = cmd.spawn().expect("spawn corral");
+        let c = Corral { child: Some(child), dir, config, socket, output: Arc::new(Mutex::new(String::new())), readers: Vec::new() };
+        c.wait_ready();
+        (c, vec![out_r, err_r])
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
     }

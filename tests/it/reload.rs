@@ -282,3 +282,52 @@ fn a_configmap_style_symlink_swap_reloads() {
     version(3, "[jobs.beta]\ncommand = [\"sh\", \"-c\", \"exec sleep 100071\", \"{dir}\"]\n");
     assert!(poll(10 * SEC, || names(&c) == ["beta"]), "second update not seen: {:?}", names(&c));
 }
+
+/// SPEC §8: an in-place save (truncate, then write) is never applied half-way. Here the file
+/// stays empty long enough for corral to see it: that is refused, and the full file that
+/// follows restarts only the job that changed.
+#[test]
+fn an_in_place_save_never_restarts_an_unchanged_job() {
+    use std::io::Write;
+    let (c, a, b) = start_two();
+    let mut f = std::fs::OpenOptions::new().write(true).truncate(true).open(&c.config).unwrap();
+    let mut st = Value::Null;
+    let seen = poll(10 * SEC, || {
+        st = c.status();
+        st["config_error"].as_str().is_some_and(|e| e.contains("the manifest is empty"))
+    });
+    assert!(seen, "the empty file was not refused: {st}\n{}", c.output());
+    assert_eq!((pid_of(&c.job("alpha")), pid_of(&c.job("beta"))), (a, b), "an empty file stopped jobs");
+    // The rest of the save: beta's command changes, alpha's does not.
+    let new = config_text(&c, &TWO.replace("exec sleep 100001", "exec sleep 100031"));
+    f.write_all(new.as_bytes()).unwrap();
+    drop(f);
+    let beta = c.wait_job("beta", 10 * SEC, "restarted with the new command", |j| j["pid"].as_i64().is_some_and(|p| p != b));
+    assert!(c.status()["config_error"].is_null());
+    assert_eq!(pid_of(&c.job("alpha")), a, "alpha was restarted by an in-place save");
+    assert!(pid_of(&beta) != b);
+}
+
+/// A save written in two parts, the first a valid manifest on its own (beta missing): the
+/// reload waits until the file has settled, so beta is never stopped.
+#[test]
+fn a_save_caught_mid_write_is_not_applied() {
+    use std::io::Write;
+    let (c, a, b) = start_two();
+    let full = config_text(&c, TWO);
+    let cut = full.find("[jobs.beta]").unwrap();
+    let reloads = |c: &Corral| c.output().matches("config reloaded").count();
+    let before = reloads(&c);
+    let mut f = std::fs::OpenOptions::new().write(true).truncate(true).open(&c.config).unwrap();
+    f.write_all(&full.as_bytes()[..cut]).unwrap();
+    f.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(100)); // the writer's pause mid-save (the attack), not synchronisation
+    f.write_all(&full.as_bytes()[cut..]).unwrap();
+    drop(f);
+    // The edit is a no-op once complete: wait until corral has read it, then nothing moved.
+    assert!(poll(10 * SEC, || reloads(&c) > before), "the save was never reloaded\n{}", c.output());
+    wait_applied(&c);
+    assert_eq!((pid_of(&c.job("alpha")), pid_of(&c.job("beta"))), (a, b), "a half-written file stopped beta");
+    let out = c.output();
+    assert!(!out.lines().any(|l| l.contains("removed") && l.contains("beta")), "{out}");
+}

@@ -7,6 +7,7 @@
 
 #[path = "../it/harness.rs"]
 mod harness;
+mod hostile;
 
 use std::time::{Duration, Instant};
 
