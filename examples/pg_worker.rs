@@ -4,7 +4,8 @@
 //! them busy (`SELECT pg_sleep(...)` in a loop, so they show as active). On
 //! SIGHUP it re-reads `CORRAL_QUOTA_FILE` and grows or shrinks to the new
 //! quota, printing `quota N`. `WORKER_EXTRA=n` opens n more idle connections
-//! than allowed (to test enforcement); `WORKER_IDLE=1` holds them idle.
+//! than allowed (to test enforcement); `WORKER_IDLE=1` holds them idle;
+//! `WORKER_BUSY_FILE=path` keeps them busy only while that file exists.
 //!
 //! Run: cargo run --example pg_worker (with the env corral gives a job).
 
@@ -28,6 +29,8 @@ fn quota_from_file() -> Option<u32> {
 struct Conn {
     client: Arc<Client>,
     task: tokio::task::JoinHandle<()>,
+    /// Set to end the busy loop after its current query.
+    done: Arc<std::sync::atomic::AtomicBool>,
 }
 
 async fn open(url: &str, busy: bool) -> Result<Conn, tokio_postgres::Error> {
@@ -37,21 +40,38 @@ async fn open(url: &str, busy: bool) -> Result<Conn, tokio_postgres::Error> {
     });
     let client = Arc::new(client);
     let c2 = client.clone();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let d2 = done.clone();
     let task = tokio::spawn(async move {
         if !busy {
             return;
         }
-        while c2.simple_query("SELECT pg_sleep(0.2)").await.is_ok() {}
+        // WORKER_BUSY_FILE: busy only while that file exists (tests turn a job idle or active).
+        let gate = std::env::var_os("WORKER_BUSY_FILE").map(std::path::PathBuf::from);
+        while !d2.load(std::sync::atomic::Ordering::SeqCst) {
+            if gate.as_ref().is_some_and(|g| !g.exists()) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+            if c2.simple_query("SELECT pg_sleep(0.2)").await.is_err() {
+                break;
+            }
+        }
     });
-    Ok(Conn { client, task })
+    Ok(Conn { client, task, done })
 }
 
 async fn resize(conns: &mut Vec<Conn>, want: usize, url: &str, busy: bool) {
-    while conns.len() > want {
-        let c = conns.pop().expect("non-empty");
-        // Dropping the last handle closes the connection.
-        c.task.abort();
+    // Like a real pool, a connection is closed between queries, never in the middle of one: a
+    // backend whose client vanished mid-query runs on until the query ends, so the job would
+    // briefly have more backends than its quota if it opened new connections meanwhile.
+    let gone: Vec<Conn> = conns.drain(want.min(conns.len())..).collect();
+    for c in &gone {
+        c.done.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+    for c in gone {
         let _ = c.task.await;
+        // Dropping the last handle closes the connection.
         drop(c.client);
     }
     while conns.len() < want {

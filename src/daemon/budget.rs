@@ -383,6 +383,18 @@ impl Budget {
         }
     }
 
+    /// Connections given back that no reading has shown closed yet: an exited job's backends,
+    /// or the part of a lowered quota its job has not been measured within.
+    pub fn unconfirmed(&self) -> bool {
+        self.jobs.values().any(|b| b.process.is_some_and(|p| b.exited_at.is_some() || allocate::occupancy(Some(&p)) > p.told))
+    }
+
+    /// What a reading can change that the fleet must hear about: each job's wants (idle or
+    /// active) and the connections its process occupies.
+    pub fn reading_signature(&self, jobs: &[JobView<'_>], now: Instant) -> Vec<(String, Wants, u32)> {
+        self.demands(jobs, now, None).into_iter().map(|d| (d.id, d.wants, allocate::occupancy(d.process.as_ref()))).collect()
+    }
+
     /// Connections of the job's previous run that no reading has shown closed yet. A new run
     /// waits for them: backends outlive their client while a query runs, and the new run's
     /// quota does not cover both.

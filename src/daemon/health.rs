@@ -1,9 +1,12 @@
 //! The database probe task (SPEC §6): every `health_interval` a full check
 //! (connect, `SELECT 1` under `health_timeout`, server limits, usage), and
 //! every `rebalance_interval` a cheaper usage reading, all on corral's one
-//! kept connection. Results go to the actor as events; a failed check is
-//! retried with backoff and never touches jobs.
+//! kept connection. The actor asks for extra readings when connections are
+//! about to be freed (an exit, a shrink); those are spaced so that no number
+//! of events makes more than a few a second. Results go to the actor as
+//! events; a failed check is retried with backoff and never touches jobs.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,12 +27,29 @@ pub struct DbReport {
 pub enum ProbeCmd {
     /// Run a full check now; send `then` to the actor after the report.
     CheckNow { then: oneshot::Sender<crate::protocol::Response> },
-    /// Read usage now: a restarting job waits for its previous run's backends to close.
-    UsageNow,
+    /// A usage reading is wanted at this time (at once when it has passed), or as soon after
+    /// as the spacing allows: an exited job's backends closing, a restart waiting for them,
+    /// a shrink to confirm (SPEC §5: freed connections are handed on within about a second).
+    UsageAt(Instant),
 }
 
-/// The shortest time between two on-demand usage readings.
-const USAGE_SPACING: Duration = Duration::from_millis(50);
+/// On-demand readings start at least this long after the previous reading...
+pub const READING_GAP: Duration = Duration::from_millis(50);
+/// ...and at most this many start in any second, however many events ask for one.
+pub const READINGS_PER_SECOND: usize = 5;
+
+/// The earliest an on-demand reading may start at `now`, given when the last readings started
+/// (oldest first; only the last [`READINGS_PER_SECOND`] matter).
+pub fn earliest_reading(recent: &VecDeque<Instant>, now: Instant) -> Instant {
+    let mut at = now;
+    if let Some(last) = recent.back() {
+        at = at.max(*last + READING_GAP);
+    }
+    if recent.len() >= READINGS_PER_SECOND {
+        at = at.max(recent[recent.len() - READINGS_PER_SECOND] + Duration::from_secs(1));
+    }
+    at
+}
 
 pub async fn full_check(probe: &Probe, timeout: Duration) -> DbReport {
     let started = Instant::now();
@@ -52,42 +72,36 @@ pub fn spawn(probe: Arc<Probe>, health_interval: Duration, rebalance: Duration, 
         let mut failures: u32 = 0;
         let mut next_full = Instant::now() + health_interval;
         let mut next_usage = Instant::now() + rebalance;
-        let mut last_reading = Instant::now().checked_sub(USAGE_SPACING).unwrap_or_else(Instant::now);
+        // The earliest on-demand reading asked for: any number of requests make one reading.
+        let mut wanted: Option<Instant> = None;
+        let mut recent: VecDeque<Instant> = VecDeque::with_capacity(READINGS_PER_SECOND + 1);
         loop {
-            let wake = next_full.min(next_usage);
-            let cmd = tokio::select! {
+            let demand = wanted.map(|w| w.max(earliest_reading(&recent, Instant::now())));
+            let wake = demand.map_or(next_full.min(next_usage), |d| d.min(next_full).min(next_usage));
+            let then = tokio::select! {
                 _ = tokio::time::sleep_until(wake.into()) => None,
-                c = cmd_rx.recv() => match c { Some(c) => Some(c), None => return },
-            };
-            // Several usage requests queued up are answered by one reading, and requests
-            // are not answered more often than every USAGE_SPACING (a restart waiting for
-            // lingering backends asks again after every reading).
-            let cmd = match cmd {
-                Some(ProbeCmd::UsageNow) => {
-                    let since = last_reading.elapsed();
-                    if since < USAGE_SPACING {
-                        tokio::time::sleep(USAGE_SPACING - since).await;
+                c = cmd_rx.recv() => match c {
+                    Some(ProbeCmd::UsageAt(at)) => {
+                        wanted = Some(wanted.map_or(at, |w| w.min(at)));
+                        continue;
                     }
-                    let mut c = None;
-                    while let Ok(next) = cmd_rx.try_recv() {
-                        if let ProbeCmd::CheckNow { .. } = next {
-                            c = Some(next);
-                            break;
-                        }
-                    }
-                    c
-                }
-                other => other,
+                    Some(ProbeCmd::CheckNow { then }) => Some(then),
+                    None => return,
+                },
             };
-            let now = Instant::now();
-            let full = cmd.is_some() || now >= next_full;
+            let started = Instant::now();
+            let full = then.is_some() || started >= next_full;
             let report = if full {
                 full_check(&probe, timeout).await
             } else {
-                let started = Instant::now();
                 DbReport { started, health: None, usage: probe.usage(timeout).await.map_err(|e| e.to_string()) }
             };
-            last_reading = Instant::now();
+            recent.push_back(started);
+            if recent.len() > READINGS_PER_SECOND {
+                recent.pop_front();
+            }
+            // A reading answers the requests made before it started, not those for later.
+            wanted = wanted.filter(|w| *w > started);
             let failed = report.usage.is_err();
             if full {
                 failures = if failed { failures + 1 } else { 0 };
@@ -99,10 +113,72 @@ pub fn spawn(probe: Arc<Probe>, health_interval: Duration, rebalance: Duration, 
             if tx.send(Event::Db(report)).is_err() {
                 return;
             }
-            if let Some(ProbeCmd::CheckNow { then }) = cmd {
+            if let Some(then) = then {
                 let _ = tx.send(Event::HealthAnswer(then));
             }
         }
     });
     cmd_tx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(base: Instant, ms: &[u64]) -> VecDeque<Instant> {
+        ms.iter().map(|m| base + Duration::from_millis(*m)).collect()
+    }
+
+    #[test]
+    fn first_reading_after_a_quiet_spell_starts_at_once() {
+        let t0 = Instant::now();
+        let now = t0 + Duration::from_secs(10);
+        assert_eq!(earliest_reading(&VecDeque::new(), t0), t0);
+        assert_eq!(earliest_reading(&at(t0, &[0, 100, 200, 300, 400]), now), now);
+    }
+
+    #[test]
+    fn readings_are_spaced_by_the_gap() {
+        let t0 = Instant::now();
+        let recent = at(t0, &[0]);
+        assert_eq!(earliest_reading(&recent, t0 + Duration::from_millis(10)), t0 + READING_GAP);
+        assert_eq!(earliest_reading(&recent, t0 + Duration::from_millis(70)), t0 + Duration::from_millis(70));
+    }
+
+    #[test]
+    fn no_more_than_the_limit_in_any_second() {
+        let t0 = Instant::now();
+        // Five readings 50 ms apart: the sixth waits until a second after the first.
+        let recent = at(t0, &[0, 50, 100, 150, 200]);
+        assert_eq!(earliest_reading(&recent, t0 + Duration::from_millis(250)), t0 + Duration::from_secs(1));
+        // Four: the gap alone applies.
+        let recent = at(t0, &[0, 50, 100, 150]);
+        assert_eq!(earliest_reading(&recent, t0 + Duration::from_millis(160)), t0 + Duration::from_millis(200));
+    }
+
+    #[test]
+    fn requests_as_fast_as_possible_get_at_most_the_limit_per_second() {
+        // Someone asks continuously: simulate the schedule the task follows.
+        let t0 = Instant::now();
+        let mut recent = VecDeque::new();
+        let mut now = t0;
+        let mut starts = Vec::new();
+        while now < t0 + Duration::from_secs(10) {
+            let s = earliest_reading(&recent, now);
+            starts.push(s);
+            recent.push_back(s);
+            if recent.len() > READINGS_PER_SECOND {
+                recent.pop_front();
+            }
+            now = s + Duration::from_millis(3); // the reading itself takes a little
+        }
+        for (i, s) in starts.iter().enumerate() {
+            let in_window = starts[i..].iter().take_while(|t| t.duration_since(*s) < Duration::from_secs(1)).count();
+            assert!(in_window <= READINGS_PER_SECOND, "{in_window} readings within a second from #{i}");
+        }
+        for w in starts.windows(2) {
+            assert!(w[1].duration_since(w[0]) >= READING_GAP);
+        }
+        assert!(starts.len() >= 10 * READINGS_PER_SECOND - 1, "the limit is also reached: {}", starts.len());
+    }
 }

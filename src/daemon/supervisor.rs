@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use std::sync::Arc;
 
@@ -52,6 +52,10 @@ const RELOAD_DEBOUNCE: Duration = Duration::from_millis(200);
 /// A process snapshot younger than this is reused for duplicate checks, so
 /// starting 500 jobs scans the process table once, not 500 times.
 const SNAPSHOT_TTL: Duration = Duration::from_secs(1);
+/// A job told a lower quota gets this long to close connections before the reading that may
+/// confirm it; while connections stay unconfirmed, further readings follow at twice the delay
+/// each time, up to `rebalance_interval` (SPEC §5: freed connections reach others within ~1 s).
+const CONFIRM_AFTER: Duration = Duration::from_millis(100);
 
 pub enum Event {
     Request(Request, oneshot::Sender<Response>),
@@ -189,6 +193,11 @@ pub struct Supervisor {
     /// Fleet scope: the coordinator until the fleet task takes it, then the task's channel.
     coordinator: Option<Coordinator>,
     fleet_cmd: Option<mpsc::UnboundedSender<FleetCmd>>,
+    /// Readings asked for in a row while freed connections stay unconfirmed (backs them off).
+    follow_ups: u32,
+    /// Fleet scope: each job's wants and occupancy as the last sync reported them; a reading
+    /// that changes them syncs at once instead of at the next interval.
+    fleet_reported: Vec<(String, crate::budget::allocate::Wants, u32)>,
 }
 
 impl Supervisor {
@@ -219,6 +228,8 @@ impl Supervisor {
             notify: Notifier::default(),
             coordinator: None,
             fleet_cmd: None,
+            follow_ups: 0,
+            fleet_reported: Vec::new(),
         };
         sup.setup_budget();
         sup
@@ -432,6 +443,9 @@ impl Supervisor {
                 }
             }
             Event::FleetSnapshot(reply) => {
+                if let Some(b) = &self.budget {
+                    self.fleet_reported = b.reading_signature(&job_views(&self.jobs), Instant::now());
+                }
                 let _ = reply.send(self.fleet_request());
             }
             Event::Fleet(report) => self.on_fleet(report),
@@ -564,7 +578,7 @@ impl Supervisor {
         let mut extra_env = crate::budget::env::identity_env(&self.config.budget.service, name);
         if let (Some(n), Some(_)) = (self.budget.as_ref().and_then(|b| b.draining(name)), job.cfg.connections) {
             if let Some(cmd) = &self.probe_cmd {
-                let _ = cmd.send(ProbeCmd::UsageNow);
+                let _ = cmd.send(ProbeCmd::UsageAt(Instant::now()));
             }
             if let Some(j) = self.jobs.get_mut(name) {
                 j.awaiting = Awaiting::Reading;
@@ -606,7 +620,7 @@ impl Supervisor {
                     if shrinking {
                         // Freed as soon as a reading confirms the shrinks: ask for one now.
                         if let Some(cmd) = &self.probe_cmd {
-                            let _ = cmd.send(ProbeCmd::UsageNow);
+                            let _ = cmd.send(ProbeCmd::UsageAt(Instant::now()));
                         }
                     }
                     let why = other.and_then(|g| g.wait_reason).map(|r| r.to_string()).unwrap_or_else(|| "budget".into());
@@ -678,8 +692,14 @@ impl Supervisor {
                 Some(name) => {
                     let uptime = self.jobs.get(&name).and_then(|j| j.started_at).map(|t| t.elapsed()).unwrap_or_default();
                     info!(job = %name, pid, uptime_s = format!("{:.1}", uptime.as_secs_f64()), "exited: {}", describe_exit(exit));
-                    if let Some(b) = self.budget.as_mut() {
+                    let draining = self.budget.as_mut().is_some_and(|b| {
                         b.exited(&name);
+                        b.draining(&name).is_some()
+                    });
+                    if draining {
+                        // Its backends close right after it: a reading now hands them on.
+                        self.follow_ups = 0;
+                        self.want_reading(Instant::now());
                     }
                     self.feed(&name, Input::Exited(exit, uptime));
                     self.rebalance();
@@ -1254,7 +1274,12 @@ impl Supervisor {
                 }
                 let live = usage.job(&service, name);
                 let quota = budget.quota_of_application(name);
-                if live > quota && budget.db.enforce != Enforce::Off {
+                // A job told a lower quota gets one rebalance_interval to close what it gave back
+                // (readings now come sooner than that; they must not count it as over quota).
+                let shrinking = budget.jobs.get(name).and_then(|b| b.told_at).is_some_and(|t| now.duration_since(t) < budget.cfg.rebalance_interval);
+                // A stopping job's connections are on their way out (its quota is already 0).
+                let stopping = job.m.state == State::Stopping;
+                if live > quota && !shrinking && !stopping && budget.db.enforce != Enforce::Off {
                     warn!(job = %name, live, quota, "job uses more connections than its quota");
                     if budget.db.enforce == Enforce::Terminate {
                         if let Some(probe) = self.probe.clone() {
@@ -1292,6 +1317,7 @@ impl Supervisor {
             let Some(epoch) = self.jobs.get(&name).map(|j| j.m.epoch) else { continue };
             self.feed(&name, Input::Timer { kind: TimerKind::RetryWait, epoch });
         }
+        self.after_reading();
     }
 
     /// Recompute grants and tell jobs whose quota changed (SPEC §5).
@@ -1314,8 +1340,10 @@ impl Supervisor {
     /// Write quota files and send `quota_signal` (SPEC §3).
     fn deliver(&mut self, tell: Vec<(String, u32)>) {
         let Some(budget) = self.budget.as_mut() else { return };
+        let mut shrunk = false;
         let mut held_back = Vec::new();
         for (name, quota) in tell {
+            shrunk |= budget.jobs.get(&name).and_then(|b| b.process).is_some_and(|p| p.held > quota);
             let Some(job) = self.jobs.get_mut(&name) else { continue };
             if let Err(e) = budget.write_quota(&job.cfg, quota) {
                 warn!(job = %name, "cannot write quota file: {e}");
@@ -1339,6 +1367,35 @@ impl Supervisor {
         }
         for (delay, ev) in held_back {
             self.after(delay, ev);
+        }
+        if shrunk {
+            // What the job gives back goes to others once a reading shows it closed.
+            self.follow_ups = 0;
+            self.want_reading(Instant::now() + CONFIRM_AFTER);
+        }
+    }
+
+    /// Ask the probe task for a usage reading at `at` (it spaces them, SPEC §5).
+    fn want_reading(&self, at: Instant) {
+        if let Some(cmd) = &self.probe_cmd {
+            let _ = cmd.send(ProbeCmd::UsageAt(at));
+        }
+    }
+
+    /// After a reading: while connections given back are not confirmed closed, read again soon,
+    /// backing off; in fleet scope, sync at once when the reading changed what the fleet knows
+    /// of our jobs (connections closed, a job turned idle or active).
+    fn after_reading(&mut self) {
+        let Some(budget) = self.budget.as_ref() else { return };
+        if budget.unconfirmed() {
+            let delay = CONFIRM_AFTER.saturating_mul(1 << self.follow_ups.min(16)).min(self.config.budget.rebalance_interval);
+            self.follow_ups += 1;
+            self.want_reading(Instant::now() + delay);
+        } else {
+            self.follow_ups = 0;
+        }
+        if budget.fleet.is_some() && budget.reading_signature(&job_views(&self.jobs), Instant::now()) != self.fleet_reported {
+            self.request_sync();
         }
     }
 
@@ -1453,6 +1510,8 @@ impl Supervisor {
     }
 
     fn on_fleet(&mut self, report: FleetReport) {
+        // From the snapshot to the answer, lock waits included (bench/fleet.py reads it).
+        debug!(ms = format!("{:.2}", report.started.elapsed().as_secs_f64() * 1000.0), ok = report.result.is_ok(), "fleet sync");
         // Whatever the answer, it is the answer `start` waited for.
         for j in self.jobs.values_mut().filter(|j| j.awaiting == Awaiting::FleetSync) {
             j.awaiting = Awaiting::Nothing;

@@ -11,6 +11,7 @@ mod core;
 mod docker;
 mod dropin;
 mod fleet;
+mod handover;
 mod integration;
 mod pid1;
 mod python_examples;
