@@ -144,6 +144,12 @@ async fn metrics_page(tx: &EventTx) -> HttpResponse {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabel {
+    source: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct JobLabel {
     job: String,
 }
@@ -180,6 +186,11 @@ pub fn render_metrics(status: &StatusReport, budget: Option<&serde_json::Value>,
         let granted = Gauge::<i64>::default();
         granted.set(num("granted"));
         reg.register("corral_budget_granted", "Connections granted to running jobs", granted);
+        // The limit that binds, named: "session pooler pool_size", "server max_connections 60 - 3 reserved".
+        let limit = Family::<LimitLabel, Gauge>::default();
+        let label = |k: &str| b.get(k).and_then(|v| v.as_str()).unwrap_or("unknown").to_string();
+        limit.get_or_create(&LimitLabel { source: label("limit_source"), reason: label("limit_reason") }).set(num("limit"));
+        reg.register("corral_budget_limit", "The connection limit the budget is computed against (SPEC §5.1), by what binds", limit);
     }
     if let Some(db) = health.and_then(|h| h.database.as_ref()) {
         let db_up = Gauge::<i64>::default();
@@ -277,6 +288,7 @@ mod tests {
             ],
             config_error: None,
             supervisor: SupervisorInfo { zombies_reaped: 4, orphans_killed: 1, ..Default::default() },
+            budget: None,
         };
         let budget = serde_json::json!({"usable": 48, "granted": 21});
         let health = HealthReport {
