@@ -401,6 +401,18 @@ impl Budget {
         (self.status.healthy == Some(true)).then_some(p.held.max(b.live.unwrap_or(0)))
     }
 
+    /// The job's new quota was delivered (quota file, signal). Planned offline nothing can
+    /// ever measure its use, so the grant is the truth: a shrink counts as honoured once told.
+    pub fn delivered(&mut self, job: &str, now: Instant) {
+        let offline = self.offline();
+        if let Some(b) = self.jobs.get_mut(job) {
+            b.told_at = Some(now);
+            if let Some(p) = b.process.as_mut().filter(|_| offline) {
+                p.measured = Some(p.told);
+            }
+        }
+    }
+
     /// The job spawned with `quota`.
     pub fn spawned(&mut self, job: &str, quota: u32) {
         let b = self.jobs.entry(job.to_string()).or_default();

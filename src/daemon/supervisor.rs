@@ -565,11 +565,18 @@ impl Supervisor {
                 }
                 other => {
                     let why = other.and_then(|g| g.wait_reason).map(|r| r.to_string()).unwrap_or_else(|| "budget".into());
-                    let usable = budget.plan(Instant::now()).usable;
+                    let plan = budget.plan(Instant::now());
+                    let usable = plan.usable;
                     let min = job.cfg.connections.map(|c| c.min).unwrap_or(0);
+                    // "0 of 0 usable" alone hides why: say what keeps the limit unknown.
+                    let unknown = match (plan.limit_source, &budget.status.error) {
+                        (crate::budget::plan::LimitSource::Unknown, Some(e)) => format!(" (limit unknown: {e})"),
+                        (crate::budget::plan::LimitSource::Unknown, None) => " (limit unknown)".to_string(),
+                        _ => String::new(),
+                    };
                     self.deliver(tell);
                     return Input::Blocked {
-                        reason: format!("{why}: needs {min} connection(s), {} of {usable} usable are granted", alloc.total),
+                        reason: format!("{why}: needs {min} connection(s), {} of {usable} usable are granted{unknown}", alloc.total),
                     };
                 }
             }
@@ -1188,9 +1195,7 @@ impl Supervisor {
                 warn!(job = %name, "cannot write quota file: {e}");
                 continue;
             }
-            if let Some(b) = budget.jobs.get_mut(&name) {
-                b.told_at = Some(Instant::now());
-            }
+            budget.delivered(&name, Instant::now());
             info!(job = %name, quota, "quota changed");
             if let (Some(sig), Some(pid)) = (job.cfg.quota_signal, job.m.pid) {
                 let _ = kill::signal_pid(pid, sig);
