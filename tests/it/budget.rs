@@ -267,13 +267,13 @@ fn check_prints_the_plan_and_fails_when_minimums_cannot_fit() {
     assert!(text.contains("usable for jobs    48"), "{text}");
     assert!(!text.contains("pw@"), "password printed: {text}");
 
-    // In fleet scope corral has two own connections, and says the fleet's numbers come at run time.
+    // In fleet scope corral has one own connection too, and says the fleet's numbers come at run time.
     let fleet = ok.replace("[jobs.a]", "[budget]\nscope = \"fleet\"\n\n[jobs.a]");
     let (_dir, config, _) = crate::harness::setup(&fleet);
     let out = std::process::Command::new(crate::harness::bin()).args(["check", "-c"]).arg(&config).output().unwrap();
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(0), "{text}{}", stderr(&out));
-    assert!(text.contains("usable for jobs    47") && text.contains("fleet scope: this is one corral alone"), "{text}");
+    assert!(text.contains("usable for jobs    48") && text.contains("fleet scope: this is one corral alone"), "{text}");
 
     let too_big = ok.replace("min = 20, max = 30", "min = 49, max = 60");
     let (_dir, config, _) = crate::harness::setup(&too_big);
