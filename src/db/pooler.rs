@@ -104,10 +104,15 @@ pub struct PgBouncerReading {
 }
 
 impl PgBouncerReading {
-    /// Server connections one (user, database) pool can open: the pool size, capped by the
-    /// per-database and per-user limits when set. In session mode each client holds one.
+    /// Clients one (user, database) pool can serve in session mode, where each holds a server
+    /// connection: the pool size, capped by the per-database and per-user limits when set and
+    /// by `max_client_conn` (PgBouncer refuses clients beyond it: "no more connections allowed").
     pub fn session_cap(&self) -> u32 {
-        [self.pool_size, self.max_db_connections, self.max_user_connections].into_iter().filter(|n| *n > 0).min().unwrap_or(0)
+        [self.pool_size, self.max_db_connections, self.max_user_connections, self.max_client_conn]
+            .into_iter()
+            .filter(|n| *n > 0)
+            .min()
+            .unwrap_or(0)
     }
 
     /// Live use as the budget reads it: the clients by application_name (so per job), every

@@ -3,6 +3,7 @@
 
 mod harness;
 mod pg;
+mod pgbouncer;
 
 mod budget;
 mod config_errors;
@@ -13,3 +14,4 @@ mod integration;
 mod pid1;
 mod python_examples;
 mod reload;
+mod tls;
