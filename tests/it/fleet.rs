@@ -415,3 +415,59 @@ fn a_fleet_url_corral_cannot_use_is_a_clear_unhealthy_state_and_other_jobs_run()
     assert!(db["reason"].as_str().unwrap_or("").contains("fleet"), "{db}");
     assert!(!text.contains("s3cret-pw") && !c.output().contains("s3cret-pw"), "password leaked");
 }
+
+#[test]
+fn two_fleet_corrals_hold_two_own_connections_together() {
+    // Health checks, usage readings, fleet syncs and the fleet-wide session locks all share
+    // each corral's one connection (SPEC §5): N corrals cost N connections.
+    let pg = TestPg::start_local(30);
+    let solo = "[jobs.solo]\ncommand = [\"sleep\", \"1000\"]\nconnections = 1\non_duplicate = \"ignore\"\n";
+    let c1 = Corral::start(&member(&pg, "shared", "", solo));
+    let c2 = Corral::start(&member(&pg, "shared", "", solo));
+    assert!(poll(10 * SEC, || budget(&c1)["members"].as_array().map_or(0, |m| m.len()) == 2), "{}", budget(&c1));
+    // The fleet-wide lock lives on that connection: one runs, the other waits for it.
+    assert!(poll(20 * SEC, || {
+        let states = [c1.job("solo")["state"].clone(), c2.job("solo")["state"].clone()];
+        states.contains(&Value::from("running")) && states.contains(&Value::from("waiting"))
+    }));
+    let own = || -> u32 {
+        pg.admin_sql("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'corral/%/\\_corral'").parse().unwrap()
+    };
+    // Over several syncs (400 ms) and health checks (2 s), never more than one each.
+    let until = Instant::now() + 5 * SEC;
+    let mut seen = Vec::new();
+    while Instant::now() < until {
+        seen.push(own());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(seen.iter().max(), Some(&2), "{seen:?}");
+    assert_eq!(seen.last(), Some(&2), "{seen:?}");
+    let b = budget(&c1);
+    assert_eq!(b["own"], 2, "the fleet deducts one per corral: {b}");
+    assert!(b["members"].as_array().unwrap().iter().all(|m| m["own"] == 1), "{b}");
+}
+
+#[test]
+fn a_dropped_connection_takes_its_fleet_locks_along_and_never_two_copies_run() {
+    let pg = TestPg::start_local(30);
+    let solo = "[jobs.solo]\ncommand = [\"sleep\", \"1000\"]\nconnections = 1\non_duplicate = \"ignore\"\nstop_timeout = \"1s\"\n";
+    let c1 = Corral::start(&member(&pg, "shared", "fleet_grace = \"1s\"", solo));
+    let c2 = Corral::start(&member(&pg, "shared", "fleet_grace = \"1s\"", solo));
+    let running = || [&c1, &c2].iter().filter(|c| c.job("solo")["state"] == "running").count();
+    assert!(poll(20 * SEC, || running() == 1), "{} / {}", c1.job("solo"), c2.job("solo"));
+    let holder = if c1.job("solo")["state"] == "running" { &c1 } else { &c2 };
+    // The server ends the connection that holds the session lock (an idle kill, a failover).
+    let killed = pg.admin_sql(
+        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2",
+    );
+    assert_eq!(killed, "t", "no advisory lock holder found");
+    // The lock went with the connection: the holder notices on its next use of it.
+    holder.wait_output("its fleet-wide locks are gone", 10 * SEC);
+    // Whoever holds it next, at most one copy runs at any moment, and one runs again.
+    let until = Instant::now() + 8 * SEC;
+    while Instant::now() < until {
+        assert!(running() <= 1, "two copies: {} / {}", c1.job("solo"), c2.job("solo"));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(poll(30 * SEC, || running() == 1), "{} / {}", c1.job("solo"), c2.job("solo"));
+}

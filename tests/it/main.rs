@@ -12,6 +12,7 @@ mod core;
 mod fleet;
 mod integration;
 mod pid1;
+mod poolers;
 mod python_examples;
 mod reload;
 mod tls;
