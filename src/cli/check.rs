@@ -42,7 +42,7 @@ pub fn run(path: &Path, json: bool, online: bool) -> i32 {
         }
     };
     let reading = match (&cfg.database, online) {
-        (Some(db), true) => Some(read(&cfg, db)),
+        (Some(db), true) if db.url.is_some() => Some(read(&cfg, db)),
         _ => None,
     };
     let plan = cfg.database.as_ref().map(|db| {
@@ -52,12 +52,13 @@ pub fn run(path: &Path, json: bool, online: bool) -> i32 {
     });
     let minimums: u32 = cfg.jobs.values().filter(|j| j.autostart).filter_map(|j| j.connections).map(|c| c.min).sum();
     render::check(&cfg, plan.as_ref(), minimums, reading.as_ref(), online, json);
-    if let Some(r) = reading.as_ref().filter(|r| !r.connected) {
-        eprintln!("error: {}: {}", cfg.path.display(), r.error.as_deref().unwrap_or("cannot connect"));
+    if online && cfg.database.as_ref().is_none_or(|db| db.url.is_none()) {
+        eprintln!("error: {}: --online needs a [database] url to connect to", cfg.path.display());
+        eprintln!("  hint: set url (e.g. url = \"${{DATABASE_URL}}\" with DATABASE_URL in the environment)");
         return EXIT_USAGE;
     }
-    if online && cfg.database.as_ref().is_some_and(|db| db.url.is_none()) {
-        eprintln!("error: {}: --online needs [database] url to connect to", cfg.path.display());
+    if let Some(r) = reading.as_ref().filter(|r| !r.connected) {
+        eprintln!("error: {}: {}", cfg.path.display(), r.error.as_deref().unwrap_or("cannot connect"));
         return EXIT_USAGE;
     }
     match &plan {

@@ -290,7 +290,7 @@ mod tests {
             supervisor: SupervisorInfo { zombies_reaped: 4, orphans_killed: 1, ..Default::default() },
             budget: None,
         };
-        let budget = serde_json::json!({"usable": 48, "granted": 21});
+        let budget = serde_json::json!({"usable": 48, "granted": 21, "limit": 15, "limit_source": "pooler", "limit_reason": "session pooler pool_size"});
         let health = HealthReport {
             healthy: true,
             supervisor: true,
@@ -306,6 +306,7 @@ mod tests {
             "corral_job_quota{job=\"a\"} 5",
             "corral_budget_usable 48",
             "corral_budget_granted 21",
+            "corral_budget_limit{source=\"pooler\",reason=\"session pooler pool_size\"} 15",
             "corral_db_up 1",
             "corral_db_health_latency_seconds 0.0025",
             "corral_zombies_reaped_total 4",

@@ -1059,8 +1059,11 @@ mod tests {
         assert_eq!(ok("host=h").with_application_name("corral/a b/j"), "host=h application_name='corral/a b/j'");
     }
 
+    /// (user, password, dbname, hosts, ports, options, application_name).
+    type Reading = (Option<String>, Option<Vec<u8>>, Option<String>, Vec<String>, Vec<u16>, Option<String>, Option<String>);
+
     /// What tokio-postgres reads from `s`, as comparable fields.
-    fn oracle(c: &tokio_postgres::Config) -> (Option<String>, Option<Vec<u8>>, Option<String>, Vec<String>, Vec<u16>, Option<String>, Option<String>) {
+    fn oracle(c: &tokio_postgres::Config) -> Reading {
         let hosts = c
             .get_hosts()
             .iter()

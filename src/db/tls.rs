@@ -347,7 +347,7 @@ fn explain(e: io::Error, c: &Connector, host: &str) -> Handshake {
         Some(rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext { presented, .. })) => Handshake::new(
             format!(
                 "host name mismatch: the server's certificate is for {} but the URL's host is {host}",
-                if presented.is_empty() { "no host name".to_string() } else { presented.join(", ") }
+                if presented.is_empty() { "no host name".to_string() } else { presented.iter().map(|n| bare_name(n)).collect::<Vec<_>>().join(", ") }
             ),
             "connect to a name the certificate lists, or use sslmode=verify-ca to check the certificate chain only",
         ),
@@ -368,6 +368,19 @@ fn explain(e: io::Error, c: &Connector, host: &str) -> Handshake {
         ),
         Some(other) => Handshake::new(format!("TLS handshake failed: {other}"), "check that the server speaks TLS 1.2 or 1.3 on this port"),
         None => Handshake::new(format!("TLS handshake failed: {e}"), "check that the host and port are a PostgreSQL server or pooler"),
+    }
+}
+
+/// rustls presents names as `DnsName("db.example.com")` or `IpAddress(10.0.0.1)`: the name alone.
+fn bare_name(n: &str) -> &str {
+    if let (Some(a), Some(z)) = (n.find('"'), n.rfind('"')) {
+        if z > a {
+            return &n[a + 1..z];
+        }
+    }
+    match (n.find('('), n.rfind(')')) {
+        (Some(a), Some(z)) if z > a => &n[a + 1..z],
+        _ => n,
     }
 }
 
@@ -512,6 +525,13 @@ mod tests {
         Connector::new(&s, dir.path()).unwrap();
         let s = settings("host=h sslmode=require sslcert=ca.pem sslkey=client.key sslpassword=x");
         assert!(Connector::new(&s, dir.path()).err().unwrap().problem.contains("encrypted"));
+    }
+
+    #[test]
+    fn presented_names_are_shown_bare() {
+        assert_eq!(bare_name("DnsName(\"localhost\")"), "localhost");
+        assert_eq!(bare_name("IpAddress(10.0.0.1)"), "10.0.0.1");
+        assert_eq!(bare_name("db.example.com"), "db.example.com");
     }
 
     #[test]
