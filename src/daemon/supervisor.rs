@@ -1002,13 +1002,14 @@ impl Supervisor {
             (Some(b), Some(db)) => {
                 // The probe task keeps its connection and timers from startup.
                 if b.db.url != db.url
+                    || b.db.pooler_admin_url != db.pooler_admin_url
                     || b.db.health_interval != db.health_interval
                     || b.db.health_timeout != db.health_timeout
                     || b.cfg.rebalance_interval != self.config.budget.rebalance_interval
                     || b.cfg.service != self.config.budget.service
                     || b.cfg.scope != self.config.budget.scope
                 {
-                    warn!("changes to [database] url, health_interval, health_timeout or [budget] scope, service, rebalance_interval take effect after a restart of corral");
+                    warn!("changes to [database] url, pooler_admin_url, health_interval, health_timeout or [budget] scope, service, rebalance_interval take effect after a restart of corral");
                 }
                 b.db = db;
                 b.cfg = self.config.budget.clone();
@@ -1132,7 +1133,9 @@ impl Supervisor {
                 let quota = budget.quota_of_application(name);
                 if live > quota && budget.db.enforce != Enforce::Off {
                     warn!(job = %name, live, quota, "job uses more connections than its quota");
-                    if budget.db.enforce == Enforce::Terminate {
+                    // Through a pooler the server's backends are the pooler's: terminating them
+                    // would cut other clients. There `terminate` only warns.
+                    if budget.db.enforce == Enforce::Terminate && crate::budget::pooler_limit(&budget.db, budget.pooler.as_ref()).is_none() {
                         if let Some(probe) = self.probe.clone() {
                             let app = crate::budget::env::application_name(&service, name);
                             let (keep, timeout, job) = (quota, budget.db.health_timeout, name.clone());
