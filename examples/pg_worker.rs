@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 fn env_u32(name: &str) -> u32 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(0)
@@ -33,11 +33,13 @@ struct Conn {
     done: Arc<std::sync::atomic::AtomicBool>,
 }
 
-async fn open(url: &str, busy: bool) -> Result<Conn, tokio_postgres::Error> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
+/// Connects as the URL says, TLS included (`sslmode`, `sslrootcert`, ... as libpq reads them),
+/// through corral's own connector: the application_name corral put in the URL is kept.
+async fn open(url: &str, busy: bool) -> Result<Conn, corral::db::DbError> {
+    let info = corral::db::conninfo::ConnInfo::parse(url).map_err(|e| corral::db::DbError::InvalidUrl { url: corral::db::redact(url), reason: e.message })?;
+    let app = info.get("application_name").unwrap_or("corral-pg-worker").to_string();
+    let target = corral::db::connect::Target::new(url, &app, std::path::Path::new("."))?;
+    let client = target.open().await?.client;
     let client = Arc::new(client);
     let c2 = client.clone();
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));

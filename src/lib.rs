@@ -7,9 +7,9 @@
 //!              and the fleet's usable and rows (`scope = "fleet"`).
 //! - `process`  spawn (own process group, inherited lock fd), the one reaper (`waitpid(-1)`),
 //!              signals, PID-1 duties, output capture, flock locks, process scans.
-//! - `db`       corral's own database connections: the health probe (usage, limits) and, in
-//!              fleet scope, the coordination connection (schema, leases, fleet allocation,
-//!              fleet-wide locks); redaction.
+//! - `db`       corral's one own database connection (health, limits, usage and, in fleet
+//!              scope, coordination: schema, leases, fleet allocation, fleet-wide locks), TLS,
+//!              the one connection-string reader, redaction, the PgBouncer admin console.
 //! - `lookup`   users, groups and host names without NSS (the binary is static): /etc/passwd,
 //!              /etc/group, /etc/hosts, DNS from /etc/resolv.conf.
 //! - `protocol` request/response types shared by daemon and client, line framing.

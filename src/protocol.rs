@@ -147,6 +147,10 @@ pub struct StatusReport {
     pub config_error: Option<String>,
     #[serde(default)]
     pub supervisor: SupervisorInfo,
+    /// With a `[database]`: the limit that binds and why, usable, granted, and the database's
+    /// state with its last error (also before any check succeeded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -22,8 +22,9 @@ Two asyncpg specifics:
   job's connections in pg_stat_activity and reports them as external.
 - Through a transaction pooler (Supabase's Supavisor on port 6543, PgBouncer
   in transaction mode) asyncpg's prepared-statement cache breaks: set
-  DB_STATEMENT_CACHE_SIZE=0 in the job's env. Note that such a pooler also
-  drops application_name, so corral can no longer see the job's live use.
+  DB_STATEMENT_CACHE_SIZE=0 in the job's env. Note that such a pooler hides
+  application_name from the server: corral sees the job's live use only
+  through PgBouncer's admin console (pooler_admin_url), not through Supavisor.
 """
 
 import asyncio

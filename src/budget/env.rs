@@ -48,13 +48,14 @@ pub fn identity_env(service: &str, job: &str) -> Vec<(String, String)> {
 /// in a fixed order. `CORRAL_QUOTA_FILE` is not included: the caller adds it
 /// (see the module docs). `base_url` is the supervisor's `[database] url` (a
 /// URL or a libpq `key=value` string); it contains the password, so the
-/// result must never be logged.
+/// result must never be logged. Without a url (a budget planned offline from a
+/// preset) there is no `DATABASE_URL`.
 pub fn job_env(
     service: &str,
     job: &str,
     quota: u32,
     overflow_cfg: u32,
-    base_url: &str,
+    base_url: Option<&str>,
     job_env: &BTreeMap<String, String>,
 ) -> Vec<(String, String)> {
     let (pool, overflow) = split_quota(quota, overflow_cfg);
@@ -79,198 +80,20 @@ pub fn job_env(
             from_job("DB_POOL_RECYCLE", DEFAULT_POOL_RECYCLE),
         ),
         ("PGAPPNAME".to_string(), app.clone()),
-        (
-            "DATABASE_URL".to_string(),
-            with_application_name(base_url, &app),
-        ),
     ]);
+    if let Some(url) = base_url {
+        env.push(("DATABASE_URL".to_string(), with_application_name(url, &app)));
+    }
     env
 }
 
-/// `conninfo` with `application_name` set to `app`, replacing any existing one.
-///
-/// - URLs (`postgres://`, `postgresql://`, `postgresql+psycopg://`, any
-///   `scheme://`): the parameter is appended to the query string (`?` or
-///   `&`), existing `application_name` parameters are removed, others keep
-///   their order. The value is percent-encoded except unreserved characters
-///   and `/`, which is legal in a query and which libpq, psycopg,
-///   SQLAlchemy and asyncpg all accept unencoded — so the common case stays
-///   readable: `application_name=corral/scraper/layer1_5`. The query is
-///   located the way libpq does: after the userinfo (text up to the first
-///   `@` that comes before any `/`), so an unencoded `?` in a password does
-///   not confuse us.
-/// - libpq `key=value` strings (`host=/tmp port=5432 dbname=x`): the
-///   existing `application_name` entry is removed and
-///   `application_name=...` appended, single-quoted when needed. If the
-///   string cannot be tokenised it is left as is and the setting appended:
-///   libpq lets a later keyword override an earlier one.
+/// `conninfo` with `application_name` set to `app`, replacing any existing one, everything
+/// else as written (`db::conninfo`, the one reader of connection strings). The config has
+/// validated the string; one that does not parse is passed on unchanged.
 pub fn with_application_name(conninfo: &str, app: &str) -> String {
-    if is_url(conninfo) {
-        url_with_param(conninfo, app)
-    } else {
-        dsn_with_param(conninfo, app)
-    }
-}
-
-fn is_url(s: &str) -> bool {
-    let s = s.trim_start();
-    match s.find("://") {
-        Some(i) if i > 0 => {
-            let scheme = &s[..i];
-            scheme.starts_with(|c: char| c.is_ascii_alphabetic())
-                && scheme
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
-        }
-        _ => false,
-    }
-}
-
-fn encode_query_value(v: &str) -> String {
-    let mut out = String::with_capacity(v.len());
-    for b in v.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-fn url_with_param(url: &str, app: &str) -> String {
-    let after_scheme = url.find("://").map(|i| i + 3).unwrap_or(0);
-    // Userinfo ends at the first '@' if it comes before any '/'.
-    let rest = &url[after_scheme..];
-    let host_start = match rest.find(['@', '/']) {
-        Some(i) if rest.as_bytes()[i] == b'@' => after_scheme + i + 1,
-        _ => after_scheme,
-    };
-    let param = format!("application_name={}", encode_query_value(app));
-    let (head, query) = match url[host_start..].find('?') {
-        Some(i) => (&url[..host_start + i], Some(&url[host_start + i + 1..])),
-        None => (url, None),
-    };
-    let mut parts: Vec<&str> = query
-        .unwrap_or("")
-        .split('&')
-        .filter(|kv| !kv.is_empty())
-        .filter(|kv| {
-            let key = kv.split('=').next().unwrap_or("");
-            !key.eq_ignore_ascii_case("application_name")
-                && !key.eq_ignore_ascii_case("application%5Fname")
-        })
-        .collect();
-    parts.push(&param);
-    format!("{head}?{}", parts.join("&"))
-}
-
-/// One `key = value` entry of a libpq connection string, by byte range.
-struct DsnEntry {
-    key: String,
-    start: usize,
-    end: usize,
-}
-
-/// Tokenise a libpq key/value connection string (keywords, optional spaces
-/// around `=`, values bare or single-quoted with `\'` and `\\` escapes).
-/// Returns None when it is not well formed.
-fn dsn_entries(s: &str) -> Option<Vec<DsnEntry>> {
-    let b = s.as_bytes();
-    let mut i = 0;
-    let mut out = Vec::new();
-    loop {
-        while i < b.len() && b[i].is_ascii_whitespace() {
-            i += 1;
-        }
-        if i == b.len() {
-            return Some(out);
-        }
-        let start = i;
-        while i < b.len() && !b[i].is_ascii_whitespace() && b[i] != b'=' {
-            i += 1;
-        }
-        let key = &s[start..i];
-        if key.is_empty() {
-            return None;
-        }
-        while i < b.len() && b[i].is_ascii_whitespace() {
-            i += 1;
-        }
-        if i == b.len() || b[i] != b'=' {
-            return None;
-        }
-        i += 1;
-        while i < b.len() && b[i].is_ascii_whitespace() {
-            i += 1;
-        }
-        if i < b.len() && b[i] == b'\'' {
-            i += 1;
-            loop {
-                match b.get(i) {
-                    None => return None,
-                    Some(b'\\') => i += 2,
-                    Some(b'\'') => {
-                        i += 1;
-                        break;
-                    }
-                    Some(_) => i += 1,
-                }
-            }
-            if i > b.len() {
-                return None;
-            }
-        } else {
-            while i < b.len() && !b[i].is_ascii_whitespace() {
-                if b[i] == b'\\' {
-                    i += 1;
-                }
-                i += 1;
-            }
-            i = i.min(b.len());
-        }
-        out.push(DsnEntry {
-            key: key.to_string(),
-            start,
-            end: i,
-        });
-    }
-}
-
-fn dsn_quote(v: &str) -> String {
-    if !v.is_empty()
-        && !v
-            .chars()
-            .any(|c| c.is_whitespace() || c == '\'' || c == '\\')
-    {
-        return v.to_string();
-    }
-    let mut out = String::from("'");
-    for c in v.chars() {
-        if c == '\'' || c == '\\' {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out.push('\'');
-    out
-}
-
-fn dsn_with_param(dsn: &str, app: &str) -> String {
-    let setting = format!("application_name={}", dsn_quote(app));
-    let kept: String = match dsn_entries(dsn) {
-        Some(entries) => entries
-            .iter()
-            .filter(|e| e.key != "application_name")
-            .map(|e| &dsn[e.start..e.end])
-            .collect::<Vec<_>>()
-            .join(" "),
-        None => dsn.trim().to_string(),
-    };
-    if kept.is_empty() {
-        setting
-    } else {
-        format!("{kept} {setting}")
+    match crate::db::conninfo::ConnInfo::parse(conninfo) {
+        Ok(c) => c.with_application_name(app),
+        Err(_) => conninfo.to_string(),
     }
 }
 
@@ -383,7 +206,7 @@ mod tests {
             "layer1_5",
             12,
             5,
-            "postgresql://u:p@db:5432/app",
+            Some("postgresql://u:p@db:5432/app"),
             &je,
         );
         let keys: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
@@ -426,90 +249,19 @@ mod tests {
     }
 
     #[test]
-    fn url_forms() {
-        let app = "corral/s/j";
-        let cases = [
-            (
-                "postgres://h/db",
-                "postgres://h/db?application_name=corral/s/j",
-            ),
-            ("postgres://h", "postgres://h?application_name=corral/s/j"),
-            (
-                "postgresql://u:p@h:6543/db?sslmode=require",
-                "postgresql://u:p@h:6543/db?sslmode=require&application_name=corral/s/j",
-            ),
-            (
-                "postgresql://h/db?application_name=old&sslmode=require",
-                "postgresql://h/db?sslmode=require&application_name=corral/s/j",
-            ),
-            (
-                "postgresql://h/db?APPLICATION_NAME=x",
-                "postgresql://h/db?application_name=corral/s/j",
-            ),
-            (
-                "postgresql://h/db?",
-                "postgresql://h/db?application_name=corral/s/j",
-            ),
-            (
-                "postgresql://h/db?a=1&&b=2",
-                "postgresql://h/db?a=1&b=2&application_name=corral/s/j",
-            ),
-            (
-                "postgresql+psycopg://u:p@h/db",
-                "postgresql+psycopg://u:p@h/db?application_name=corral/s/j",
-            ),
-            // An unencoded '?' in the password is part of the userinfo (as libpq reads it).
-            (
-                "postgres://u:pa?ss@h/db",
-                "postgres://u:pa?ss@h/db?application_name=corral/s/j",
-            ),
-            (
-                "postgres://u:pa?ss@h/db?x=1",
-                "postgres://u:pa?ss@h/db?x=1&application_name=corral/s/j",
-            ),
-        ];
-        for (input, want) in cases {
-            assert_eq!(with_application_name(input, app), want, "{input}");
-        }
-        assert_eq!(
-            with_application_name("postgres://h/db", "corral/a b/j&k"),
-            "postgres://h/db?application_name=corral/a%20b/j%26k"
-        );
+    fn offline_budget_has_no_database_url() {
+        let env = job_env("s", "j", 3, 1, None, &BTreeMap::new());
+        assert_eq!(get(&env, "CORRAL_CONN_QUOTA"), Some("3"));
+        assert_eq!(get(&env, "PGAPPNAME"), Some("corral/s/j"));
+        assert!(get(&env, "DATABASE_URL").is_none());
     }
 
     #[test]
-    fn dsn_forms() {
-        let app = "corral/s/j";
-        let cases = [
-            (
-                "host=/tmp port=5432 dbname=x",
-                "host=/tmp port=5432 dbname=x application_name=corral/s/j",
-            ),
-            ("", "application_name=corral/s/j"),
-            (
-                "host=h application_name=old dbname=x",
-                "host=h dbname=x application_name=corral/s/j",
-            ),
-            (
-                "host=h application_name = 'my app' dbname=x",
-                "host=h dbname=x application_name=corral/s/j",
-            ),
-            (
-                "password='a b\\' c' host = h",
-                "password='a b\\' c' host = h application_name=corral/s/j",
-            ),
-            // Malformed: left alone, our setting appended (libpq: last one wins).
-            (
-                "host=h 'broken",
-                "host=h 'broken application_name=corral/s/j",
-            ),
-        ];
-        for (input, want) in cases {
-            assert_eq!(with_application_name(input, app), want, "{input}");
-        }
+    fn tls_settings_reach_the_job_unchanged() {
+        let url = "postgres://u:p@h:5432/db?sslmode=verify-full&sslrootcert=certs/prod-ca-2021.crt";
         assert_eq!(
-            with_application_name("host=h", "corral/a b/j"),
-            "host=h application_name='corral/a b/j'"
+            with_application_name(url, "corral/s/j"),
+            "postgres://u:p@h:5432/db?sslmode=verify-full&sslrootcert=certs/prod-ca-2021.crt&application_name=corral/s/j"
         );
     }
 
@@ -551,46 +303,6 @@ mod tests {
             prop_assert_eq!(pool + over, quota);
             prop_assert!(over <= overflow);
             if quota >= 1 { prop_assert!(pool >= 1); }
-        }
-
-        #[test]
-        fn url_gets_exactly_one_application_name(
-            host in "[a-z]{1,8}", db in "[a-z]{0,6}",
-            params in proptest::collection::vec(("[a-z_]{1,16}", "[a-z0-9]{0,5}"), 0..4),
-            svc in "[a-z0-9_-]{1,8}", job in "[a-z0-9_.-]{1,8}",
-        ) {
-            let mut url = format!("postgresql://user:pw@{host}/{db}");
-            if !params.is_empty() {
-                url.push('?');
-                url.push_str(&params.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&"));
-            }
-            let app = application_name(&svc, &job);
-            let out = with_application_name(&url, &app);
-            let (_, query) = out.split_once('?').unwrap();
-            let pairs: Vec<(&str, &str)> = query.split('&').map(|kv| kv.split_once('=').unwrap_or((kv, ""))).collect();
-            let apps: Vec<&str> = pairs.iter().filter(|(k, _)| *k == "application_name").map(|(_, v)| *v).collect();
-            prop_assert_eq!(apps, vec![app.as_str()]);
-            // Other parameters kept, in order.
-            let others: Vec<(String, String)> = params.iter().filter(|(k, _)| k != "application_name").cloned().collect();
-            let kept: Vec<(String, String)> = pairs.iter().filter(|(k, _)| *k != "application_name").map(|(k, v)| (k.to_string(), v.to_string())).collect();
-            prop_assert_eq!(kept, others);
-            // Idempotent.
-            prop_assert_eq!(with_application_name(&out, &app), out.clone());
-        }
-
-        #[test]
-        fn dsn_gets_exactly_one_application_name(
-            entries in proptest::collection::vec(("[a-z_]{1,16}", "[a-z0-9/]{1,6}"), 0..4),
-            svc in "[a-z0-9_-]{1,8}", job in "[a-z0-9_.-]{1,8}",
-        ) {
-            let dsn = entries.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ");
-            let app = application_name(&svc, &job);
-            let out = with_application_name(&dsn, &app);
-            let parsed = dsn_entries(&out).unwrap();
-            let apps: Vec<&str> = parsed.iter().filter(|e| e.key == "application_name").map(|e| &out[e.start..e.end]).collect();
-            let want = format!("application_name={app}");
-            prop_assert_eq!(apps, vec![want.as_str()]);
-            prop_assert_eq!(with_application_name(&out, &app), out.clone());
         }
     }
 }

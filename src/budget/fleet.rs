@@ -35,7 +35,7 @@ pub struct Member {
     pub service: String,
     /// `limit - provider - adhoc - external` as this member computes it.
     pub base: u32,
-    /// Its own connections (probe + coordination).
+    /// Its own connections (one: health, readings and coordination share it).
     pub own: u32,
 }
 

@@ -24,19 +24,81 @@ pub mod env;
 pub mod fleet;
 pub mod plan;
 
-use crate::config::{DatabaseConfig, MaxConnections, Reserve};
+use crate::config::{DatabaseConfig, MaxConnections, PoolSize, PoolerSetting, Reserve};
+use crate::db::pooler::{self, PgBouncerReading, PoolMode};
+use plan::{PoolerLimit, PoolerMode};
 
-/// corral's own connections counted in every plan: the probe it keeps (SPEC §5).
+/// corral's own connections counted in every plan, in both scopes: the one it keeps for
+/// health, readings and fleet coordination alike (SPEC §5). 0 when there is no url to
+/// connect to (the budget planned offline).
 pub const OWN_CONNECTIONS: u32 = 1;
-/// In fleet scope: the probe and the coordination connection.
-pub const OWN_CONNECTIONS_FLEET: u32 = 2;
 
 /// Server readings that enter the plan: (max_connections, superuser_reserved, reserved).
 pub type ServerReading = (u32, u32, u32);
 
-/// The plan input for a `[database]` section, a server reading (if any),
-/// active reservations and corral's own connections.
-pub fn plan_input(db: &DatabaseConfig, server: Option<ServerReading>, reservations: u32, own: u32) -> plan::PlanInput {
+/// corral's own connections for this `[database]`.
+pub fn own_connections(db: &DatabaseConfig) -> u32 {
+    if db.url.is_some() {
+        OWN_CONNECTIONS
+    } else {
+        0
+    }
+}
+
+/// The pooler on the jobs' path (SPEC §5.1): Supavisor from the URL's host and port,
+/// PgBouncer from `pooler_admin_url` (its mode and sizes from `reading`, the admin console's
+/// last answer), or the mode set by hand. None: the jobs connect to PostgreSQL directly.
+pub fn pooler_limit(db: &DatabaseConfig, reading: Option<&PgBouncerReading>) -> Option<PoolerLimit> {
+    let (host, port) = db
+        .url
+        .as_deref()
+        .and_then(|u| crate::db::conninfo::ConnInfo::parse(u).ok())
+        .map(|c| c.first_host_port())
+        .unwrap_or((None, 5432));
+    let supavisor = host.as_deref().is_some_and(pooler::is_supavisor);
+    let pgbouncer = db.pooler_admin_url.is_some();
+    let from_reading = |m: PoolMode| match m {
+        PoolMode::Session => PoolerMode::Session,
+        PoolMode::Transaction => PoolerMode::Transaction,
+    };
+    let mode = match db.pooler {
+        PoolerSetting::None => return None,
+        PoolerSetting::Session => Some(PoolerMode::Session),
+        PoolerSetting::Transaction => Some(PoolerMode::Transaction),
+        PoolerSetting::Auto if supavisor => {
+            Some(if port == pooler::SUPAVISOR_TRANSACTION_PORT { PoolerMode::Transaction } else { PoolerMode::Session })
+        }
+        PoolerSetting::Auto if pgbouncer => reading.map(|r| from_reading(r.mode)),
+        PoolerSetting::Auto => return None,
+    };
+    let sizes = db.preset.as_deref().and_then(pooler::supavisor_sizes);
+    let (via, pool_size, client_limit, missing) = if supavisor {
+        let missing = sizes.is_none().then(|| "set preset to the project's compute size (Supavisor's pool size and client limit follow it), or pool_size".to_string());
+        ("Supavisor", sizes.map(|s| s.0), sizes.map(|s| s.1), missing)
+    } else if pgbouncer {
+        let missing = reading.is_none().then(|| "the PgBouncer admin console (pooler_admin_url) has not been read yet".to_string());
+        ("PgBouncer", reading.map(|r| r.session_cap()), reading.map(|r| r.max_client_conn), missing)
+    } else {
+        let missing = Some("set pool_size, or pooler_admin_url to read PgBouncer's sizes".to_string());
+        ("pooler", None, None, missing)
+    };
+    let pool_size = match db.pool_size {
+        PoolSize::Fixed(n) => Some(n),
+        PoolSize::Auto => pool_size,
+    };
+    let missing = if pool_size.is_some() && mode == Some(PoolerMode::Session) { None } else { missing };
+    Some(PoolerLimit { mode, via: via.into(), pool_size, client_limit, missing })
+}
+
+/// The plan input for a `[database]` section, a server reading (if any), the PgBouncer admin
+/// console's reading (if any), active reservations and corral's own connections.
+pub fn plan_input(
+    db: &DatabaseConfig,
+    server: Option<ServerReading>,
+    pooler: Option<&PgBouncerReading>,
+    reservations: u32,
+    own: u32,
+) -> plan::PlanInput {
     plan::PlanInput {
         server_max_connections: server.map(|s| s.0),
         superuser_reserved: server.map(|s| s.1).unwrap_or(0),
@@ -54,5 +116,6 @@ pub fn plan_input(db: &DatabaseConfig, server: Option<ServerReading>, reservatio
         external_reserve: db.external_reserve,
         reservations,
         own_connections: own,
+        pooler: pooler_limit(db, pooler),
     }
 }

@@ -32,6 +32,32 @@ pub enum ReserveSetting {
     Percent(f64),
 }
 
+/// How a pooler between the jobs and the server hands out server connections (SPEC §5.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolerMode {
+    /// Every client holds one server connection: the pool size caps the jobs' connections.
+    Session,
+    /// Clients share the pool between transactions: the client limit caps them.
+    Transaction,
+}
+
+/// The pooler on the jobs' path, with what is known of its sizes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PoolerLimit {
+    /// None: a pooler whose mode is not known yet (its admin console was not read).
+    pub mode: Option<PoolerMode>,
+    /// "Supavisor", "PgBouncer" or "pooler" (set by hand).
+    pub via: String,
+    /// Server connections per (role, database) pool.
+    pub pool_size: Option<u32>,
+    /// Clients the pooler accepts.
+    pub client_limit: Option<u32>,
+    /// What to set when a size that binds is unknown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub missing: Option<String>,
+}
+
 /// Everything the plan depends on. All counts are connections.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlanInput {
@@ -52,6 +78,8 @@ pub struct PlanInput {
     pub reservations: u32,
     /// Connections corral itself keeps open (SPEC §5: it opens its own first).
     pub own_connections: u32,
+    /// The pooler the jobs connect through, if any (SPEC §5.1).
+    pub pooler: Option<PoolerLimit>,
 }
 
 /// Where `limit` came from.
@@ -64,6 +92,8 @@ pub enum LimitSource {
     Configured,
     /// The preset, because the server could not be read.
     Preset,
+    /// The pooler on the jobs' path (session pool size or transaction client limit).
+    Pooler,
     /// Nothing known: `limit` and `usable` are 0 (see [`plan`]).
     Unknown,
 }
@@ -73,6 +103,10 @@ pub enum LimitSource {
 pub struct Plan {
     pub limit: u32,
     pub limit_source: LimitSource,
+    /// What binds, in words: "session pooler pool_size", "server max_connections 60 - 3 reserved".
+    pub limit_reason: String,
+    /// The pooler on the jobs' path, as planned against.
+    pub pooler: Option<PoolerLimit>,
     /// Resolved count (a percentage is rounded up: reserving too much is safe).
     pub provider_reserve: u32,
     pub adhoc_reserve: u32,
@@ -95,6 +129,9 @@ impl Plan {
             + self.own as u64
     }
 }
+
+/// How the warning about an unknown server limit begins.
+const UNKNOWN_LIMIT: &str = "the database's max_connections is unknown";
 
 /// Resolve a provider reserve against `limit`. A percentage rounds UP
 /// (10% of 55 = 5.5 → 6): the provider's own connections are outside our
@@ -201,6 +238,64 @@ pub fn plan(input: &PlanInput) -> Plan {
         },
     };
 
+    let mut limit_reason = match limit_source {
+        LimitSource::Server => {
+            let raw = input.server_max_connections.unwrap_or(limit);
+            if raw > limit {
+                format!("server max_connections {raw} - {} reserved", raw - limit)
+            } else {
+                format!("server max_connections {raw}")
+            }
+        }
+        LimitSource::Configured => "max_connections".to_string(),
+        LimitSource::Preset => "preset".to_string(),
+        LimitSource::Pooler | LimitSource::Unknown => "unknown".to_string(),
+    };
+    let (limit, limit_source) = match &input.pooler {
+        None => (limit, limit_source),
+        Some(p) => {
+            let known = limit_source != LimitSource::Unknown;
+            match (p.mode, p.pool_size, p.client_limit) {
+                (Some(PoolerMode::Session), Some(size), _) if !known || size < limit => {
+                    limit_reason = "session pooler pool_size".into();
+                    (size, LimitSource::Pooler)
+                }
+                (Some(PoolerMode::Session), Some(_), _) => (limit, limit_source),
+                (Some(PoolerMode::Transaction), _, Some(clients)) => {
+                    limit_reason = "transaction pooler client limit".into();
+                    (clients, LimitSource::Pooler)
+                }
+                (Some(PoolerMode::Transaction), _, None) => {
+                    if known {
+                        warnings.push(format!(
+                            "the client limit of the transaction pooler ({}) is unknown: planning against the database's limit ({limit}){}",
+                            p.via,
+                            p.missing.as_deref().map(|m| format!("; {m}")).unwrap_or_default()
+                        ));
+                    }
+                    (limit, limit_source)
+                }
+                (mode, _, _) => {
+                    let what = match mode {
+                        Some(_) => format!("the pool size of the session pooler ({}) is unknown", p.via),
+                        None => format!("the mode and sizes of the pooler ({}) are unknown", p.via),
+                    };
+                    warnings.push(format!(
+                        "{what}: no job gets connections until it is known{}",
+                        p.missing.as_deref().map(|m| format!("; {m}")).unwrap_or_default()
+                    ));
+                    limit_reason = "unknown".into();
+                    (0, LimitSource::Unknown)
+                }
+            }
+        }
+    };
+
+    if limit_source == LimitSource::Pooler {
+        // The pooler's size is known: the server's unknown limit no longer holds jobs back.
+        warnings.retain(|w| !w.starts_with(UNKNOWN_LIMIT));
+    }
+
     if let ReserveSetting::Percent(p) = input.provider_reserve {
         if p.is_nan() || !(0.0..=100.0).contains(&p) {
             warnings.push(format!(
@@ -213,6 +308,8 @@ pub fn plan(input: &PlanInput) -> Plan {
     let mut plan = Plan {
         limit,
         limit_source,
+        limit_reason,
+        pooler: input.pooler.clone(),
         provider_reserve,
         adhoc_reserve: input.adhoc_reserve,
         external_reserve: input.external_reserve,
@@ -249,6 +346,7 @@ mod tests {
             external_reserve: 0,
             reservations: 0,
             own_connections: 0,
+            pooler: None,
         }
     }
 
@@ -370,6 +468,41 @@ mod tests {
         assert!(p.warnings.iter().any(|w| w.contains("leave nothing")));
     }
 
+    fn pooler(mode: Option<PoolerMode>, pool: Option<u32>, clients: Option<u32>) -> Option<PoolerLimit> {
+        Some(PoolerLimit { mode, via: "PgBouncer".into(), pool_size: pool, client_limit: clients, missing: Some("set pool_size".into()) })
+    }
+
+    /// The session pooler: the server allows 57, the pool 15.
+    #[test]
+    fn a_session_pooler_binds_at_its_pool_size() {
+        let server = PlanInput { server_max_connections: Some(60), superuser_reserved: 3, adhoc_reserve: 1, own_connections: 1, ..base() };
+        let p = plan(&PlanInput { pooler: pooler(Some(PoolerMode::Session), Some(15), Some(100)), ..server.clone() });
+        assert_eq!((p.limit, p.limit_source, p.limit_reason.as_str(), p.usable), (15, LimitSource::Pooler, "session pooler pool_size", 13));
+        // A pool larger than the server's limit: the server binds.
+        let p = plan(&PlanInput { pooler: pooler(Some(PoolerMode::Session), Some(100), None), ..server.clone() });
+        assert_eq!((p.limit, p.limit_source, p.limit_reason.as_str()), (57, LimitSource::Server, "server max_connections 60 - 3 reserved"));
+        // Without any server reading or preset, the pool size alone is known and binds.
+        let p = plan(&PlanInput { pooler: pooler(Some(PoolerMode::Session), Some(15), None), ..base() });
+        assert_eq!((p.limit, p.limit_source), (15, LimitSource::Pooler));
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+        // Unknown pool size: nothing is granted, and the warning says what to set.
+        let p = plan(&PlanInput { pooler: pooler(Some(PoolerMode::Session), None, None), ..server.clone() });
+        assert_eq!((p.limit, p.usable, p.limit_source), (0, 0, LimitSource::Unknown));
+        assert!(p.warnings.iter().any(|w| w.contains("pool size") && w.contains("set pool_size")), "{:?}", p.warnings);
+        let p = plan(&PlanInput { pooler: pooler(None, None, None), ..server });
+        assert_eq!(p.limit_source, LimitSource::Unknown);
+    }
+
+    #[test]
+    fn a_transaction_pooler_binds_at_its_client_limit() {
+        let server = PlanInput { server_max_connections: Some(60), superuser_reserved: 3, ..base() };
+        let p = plan(&PlanInput { pooler: pooler(Some(PoolerMode::Transaction), Some(15), Some(200)), ..server.clone() });
+        assert_eq!((p.limit, p.limit_source, p.limit_reason.as_str()), (200, LimitSource::Pooler, "transaction pooler client limit"));
+        let p = plan(&PlanInput { pooler: pooler(Some(PoolerMode::Transaction), Some(15), None), ..server });
+        assert_eq!((p.limit, p.limit_source), (57, LimitSource::Server));
+        assert!(p.warnings[0].contains("client limit"), "{:?}", p.warnings);
+    }
+
     #[test]
     fn percent_rounds_up() {
         assert_eq!(resolve_reserve(ReserveSetting::Percent(10.0), 60), 6);
@@ -443,7 +576,7 @@ mod tests {
         ) -> PlanInput {
             PlanInput { server_max_connections: server, superuser_reserved: su, reserved_connections: rc,
                 configured, preset, provider_reserve: provider, adhoc_reserve: adhoc, external_reserve: ext,
-                reservations: res, own_connections: own }
+                reservations: res, own_connections: own, pooler: None }
         }
     }
 

@@ -2,6 +2,7 @@
 //! turning arguments into a request and a reply into an exit code; printing
 //! lives in `render`, the socket in `client`.
 
+pub(crate) mod check;
 mod client;
 mod docs;
 pub mod render;
@@ -57,7 +58,11 @@ pub enum Command {
     /// Run the supervisor in the foreground (PID 1 ok)
     Run,
     /// Validate the config and print the jobs and budget plan (exit 0 ok, 2 invalid)
-    Check,
+    Check {
+        /// Also connect: report TLS and the limit that binds (server, pooler, preset)
+        #[arg(long)]
+        online: bool,
+    },
     /// One line per job
     Status { jobs: Vec<String> },
     /// Start jobs (also clears FATAL)
@@ -153,7 +158,7 @@ pub fn run_client(cli: &Cli) -> i32 {
             eprintln!("error: `corral run` is the daemon, not a client verb");
             return EXIT_USAGE;
         }
-        Command::Check => return check(&config_path, json),
+        Command::Check { online } => return check::run(&config_path, json, *online),
         Command::Completions { shell } => return docs::completions(*shell),
         Command::Man { dir } => return docs::man(dir.as_deref()),
         Command::Status { jobs } => Request::Status { jobs: jobs.clone() },
@@ -209,41 +214,6 @@ fn exit_code(request: &Request, resp: &Response) -> i32 {
     match resp.error.as_ref().map(|e| e.kind) {
         Some(ErrorKind::Config) | Some(ErrorKind::BadRequest) => EXIT_USAGE,
         _ => EXIT_REFUSED,
-    }
-}
-
-/// `corral check`: parse and validate, print the plan.
-fn check(path: &Path, json: bool) -> i32 {
-    match config::load(path) {
-        Ok(cfg) => {
-            let plan = cfg.database.as_ref().map(|db| {
-                // In fleet scope each corral has two own connections; this plan is one corral alone.
-                let own = match cfg.budget.scope {
-                    config::Scope::Fleet => crate::budget::OWN_CONNECTIONS_FLEET,
-                    config::Scope::Local => crate::budget::OWN_CONNECTIONS,
-                };
-                crate::budget::plan::plan(&crate::budget::plan_input(db, None, 0, own))
-            });
-            let minimums: u32 =
-                cfg.jobs.values().filter(|j| j.autostart).filter_map(|j| j.connections).map(|c| c.min).sum();
-            render::check(&cfg, plan.as_ref(), minimums, json);
-            match &plan {
-                Some(p) if p.limit_source != crate::budget::plan::LimitSource::Unknown && minimums > p.usable => {
-                    eprintln!(
-                        "error: {}: the autostart jobs need at least {minimums} connections but only {} are usable",
-                        cfg.path.display(),
-                        p.usable
-                    );
-                    eprintln!("  hint: lower some jobs' connections.min, set autostart = false, or lower the reserves");
-                    EXIT_USAGE
-                }
-                _ => EXIT_OK,
-            }
-        }
-        Err(errs) => {
-            eprintln!("{errs}");
-            EXIT_USAGE
-        }
     }
 }
 

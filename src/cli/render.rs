@@ -152,6 +152,18 @@ pub fn log_line(request: &Request, l: &LogLine, colour: bool) -> String {
 
 fn status(s: &StatusReport) -> String {
     let mut out = status_table_styled(&s.jobs, colour());
+    if let Some(b) = &s.budget {
+        let n = |k: &str| b[k].as_u64().map_or("?".to_string(), |v| v.to_string());
+        let offline = if b["offline"] == true { ", planned offline" } else { "" };
+        out.push_str(&format!(
+            "\nbudget: limit {} ({}), usable {}, granted {}{offline}\n",
+            n("limit"),
+            b["limit_reason"].as_str().unwrap_or("?"),
+            n("usable"),
+            n("granted")
+        ));
+        out.push_str(&database_line(&b["database"]));
+    }
     if let Some(err) = &s.config_error {
         out.push_str(&format!("\nconfig error (running config kept):\n{err}\n"));
     }
@@ -226,8 +238,8 @@ pub fn uptime(secs: f64) -> String {
     }
 }
 
-/// `corral check` output: the parsed jobs.
-pub fn check(cfg: &Config, plan: Option<&Plan>, minimums: u32, json: bool) {
+/// `corral check` output: the parsed jobs, and with `--online` what the connection found.
+pub fn check(cfg: &Config, plan: Option<&Plan>, minimums: u32, online: Option<&super::check::Online>, online_flag: bool, json: bool) {
     if json {
         let jobs: Vec<_> = cfg
             .jobs
@@ -243,7 +255,7 @@ pub fn check(cfg: &Config, plan: Option<&Plan>, minimums: u32, json: bool) {
         println!(
             "{}",
             serde_json::json!({ "config": cfg.path.display().to_string(), "valid": true, "jobs": jobs,
-                                "budget": plan, "autostart_minimums": minimums })
+                                "budget": plan, "autostart_minimums": minimums, "online": online })
         );
         return;
     }
@@ -273,25 +285,76 @@ pub fn check(cfg: &Config, plan: Option<&Plan>, minimums: u32, json: bool) {
             pad(&r[0], widths[0]), pad(&r[1], widths[1]), pad(&r[2], widths[2]), pad(&r[3], widths[3]), r[4]
         );
     }
+    if let Some(o) = online {
+        online_lines(o);
+    }
     if let Some(p) = plan {
-        budget_plan(p, minimums);
+        let no_url = cfg.database.as_ref().is_some_and(|d| d.url.is_none());
+        budget_plan(p, minimums, online_flag && !no_url, no_url);
         if cfg.budget.scope == crate::config::Scope::Fleet {
             println!("  fleet scope: this is one corral alone; at run time the fleet shares the smallest base");
-            println!("  of its members, minus 2 own connections per corral and fleet-wide reservations (`corral budget`)");
+            println!("  of its members, minus 1 own connection per corral and fleet-wide reservations (`corral budget`)");
         }
     }
 }
 
-fn budget_plan(p: &Plan, minimums: u32) {
+fn online_lines(o: &super::check::Online) {
+    let target = o.target.as_deref().unwrap_or("the database");
+    if !o.connected {
+        println!("online: cannot connect to {target}");
+        return;
+    }
+    println!("online: connected to {target} in {:.1} ms", o.connect_ms.unwrap_or(0.0));
+    match &o.tls {
+        Some(t) => println!("  tls     {}", t.describe()),
+        None => println!("  tls     none (plaintext)"),
+    }
+    if let Some(l) = &o.server {
+        let v = l.server_version_num;
+        println!(
+            "  server  max_connections {}, {} reserved for superusers, {} reserved_connections (PostgreSQL {}.{})",
+            l.max_connections,
+            l.superuser_reserved_connections,
+            l.reserved_connections,
+            v / 10000,
+            v % 10000
+        );
+    }
+    if let Some(r) = &o.pooler {
+        println!(
+            "  pooler  PgBouncer {} mode, pool_size {}, max_client_conn {}, {} client(s) now",
+            r.mode.as_str(),
+            r.session_cap(),
+            r.max_client_conn,
+            r.clients.iter().map(|c| c.count).sum::<u32>()
+        );
+    }
+    if let Some(e) = &o.pooler_error {
+        println!("  pooler  admin console UNREADABLE: {e}");
+    }
+}
+
+fn budget_plan(p: &Plan, minimums: u32, online: bool, no_url: bool) {
     println!("connection budget:");
+    if let Some(pl) = &p.pooler {
+        let mode = pl.mode.map_or("unknown mode", |m| match m {
+            crate::budget::plan::PoolerMode::Session => "session mode",
+            crate::budget::plan::PoolerMode::Transaction => "transaction mode",
+        });
+        let n = |v: Option<u32>| v.map_or("?".to_string(), |v| v.to_string());
+        println!("  jobs connect through {} ({mode}, pool_size {}, client limit {})", pl.via, n(pl.pool_size), n(pl.client_limit));
+    }
     match p.limit_source {
         LimitSource::Unknown => {
             println!("  limit            auto: read from the server at startup (set `preset` or an integer to check offline)");
+            for w in &p.warnings {
+                println!("  warning: {w}");
+            }
             return;
         }
-        LimitSource::Server => println!("  limit            {:>4}  (server)", p.limit),
-        LimitSource::Configured => println!("  limit            {:>4}  (max_connections)", p.limit),
-        LimitSource::Preset => println!("  limit            {:>4}  (preset; the server's value wins at run time)", p.limit),
+        LimitSource::Preset if no_url => println!("  limit            {:>4}  (preset; planned offline: no url, nothing is measured)", p.limit),
+        LimitSource::Preset if !online => println!("  limit            {:>4}  (preset; the server's value wins at run time)", p.limit),
+        _ => println!("  limit            {:>4}  ({})", p.limit, p.limit_reason),
     }
     println!("  provider_reserve {:>4}", format!("-{}", p.provider_reserve));
     println!("  adhoc_reserve    {:>4}", format!("-{}", p.adhoc_reserve));
@@ -317,6 +380,10 @@ pub fn budget(b: &serde_json::Value) -> String {
     let reserved: u64 = b["reservations"].as_array().map(|r| r.iter().filter_map(|x| x["count"].as_u64()).sum()).unwrap_or(0);
     let mut out = String::new();
     let fleet = b["scope"] == "fleet";
+    let reason = b["limit_reason"].as_str().or(b["limit_source"].as_str()).unwrap_or("?").to_string();
+    if b["offline"] == true {
+        out.push_str("budget planned offline (no database url): nothing is measured, jobs get their grants from the preset\n");
+    }
     if fleet {
         let c = &b["coordination"];
         let health = match (c["healthy"].as_bool(), c["error"].as_str()) {
@@ -332,7 +399,7 @@ pub fn budget(b: &serde_json::Value) -> String {
         out.push_str(&format!(
             "limit {} ({})  - provider {}  - ad hoc {}  - external {}  = base {}  - reserved {}  - corrals {}  - unclaimed {}  = usable {}\n",
             n("limit"),
-            b["limit_source"].as_str().unwrap_or("?"),
+            reason,
             n("provider_reserve"),
             n("adhoc_reserve"),
             n("external_reserve"),
@@ -346,7 +413,7 @@ pub fn budget(b: &serde_json::Value) -> String {
         out.push_str(&format!(
         "limit {} ({})  - provider {}  - ad hoc {}  - external {}  - reserved {}  - corral {}  = usable {}\n",
         n("limit"),
-        b["limit_source"].as_str().unwrap_or("?"),
+        reason,
         n("provider_reserve"),
         n("adhoc_reserve"),
         n("external_reserve"),
@@ -422,12 +489,7 @@ pub fn budget(b: &serde_json::Value) -> String {
             e["application_name"].as_str().filter(|a| !a.is_empty()).unwrap_or("no application_name")
         ));
     }
-    let db = &b["database"];
-    match (db["healthy"].as_bool(), db["error"].as_str()) {
-        (_, Some(e)) => out.push_str(&format!("database UNHEALTHY: {e}\n")),
-        (Some(true), None) => out.push_str(&format!("database healthy ({:.1} ms)\n", db["latency_ms"].as_f64().unwrap_or(0.0))),
-        _ => out.push_str("database not checked yet\n"),
-    }
+    out.push_str(&database_line(&b["database"]));
     for w in b["warnings"].as_array().into_iter().flatten() {
         out.push_str(&format!("warning: {}\n", w.as_str().unwrap_or_default()));
     }
@@ -441,6 +503,20 @@ fn pad(c: &str, width: usize) -> String {
     s.push_str(c);
     s.extend(std::iter::repeat_n(' ', width.saturating_sub(c.chars().count()) + 2));
     s
+}
+
+/// The database's state in one line, the same in `budget` and `status`.
+pub fn database_line(db: &serde_json::Value) -> String {
+    let tls = match &db["tls"] {
+        serde_json::Value::Null => String::new(),
+        t => format!(", {} {}", t["version"].as_str().unwrap_or("TLS"), t["sslmode"].as_str().unwrap_or("")),
+    };
+    match (db["healthy"].as_bool(), db["error"].as_str()) {
+        (_, Some(e)) => format!("database UNHEALTHY: {e}\n"),
+        (Some(true), None) => format!("database healthy ({:.1} ms{tls})\n", db["latency_ms"].as_f64().unwrap_or(0.0)),
+        _ if db["offline"] == true => "database: none (no url; budget planned offline)\n".to_string(),
+        _ => "database not checked yet\n".to_string(),
+    }
 }
 
 fn table(header: &[&str], rows: &[Vec<String>]) -> String {

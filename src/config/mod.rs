@@ -58,8 +58,12 @@ pub enum OrphanPolicy {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct DatabaseConfig {
-    /// Expanded URL. Contains the password: never print it, use `db::redact`.
-    pub url: String,
+    /// Expanded URL, checked by `db::conninfo`. Contains the password: never print it, use
+    /// `db::redact`. None: no database to connect to; the budget is planned offline from
+    /// `preset` or an integer `max_connections` (validation makes sure one is set).
+    pub url: Option<String>,
+    /// The manifest's directory: relative `sslrootcert`/`sslcert`/`sslkey` paths start here.
+    pub base_dir: PathBuf,
     pub max_connections: MaxConnections,
     /// Preset name as written, already checked to be known.
     pub preset: Option<String>,
@@ -69,6 +73,29 @@ pub struct DatabaseConfig {
     pub health_interval: Duration,
     pub health_timeout: Duration,
     pub enforce: Enforce,
+    /// The path the jobs' URL takes (SPEC §5.1).
+    pub pooler: PoolerSetting,
+    pub pool_size: PoolSize,
+    /// PgBouncer's admin console (`SHOW CONFIG/DATABASES/CLIENTS`). Holds a password.
+    pub pooler_admin_url: Option<String>,
+}
+
+/// `pooler`: what sits between the jobs and PostgreSQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolerSetting {
+    /// Supavisor from the URL's host and port, PgBouncer from `pooler_admin_url`, else none.
+    Auto,
+    None,
+    Session,
+    Transaction,
+}
+
+/// `pool_size`: the pooler's server connections per (role, database) pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolSize {
+    /// Supavisor's default for the compute `preset`, or PgBouncer's from its admin console.
+    Auto,
+    Fixed(u32),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

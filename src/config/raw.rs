@@ -58,6 +58,10 @@ pub(super) struct RawDatabase {
     pub health_interval: Option<Str>,
     pub health_timeout: Option<Str>,
     pub enforce: Option<Str>,
+    pub pooler: Option<Str>,
+    /// `"auto"` or an integer.
+    pub pool_size: Option<Spanned<toml::Value>>,
+    pub pooler_admin_url: Option<Str>,
 }
 
 #[derive(Debug, Default, Deserialize)]

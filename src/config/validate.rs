@@ -19,8 +19,8 @@ use super::expand::expand;
 use super::raw::{self, Doc, Keys, RawBackoff, RawBudget, RawDatabase, RawHttp, RawJob, RawSupervisor, Str, TOP_KEYS};
 use super::{
     name_problem, Backoff, BudgetConfig, Config, ConfigError, ConfigErrors, Connections, DatabaseConfig, Enforce,
-    HttpConfig, JobConfig, LogFormat, MaxConnections, OnDuplicate, OrphanPolicy, Reserve, RestartPolicy, Scope,
-    SupervisorConfig, MAX_JOBS, PRESETS,
+    HttpConfig, JobConfig, LogFormat, MaxConnections, OnDuplicate, OrphanPolicy, PoolSize, PoolerSetting, Reserve,
+    RestartPolicy, Scope, SupervisorConfig, MAX_JOBS, PRESETS,
 };
 
 // Defaults. The README documents these; keep the two in step.
@@ -39,6 +39,7 @@ const DEFAULT_EXTERNAL_RESERVE: u32 = 0;
 const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(300);
 const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_ENFORCE: Enforce = Enforce::Warn;
+const DEFAULT_POOLER: PoolerSetting = PoolerSetting::Auto;
 // [budget]
 const DEFAULT_SCOPE: Scope = Scope::Local;
 const DEFAULT_SERVICE: &str = "corral";
@@ -67,6 +68,12 @@ const ENFORCE_MODES: &[(&str, Enforce)] = &[
     ("off", Enforce::Off),
     ("warn", Enforce::Warn),
     ("terminate", Enforce::Terminate),
+];
+const POOLERS: &[(&str, PoolerSetting)] = &[
+    ("auto", PoolerSetting::Auto),
+    ("none", PoolerSetting::None),
+    ("session", PoolerSetting::Session),
+    ("transaction", PoolerSetting::Transaction),
 ];
 const SCOPES: &[(&str, Scope)] = &[("local", Scope::Local), ("fleet", Scope::Fleet)];
 const RESTART_POLICIES: &[(&str, RestartPolicy)] = &[
@@ -254,6 +261,12 @@ impl<'a> Cx<'a> {
         };
         let raw_budget = self.select::<RawBudget>(&["budget"], anchor("budget"));
         let budget = self.budget(&raw_budget.ok().flatten().unwrap_or_default(), has_database);
+        if let (Scope::Fleet, Some(db)) = (budget.scope, &database) {
+            if db.url.is_none() {
+                let hint = "a fleet budget is shared through the database: set [database] url";
+                self.error(anchor("database"), "scope = \"fleet\" needs a [database] url", Some(hint.into()));
+            }
+        }
         let http = match self.select::<RawHttp>(&["http"], anchor("http")) {
             Ok(Some(raw)) => self.http(&raw, anchor("http")),
             _ => None,
@@ -305,35 +318,29 @@ impl<'a> Cx<'a> {
     }
 
     fn database(&mut self, raw: &RawDatabase, anchor: Option<Span>) -> DatabaseConfig {
-        let url = match &raw.url {
-            // The url holds the password: no message here may quote it.
-            Some(v) => match self.expand(v.get_ref()) {
-                Ok(url) if url.trim().is_empty() => {
-                    let hint = "set it to the connection string, e.g. url = \"${DATABASE_URL}\"";
-                    self.error(Some(v.span()), "\"url\" is empty", Some(hint.into()));
-                    String::new()
-                }
-                Ok(url) => url,
-                Err(e) => {
-                    let (message, hint) = e.describe(false);
-                    self.error(Some(v.span()), format!("{message} in \"url\""), Some(hint));
-                    String::new()
-                }
-            },
-            None => {
-                let hint = "add url = \"${DATABASE_URL}\", or remove [database] to run without database features";
-                self.error(anchor, "missing key \"url\" in [database]", Some(hint.into()));
-                String::new()
-            }
-        };
+        let max_connections =
+            raw.max_connections.as_ref().and_then(|v| self.max_connections(v)).unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        let preset = raw.preset.as_ref().and_then(|v| self.preset(v));
+        // An empty url (`url = "${DATABASE_URL:-}"` without the variable) is no url: with a
+        // preset or an integer limit the budget is planned offline.
+        let errors_before = self.errors.len();
+        let url = raw.url.as_ref().and_then(|v| self.connection_string("url", v));
+        let url_rejected = self.errors.len() > errors_before;
+        let plannable = preset.is_some() || matches!(max_connections, MaxConnections::Fixed(_));
+        if url.is_none() && !url_rejected && !plannable && raw.max_connections.is_none() && raw.preset.is_none() {
+            let (span, message) = match &raw.url {
+                Some(v) => (Some(v.span()), "\"url\" is empty and there is no preset or max_connections to plan with"),
+                None => (anchor, "missing key \"url\" in [database]"),
+            };
+            let hint = "set url = \"${DATABASE_URL}\"; to plan the budget without a database, set preset = \"supabase-nano\" (or an integer max_connections); or remove [database]";
+            self.error(span, message, Some(hint.into()));
+        }
+        let pooler_admin_url = raw.pooler_admin_url.as_ref().and_then(|v| self.connection_string("pooler_admin_url", v));
         DatabaseConfig {
             url,
-            max_connections: raw
-                .max_connections
-                .as_ref()
-                .and_then(|v| self.max_connections(v))
-                .unwrap_or(DEFAULT_MAX_CONNECTIONS),
-            preset: raw.preset.as_ref().and_then(|v| self.preset(v)),
+            base_dir: self.base_dir.clone(),
+            max_connections,
+            preset,
             provider_reserve: raw
                 .provider_reserve
                 .as_ref()
@@ -349,6 +356,63 @@ impl<'a> Cx<'a> {
             health_interval: self.duration("health_interval", raw.health_interval.as_ref(), DEFAULT_HEALTH_INTERVAL, HEALTH_INTERVAL_RANGE),
             health_timeout: self.duration("health_timeout", raw.health_timeout.as_ref(), DEFAULT_HEALTH_TIMEOUT, HEALTH_TIMEOUT_RANGE),
             enforce: self.choice("enforce", raw.enforce.as_ref(), ENFORCE_MODES, DEFAULT_ENFORCE),
+            pooler: self.choice("pooler", raw.pooler.as_ref(), POOLERS, DEFAULT_POOLER),
+            pool_size: raw.pool_size.as_ref().and_then(|v| self.pool_size(v)).unwrap_or(PoolSize::Auto),
+            pooler_admin_url,
+        }
+    }
+
+    /// A connection string, checked by the one reader of them (`db::conninfo`). Empty is None.
+    /// The string holds the password: no message here may quote it.
+    fn connection_string(&mut self, key: &str, v: &Str) -> Option<String> {
+        let s = match expand(v.get_ref(), self.env) {
+            Ok(s) => s,
+            Err(e) => {
+                let (message, hint) = e.describe(false);
+                self.error(Some(v.span()), format!("{message} in \"{key}\""), Some(hint));
+                return None;
+            }
+        };
+        if s.trim().is_empty() {
+            return None;
+        }
+        match crate::db::conninfo::ConnInfo::parse(&s) {
+            Ok(_) => Some(s),
+            Err(e) => {
+                self.error(Some(v.span()), format!("invalid \"{key}\": {}", e.message), e.hint);
+                None
+            }
+        }
+    }
+
+    fn pool_size(&mut self, v: &Spanned<Value>) -> Option<PoolSize> {
+        let hint = "write pool_size = \"auto\" (Supavisor's size for the preset, or PgBouncer's from pooler_admin_url) or a number like 15";
+        let n = match v.get_ref() {
+            Value::Integer(n) => *n,
+            Value::String(s) => {
+                let s = self.string("pool_size", &Spanned::new(v.span(), s.clone()))?;
+                if s == "auto" {
+                    return Some(PoolSize::Auto);
+                }
+                match s.trim().parse::<i64>() {
+                    Ok(n) => n,
+                    Err(_) => {
+                        self.error(Some(v.span()), format!("invalid pool_size \"{s}\""), Some(hint.into()));
+                        return None;
+                    }
+                }
+            }
+            other => {
+                self.error(Some(v.span()), format!("\"pool_size\" must be \"auto\" or an integer, found {}", other.type_str()), Some(hint.into()));
+                return None;
+            }
+        };
+        match u32::try_from(n) {
+            Ok(n) if n > 0 => Some(PoolSize::Fixed(n)),
+            _ => {
+                self.error(Some(v.span()), format!("pool_size must be a positive integer, found {n}"), Some(hint.into()));
+                None
+            }
         }
     }
 
@@ -1234,7 +1298,7 @@ mod tests {
     fn job_and_database_defaults() {
         let c = ok(&format!("{DB}{JOB}"));
         let db = c.database.unwrap();
-        assert_eq!(db.url, "postgres://app:s3cret@db:5432/app");
+        assert_eq!(db.url.as_deref(), Some("postgres://app:s3cret@db:5432/app"));
         assert_eq!(db.max_connections, MaxConnections::Auto);
         assert_eq!(db.preset, None);
         assert_eq!(db.provider_reserve, Reserve::Percent(10.0));
@@ -1412,7 +1476,7 @@ quota_signal   = "sighup"
 
     #[test]
     fn dotted_keys_and_sub_tables_work() {
-        let c = ok("jobs.a.command = [\"a\"]\njobs.a.env.X = \"1\"\n[jobs.b]\ncommand = [\"b\"]\nbackoff.max = \"5s\"\n[jobs.b.connections]\nmax = 2\n[database]\nurl = \"x\"\n");
+        let c = ok("jobs.a.command = [\"a\"]\njobs.a.env.X = \"1\"\n[jobs.b]\ncommand = [\"b\"]\nbackoff.max = \"5s\"\n[jobs.b.connections]\nmax = 2\n[database]\nurl = \"host=x\"\n");
         assert_eq!(c.jobs["a"].env["X"], "1");
         assert_eq!(c.jobs["b"].backoff.max, Duration::from_secs(5));
         assert_eq!(
@@ -1450,13 +1514,13 @@ quota_signal   = "sighup"
 
     #[test]
     fn reserves_and_limits_in_every_form() {
-        let c = ok("[database]\nurl = \"u\"\nmax_connections = \"${MAX:-90}\"\nprovider_reserve = \"7.5%\"\n");
+        let c = ok("[database]\nurl = \"host=u\"\nmax_connections = \"${MAX:-90}\"\nprovider_reserve = \"7.5%\"\n");
         let db = c.database.unwrap();
         assert_eq!(
             (db.max_connections, db.provider_reserve),
             (MaxConnections::Fixed(90), Reserve::Percent(7.5))
         );
-        let c = ok("[database]\nurl = \"u\"\nmax_connections = \"auto\"\nprovider_reserve = 0\n");
+        let c = ok("[database]\nurl = \"host=u\"\nmax_connections = \"auto\"\nprovider_reserve = 0\n");
         let db = c.database.unwrap();
         assert_eq!(
             (db.max_connections, db.provider_reserve),
@@ -1716,8 +1780,8 @@ quota_signal   = "sighup"
             ("[budget]\nrebalance_interval = \"1ms\"\n", "rebalance_interval"),
             ("[budget]\nidle_after = \"400days\"\n", "idle_after"),
             ("[budget]\nfleet_grace = \"400days\"\n", "fleet_grace"),
-            ("[database]\nurl = \"u\"\nhealth_interval = \"10ms\"\n", "health_interval"),
-            ("[database]\nurl = \"u\"\nhealth_timeout = \"1ms\"\n", "health_timeout"),
+            ("[database]\nurl = \"host=u\"\nhealth_interval = \"10ms\"\n", "health_interval"),
+            ("[database]\nurl = \"host=u\"\nhealth_timeout = \"1ms\"\n", "health_timeout"),
         ];
         for (text, key) in cases {
             let errs = errors(text);
@@ -1732,9 +1796,9 @@ quota_signal   = "sighup"
     #[test]
     fn every_number_has_a_sane_range() {
         one(&format!("{DB}{JOB}connections = 300000\n"), 5, 15, "connections max (300000) must be at most 262143");
-        one("[database]\nurl = \"u\"\nmax_connections = 300000\n", 3, 19, "max_connections must be between 1 and 262143");
-        one("[database]\nurl = \"u\"\nadhoc_reserve = 300000\n", 3, 17, "\"adhoc_reserve\" must be at most 262143");
-        one("[database]\nurl = \"u\"\nprovider_reserve = 300000\n", 3, 20, "provider_reserve must be between 0 and 262143");
+        one("[database]\nurl = \"host=u\"\nmax_connections = 300000\n", 3, 19, "max_connections must be between 1 and 262143");
+        one("[database]\nurl = \"host=u\"\nadhoc_reserve = 300000\n", 3, 17, "\"adhoc_reserve\" must be at most 262143");
+        one("[database]\nurl = \"host=u\"\nprovider_reserve = 300000\n", 3, 20, "provider_reserve must be between 0 and 262143");
         one(&format!("{JOB}start_retries = 100000\n"), 3, 17, "\"start_retries\" must be at most 10000");
         one(&format!("{JOB}priority = -2000000\n"), 3, 12, "\"priority\" must be at least -1000000");
     }
@@ -1842,7 +1906,7 @@ quota_signal   = "sighup"
     #[test]
     fn unknown_preset() {
         let e = one(
-            "[database]\nurl = \"u\"\npreset = \"supabase-mirco\"\n",
+            "[database]\nurl = \"host=u\"\npreset = \"supabase-mirco\"\n",
             3,
             10,
             "unknown preset \"supabase-mirco\" (did you mean \"supabase-micro\"?)",
@@ -1869,7 +1933,7 @@ quota_signal   = "sighup"
             "invalid value \"yaml\" for \"log_format\"",
         );
         one(
-            "[database]\nurl = \"u\"\nenforce = \"kill\"\n",
+            "[database]\nurl = \"host=u\"\nenforce = \"kill\"\n",
             3,
             11,
             "invalid value \"kill\" for \"enforce\"",
@@ -1938,19 +2002,19 @@ quota_signal   = "sighup"
     #[test]
     fn provider_reserve_forms() {
         one(
-            "[database]\nurl = \"u\"\nprovider_reserve = \"ten\"\n",
+            "[database]\nurl = \"host=u\"\nprovider_reserve = \"ten\"\n",
             3,
             20,
             "invalid provider_reserve \"ten\"",
         );
         one(
-            "[database]\nurl = \"u\"\nprovider_reserve = \"100%\"\n",
+            "[database]\nurl = \"host=u\"\nprovider_reserve = \"100%\"\n",
             3,
             20,
             "provider_reserve \"100%\" must be at least 0% and below 100%",
         );
         one(
-            "[database]\nurl = \"u\"\nprovider_reserve = -1\n",
+            "[database]\nurl = \"host=u\"\nprovider_reserve = -1\n",
             3,
             20,
             "provider_reserve must be between 0 and 262143",
@@ -1960,13 +2024,13 @@ quota_signal   = "sighup"
     #[test]
     fn max_connections_forms() {
         one(
-            "[database]\nurl = \"u\"\nmax_connections = 0\n",
+            "[database]\nurl = \"host=u\"\nmax_connections = 0\n",
             3,
             19,
             "max_connections must be between 1 and 262143, found 0",
         );
         one(
-            "[database]\nurl = \"u\"\nmax_connections = \"lots\"\n",
+            "[database]\nurl = \"host=u\"\nmax_connections = \"lots\"\n",
             3,
             19,
             "invalid max_connections \"lots\"",
@@ -1976,7 +2040,7 @@ quota_signal   = "sighup"
     #[test]
     fn negative_counts() {
         one(
-            "[database]\nurl = \"u\"\nadhoc_reserve = -1\n",
+            "[database]\nurl = \"host=u\"\nadhoc_reserve = -1\n",
             3,
             17,
             "\"adhoc_reserve\" must be at least 0, found -1",
@@ -2025,6 +2089,40 @@ quota_signal   = "sighup"
             9,
             "scope = \"fleet\" needs a [database] section",
         );
+    }
+
+    #[test]
+    fn pooler_keys() {
+        let c = ok("[database]\nurl = \"host=h\"\npooler = \"session\"\npool_size = 15\npooler_admin_url = \"postgres://admin:pw@127.0.0.1:6432/pgbouncer\"\n");
+        let db = c.database.unwrap();
+        assert_eq!((db.pooler, db.pool_size), (PoolerSetting::Session, PoolSize::Fixed(15)));
+        assert!(db.pooler_admin_url.is_some());
+        let db = ok("[database]\nurl = \"host=h\"\npool_size = \"${P:-auto}\"\npooler_admin_url = \"${NOPE:-}\"\n").database.unwrap();
+        assert_eq!((db.pooler, db.pool_size, db.pooler_admin_url), (PoolerSetting::Auto, PoolSize::Auto, None));
+        one("[database]\nurl = \"host=h\"\npooler = \"sesion\"\n", 3, 10, "invalid value \"sesion\" for \"pooler\" (did you mean \"session\"?)");
+        one("[database]\nurl = \"host=h\"\npool_size = 0\n", 3, 13, "pool_size must be a positive integer");
+    }
+
+    /// A budget planned offline: a preset or an integer limit, and no url.
+    #[test]
+    fn url_is_optional_with_a_preset() {
+        let db = ok("[database]\npreset = \"supabase-nano\"\n").database.unwrap();
+        assert_eq!(db.url, None);
+        let db = ok("[database]\nurl = \"${NO_SUCH_URL:-}\"\nmax_connections = 40\n").database.unwrap();
+        assert_eq!(db.url, None);
+        let e = one("[database]\nurl = \"\"\n", 2, 7, "\"url\" is empty");
+        assert!(e.hint.unwrap().contains("preset"));
+        one("[database]\npreset = \"supabase-nano\"\n[budget]\nscope = \"fleet\"\n", 1, 2, "scope = \"fleet\" needs a [database] url");
+    }
+
+    #[test]
+    fn a_url_the_drivers_would_read_differently_is_an_error_without_the_password() {
+        let e = one("[database]\nurl = \"postgres://app:hunter@2@db/app\"\n", 2, 7, "invalid \"url\": the password");
+        let hint = e.hint.clone().unwrap();
+        assert!(hint.contains("%40"), "{hint}");
+        assert!(!format!("{e}").contains("hunter"), "{e}");
+        one("[database]\nurl = \"postgres://db/app?sslmode=verify\"\n", 2, 7, "invalid \"url\": invalid sslmode");
+        one("[database]\nurl = \"host=h\"\npooler_admin_url = \"pgbouncer\"\n", 3, 20, "invalid \"pooler_admin_url\"");
     }
 
     #[test]

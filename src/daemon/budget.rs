@@ -15,9 +15,9 @@ use crate::budget::fleet::{reported_process, FleetPlan};
 use crate::budget::plan::{self, Plan};
 use crate::config::{BudgetConfig, DatabaseConfig, JobConfig, Scope};
 use crate::db::fleet::{FleetView, LocalJob, LockOutcome, SyncRequest, SyncResult};
+use crate::db::pooler::PgBouncerReading;
+use crate::db::tls::TlsInfo;
 use crate::db::{ServerLimits, Usage};
-
-use crate::budget::{OWN_CONNECTIONS, OWN_CONNECTIONS_FLEET};
 
 /// How long an exited job's connections count as occupied without a reading.
 const DRAIN_FALLBACK: std::time::Duration = std::time::Duration::from_secs(5);
@@ -82,14 +82,21 @@ pub struct DbStatus {
     pub healthy: Option<bool>,
     pub latency_ms: Option<f64>,
     pub checked_at: Option<SystemTime>,
+    /// The last connection or check error, also before any check succeeded (SPEC §6).
     pub error: Option<String>,
     pub consecutive_failures: u32,
+    /// The TLS of corral's connection at the last check (None: plaintext or not connected).
+    pub tls: Option<TlsInfo>,
 }
 
 pub struct Budget {
     pub db: DatabaseConfig,
     pub cfg: BudgetConfig,
     pub limits: Option<ServerLimits>,
+    /// PgBouncer's admin console at its last answer (sizes rarely change: kept on failure).
+    pub pooler: Option<PgBouncerReading>,
+    /// Why the admin console did not answer last time.
+    pub pooler_error: Option<String>,
     pub reservations: BTreeMap<String, Reservation>,
     pub jobs: BTreeMap<String, JobBudget>,
     pub usage: Option<Usage>,
@@ -124,6 +131,8 @@ impl Budget {
         Budget {
             db,
             limits: None,
+            pooler: None,
+            pooler_error: None,
             reservations: BTreeMap::new(),
             jobs: BTreeMap::new(),
             usage: None,
@@ -135,25 +144,27 @@ impl Budget {
         }
     }
 
-    /// corral's own connections: the probe, plus the coordination connection in fleet scope.
+    /// corral's own connections: one in either scope (health, readings and fleet sync share
+    /// it), none when the budget is planned offline.
     pub fn own(&self) -> u32 {
-        if self.fleet.is_some() {
-            OWN_CONNECTIONS_FLEET
-        } else {
-            OWN_CONNECTIONS
-        }
+        crate::budget::own_connections(&self.db)
     }
 
     pub fn plan(&self, now: Instant) -> Plan {
         let server = self.limits.map(|l| (l.max_connections, l.superuser_reserved_connections, l.reserved_connections));
-        plan::plan(&crate::budget::plan_input(&self.db, server, self.active_reservations(now), self.own()))
+        plan::plan(&crate::budget::plan_input(&self.db, server, self.pooler.as_ref(), self.active_reservations(now), self.own()))
     }
 
     /// This member's base for the fleet: `limit` minus the configured reserves, before
     /// reservations and own connections (which the fleet deducts once, for everyone).
     pub fn fleet_base(&self) -> u32 {
         let server = self.limits.map(|l| (l.max_connections, l.superuser_reserved_connections, l.reserved_connections));
-        plan::plan(&crate::budget::plan_input(&self.db, server, 0, 0)).usable
+        plan::plan(&crate::budget::plan_input(&self.db, server, self.pooler.as_ref(), 0, 0)).usable
+    }
+
+    /// No url: the plan comes from the preset or an integer, nothing is measured.
+    pub fn offline(&self) -> bool {
+        self.db.url.is_none()
     }
 
     pub fn active_reservations(&self, now: Instant) -> u32 {
@@ -405,6 +416,18 @@ impl Budget {
         (self.status.healthy == Some(true)).then_some(p.held.max(b.live.unwrap_or(0)))
     }
 
+    /// The job's new quota was delivered (quota file, signal). Planned offline nothing can
+    /// ever measure its use, so the grant is the truth: a shrink counts as honoured once told.
+    pub fn delivered(&mut self, job: &str, now: Instant) {
+        let offline = self.offline();
+        if let Some(b) = self.jobs.get_mut(job) {
+            b.told_at = Some(now);
+            if let Some(p) = b.process.as_mut().filter(|_| offline) {
+                p.measured = Some(p.told);
+            }
+        }
+    }
+
     /// The job spawned with `quota`.
     pub fn spawned(&mut self, job: &str, quota: u32) {
         let b = self.jobs.entry(job.to_string()).or_default();
@@ -463,7 +486,7 @@ impl Budget {
     pub fn env_for(&self, cfg: &JobConfig, quota: u32) -> Vec<(String, String)> {
         // Only jobs with connections get a quota; without, there is no overflow to hand out.
         let overflow = cfg.connections.map_or(0, |c| c.overflow);
-        let mut env = crate::budget::env::job_env(&self.cfg.service, &cfg.name, quota, overflow, &self.db.url, &cfg.env);
+        let mut env = crate::budget::env::job_env(&self.cfg.service, &cfg.name, quota, overflow, self.db.url.as_deref(), &cfg.env);
         env.push((crate::budget::env::QUOTA_FILE_VAR.to_string(), self.quota_file(&cfg.name).display().to_string()));
         env
     }
@@ -550,9 +573,15 @@ impl Budget {
                 p.usable
             ));
         }
+        if let Some(e) = &self.pooler_error {
+            warnings.push(format!("the PgBouncer admin console did not answer (sizes from its last answer, live use from pg_stat_activity): {e}"));
+        }
         json!({
             "limit": p.limit,
             "limit_source": p.limit_source,
+            "limit_reason": p.limit_reason,
+            "pooler": p.pooler,
+            "offline": self.offline(),
             "provider_reserve": p.provider_reserve,
             "adhoc_reserve": p.adhoc_reserve,
             "external_reserve": p.external_reserve,
@@ -652,6 +681,9 @@ impl Budget {
             "member": f.member,
             "limit": local.limit,
             "limit_source": local.limit_source,
+            "limit_reason": local.limit_reason,
+            "pooler": local.pooler,
+            "offline": false,
             "provider_reserve": local.provider_reserve,
             "adhoc_reserve": local.adhoc_reserve,
             "external_reserve": local.external_reserve,
@@ -683,6 +715,21 @@ impl Budget {
         })
     }
 
+    /// What `status` shows of the budget: the limit that binds and why, and the database.
+    pub fn summary(&self, now: Instant) -> serde_json::Value {
+        let p = self.plan(now);
+        let (usable, granted) = match self.fleet.as_ref().and_then(|f| f.plan.as_ref().map(|fp| (f, fp))) {
+            Some((f, fp)) => (fp.usable, f.view.as_ref().map_or(0, |v| v.jobs.iter().filter(|j| j.wants != Wants::Off).map(|j| j.quota).sum())),
+            None => (p.usable, self.jobs.values().map(|b| b.grant).sum()),
+        };
+        json!({
+            "limit": p.limit, "limit_source": p.limit_source, "limit_reason": p.limit_reason,
+            "usable": usable, "granted": granted, "offline": self.offline(),
+            "scope": if self.fleet.is_some() { "fleet" } else { "local" },
+            "database": self.db_json(),
+        })
+    }
+
     pub fn db_json(&self) -> serde_json::Value {
         let s = &self.status;
         let coordination = self.fleet.as_ref().map(|f| {
@@ -694,7 +741,9 @@ impl Budget {
             "latency_ms": s.latency_ms,
             "checked_at": s.checked_at.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()).map(|d| d.as_secs_f64()),
             "error": s.error,
-            "target": crate::db::redact(&self.db.url),
+            "target": self.db.url.as_deref().map(crate::db::redact),
+            "tls": s.tls,
+            "offline": self.offline(),
         });
         if let Some(c) = coordination {
             v["coordination"] = c;

@@ -1,10 +1,12 @@
 //! The database probe task (SPEC §6): every `health_interval` a full check
 //! (connect, `SELECT 1` under `health_timeout`, server limits, usage), and
 //! every `rebalance_interval` a cheaper usage reading, all on corral's one
-//! kept connection. The actor asks for extra readings when connections are
-//! about to be freed (an exit, a shrink); those are spaced so that no number
-//! of events makes more than a few a second. Results go to the actor as
-//! events; a failed check is retried with backoff and never touches jobs.
+//! kept connection. With a PgBouncer admin console, each reading also asks it
+//! (its sizes, and live use per job from SHOW CLIENTS). The actor asks for extra
+//! readings when connections are about to be freed (an exit, a shrink); those are
+//! spaced so that no number of events makes more than a few a second. Results go
+//! to the actor as events; a failed check is retried with backoff and never
+//! touches jobs.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -13,6 +15,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use super::supervisor::{Event, EventTx};
+use crate::db::pooler::{PgBouncerAdmin, PgBouncerReading};
+use crate::db::tls::TlsInfo;
 use crate::db::{Health, Probe, ServerLimits, Usage};
 
 #[derive(Debug)]
@@ -21,7 +25,36 @@ pub struct DbReport {
     pub started: Instant,
     /// Present for full checks.
     pub health: Option<Result<(Health, ServerLimits), String>>,
+    /// From PgBouncer's SHOW CLIENTS when its admin console answered, else pg_stat_activity.
     pub usage: Result<Usage, String>,
+    /// The admin console's answer, when one is configured.
+    pub pooler: Option<Result<PgBouncerReading, String>>,
+    /// The TLS of corral's connection (None: plaintext).
+    pub tls: Option<TlsInfo>,
+}
+
+/// The database corral reads, and the PgBouncer admin console in front of it, if any.
+#[derive(Clone)]
+pub struct Readers {
+    pub probe: Arc<Probe>,
+    pub admin: Option<Arc<PgBouncerAdmin>>,
+}
+
+impl Readers {
+    /// Live use: PgBouncer's clients by application_name when the console answers (through a
+    /// pooler the server sees the pooler's connections), else pg_stat_activity.
+    async fn usage(&self, timeout: Duration) -> (Result<Usage, String>, Option<Result<PgBouncerReading, String>>) {
+        let Some(admin) = &self.admin else {
+            return (self.probe.usage(timeout).await.map_err(|e| e.to_string()), None);
+        };
+        match admin.read(timeout).await {
+            Ok(r) => {
+                let own = self.probe.backend_pid().await.unwrap_or(0);
+                (Ok(r.usage(own)), Some(Ok(r)))
+            }
+            Err(e) => (self.probe.usage(timeout).await.map_err(|e| e.to_string()), Some(Err(e.to_string()))),
+        }
+    }
 }
 
 pub enum ProbeCmd {
@@ -51,22 +84,27 @@ pub fn earliest_reading(recent: &VecDeque<Instant>, now: Instant) -> Instant {
     at
 }
 
-pub async fn full_check(probe: &Probe, timeout: Duration) -> DbReport {
+pub async fn full_check(r: &Readers, timeout: Duration) -> DbReport {
     let started = Instant::now();
+    let probe = &r.probe;
     let health = async {
         let h = probe.health(timeout).await.map_err(|e| e.to_string())?;
         let l = probe.server_limits(timeout).await.map_err(|e| e.to_string())?;
         Ok::<_, String>((h, l))
     }
     .await;
-    let usage = match &health {
-        Ok(_) => probe.usage(timeout).await.map_err(|e| e.to_string()),
-        Err(e) => Err(e.clone()),
+    let (usage, pooler) = match &health {
+        Ok(_) => r.usage(timeout).await,
+        // The console may answer while the server does not (and tell the pooler's sizes).
+        Err(e) => (Err(e.clone()), match &r.admin {
+            Some(a) => Some(a.read(timeout).await.map_err(|e| e.to_string())),
+            None => None,
+        }),
     };
-    DbReport { started, health: Some(health), usage }
+    DbReport { started, health: Some(health), usage, pooler, tls: probe.tls().await }
 }
 
-pub fn spawn(probe: Arc<Probe>, health_interval: Duration, rebalance: Duration, timeout: Duration, tx: EventTx) -> mpsc::UnboundedSender<ProbeCmd> {
+pub fn spawn(readers: Readers, health_interval: Duration, rebalance: Duration, timeout: Duration, tx: EventTx) -> mpsc::UnboundedSender<ProbeCmd> {
     let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut failures: u32 = 0;
@@ -92,9 +130,10 @@ pub fn spawn(probe: Arc<Probe>, health_interval: Duration, rebalance: Duration, 
             let started = Instant::now();
             let full = then.is_some() || started >= next_full;
             let report = if full {
-                full_check(&probe, timeout).await
+                full_check(&readers, timeout).await
             } else {
-                DbReport { started, health: None, usage: probe.usage(timeout).await.map_err(|e| e.to_string()) }
+                let (usage, pooler) = readers.usage(timeout).await;
+                DbReport { started, health: None, usage, pooler, tls: readers.probe.tls().await }
             };
             recent.push_back(started);
             if recent.len() > READINGS_PER_SECOND {

@@ -144,6 +144,12 @@ async fn metrics_page(tx: &EventTx) -> HttpResponse {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabel {
+    source: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct JobLabel {
     job: String,
 }
@@ -187,6 +193,11 @@ pub fn render_metrics(status: &StatusReport, budget: Option<&serde_json::Value>,
         let granted = Gauge::<i64>::default();
         granted.set(num("granted"));
         reg.register("corral_budget_granted", "Connections granted to running jobs", granted);
+        // The limit that binds, named: "session pooler pool_size", "server max_connections 60 - 3 reserved".
+        let limit = Family::<LimitLabel, Gauge>::default();
+        let label = |k: &str| b.get(k).and_then(|v| v.as_str()).unwrap_or("unknown").to_string();
+        limit.get_or_create(&LimitLabel { source: label("limit_source"), reason: label("limit_reason") }).set(num("limit"));
+        reg.register("corral_budget_limit", "The connection limit the budget is computed against (SPEC §5.1), by what binds", limit);
     }
     if let Some(db) = health.and_then(|h| h.database.as_ref()) {
         let db_up = Gauge::<i64>::default();
@@ -289,8 +300,9 @@ mod tests {
             ],
             config_error: None,
             supervisor: SupervisorInfo { zombies_reaped: 4, orphans_killed: 1, ..Default::default() },
+            budget: None,
         };
-        let budget = serde_json::json!({"usable": 48, "granted": 21});
+        let budget = serde_json::json!({"usable": 48, "granted": 21, "limit": 15, "limit_source": "pooler", "limit_reason": "session pooler pool_size"});
         let health = HealthReport {
             healthy: true,
             supervisor: true,
@@ -307,6 +319,7 @@ mod tests {
             "corral_job_output_dropped_lines_total{job=\"a\"} 7",
             "corral_budget_usable 48",
             "corral_budget_granted 21",
+            "corral_budget_limit{source=\"pooler\",reason=\"session pooler pool_size\"} 15",
             "corral_db_up 1",
             "corral_db_health_latency_seconds 0.0025",
             "corral_zombies_reaped_total 4",

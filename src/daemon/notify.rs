@@ -284,6 +284,7 @@ mod tests {
             jobs: vec![job("a", "running"), job("b", "running"), job("c", "fatal")],
             config_error: None,
             supervisor: SupervisorInfo::default(),
+            budget: None,
         };
         assert_eq!(summary(&st, None), "2/3 jobs running, 1 fatal");
         let b = serde_json::json!({"granted": 21, "usable": 48, "database": {"healthy": true}});

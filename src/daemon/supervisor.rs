@@ -21,6 +21,7 @@ use super::health::{self, DbReport, ProbeCmd};
 use super::notify::Notifier;
 use crate::config::{self, Config, Enforce, JobConfig, OnDuplicate, OrphanPolicy};
 use crate::db::fleet::{Coordinator, Identity, LockOutcome, SyncRequest};
+use crate::db::pooler::PgBouncerAdmin;
 use crate::db::{self, Probe};
 use crate::budget::allocate::WaitReason;
 use crate::job::machine::{self, describe_exit};
@@ -186,6 +187,8 @@ pub struct Supervisor {
     last_sweep: Instant,
     budget: Option<Budget>,
     probe: Option<Arc<Probe>>,
+    /// PgBouncer's admin console, with `pooler_admin_url`.
+    pooler_admin: Option<Arc<PgBouncerAdmin>>,
     probe_cmd: Option<mpsc::UnboundedSender<ProbeCmd>>,
     queue: VecDeque<(String, Input)>,
     /// systemd's notification socket (SPEC §9); disabled unless set.
@@ -223,6 +226,7 @@ impl Supervisor {
             last_sweep: Instant::now(),
             budget: None,
             probe: None,
+            pooler_admin: None,
             probe_cmd: None,
             queue: VecDeque::new(),
             notify: Notifier::default(),
@@ -250,12 +254,14 @@ impl Supervisor {
             pid: std::process::id() as i32,
         };
         fleet.member = ident.id.clone();
-        match Coordinator::new(&db.url, ident) {
-            Ok(c) => self.coordinator = Some(c),
-            Err(e) => {
-                error!("fleet coordination disabled: {e}");
+        // The coordination shares corral's one connection (SPEC §5: one own connection).
+        match &self.probe {
+            Some(probe) => self.coordinator = Some(Coordinator::new(probe.clone(), ident, db.health_timeout)),
+            None => {
                 // Shown by health and budget: jobs that need a grant wait for good.
-                fleet.last_error = Some(format!("fleet coordination disabled: {e}"));
+                let why = budget.status.error.clone().unwrap_or_else(|| "no database url".into());
+                error!("fleet coordination disabled: {why}");
+                fleet.last_error = Some(format!("fleet coordination disabled: {why}"));
             }
         }
         self
@@ -273,11 +279,31 @@ impl Supervisor {
         let quota_dir = self.config.supervisor.lock_dir.with_file_name("quota");
         let mut budget = Budget::new(db_cfg.clone(), self.config.budget.clone(), quota_dir);
         budget.quota_dir_shared = self.config.jobs.values().any(|j| j.user.is_some());
-        self.budget = Some(budget);
-        match Probe::new(&db_cfg.url, &self.config.budget.service) {
-            Ok(p) => self.probe = Some(Arc::new(p)),
-            Err(e) => error!("database url rejected: {e}"),
+        let service = &self.config.budget.service;
+        if let Some(url) = &db_cfg.url {
+            match Probe::new(url, service, &db_cfg.base_dir) {
+                Ok(p) => self.probe = Some(Arc::new(p)),
+                Err(e) => {
+                    error!("database url rejected: {e}");
+                    budget.status.error = Some(e.to_string());
+                    budget.status.healthy = Some(false);
+                }
+            }
+        } else {
+            info!("no database url: the connection budget is planned offline (nothing is measured)");
         }
+        if let Some(admin_url) = &db_cfg.pooler_admin_url {
+            let dbname = db_cfg.url.as_deref().and_then(|u| db::conninfo::ConnInfo::parse(u).ok()).and_then(|c| c.get("dbname").or(c.get("user")).map(str::to_string));
+            let app = db::Attribution::corral_application_name(service);
+            match PgBouncerAdmin::new(admin_url, &app, &db_cfg.base_dir, dbname) {
+                Ok(a) => self.pooler_admin = Some(Arc::new(a)),
+                Err(e) => {
+                    error!("pooler_admin_url rejected: {e}");
+                    budget.pooler_error = Some(e.to_string());
+                }
+            }
+        }
+        self.budget = Some(budget);
     }
 
     /// Run until shutdown; returns the process exit code.
@@ -297,10 +323,11 @@ impl Supervisor {
         if let (Some(probe), Some(db)) = (self.probe.clone(), self.config.database.clone()) {
             // corral opens its own connection first and keeps it (SPEC §5), and
             // knows the server's limit before granting anything.
-            let report = health::full_check(&probe, db.health_timeout).await;
+            let readers = health::Readers { probe, admin: self.pooler_admin.clone() };
+            let report = health::full_check(&readers, db.health_timeout).await;
             self.on_db(report);
             self.probe_cmd = Some(health::spawn(
-                probe,
+                readers,
                 db.health_interval,
                 self.config.budget.rebalance_interval,
                 db.health_timeout,
@@ -624,14 +651,21 @@ impl Supervisor {
                         }
                     }
                     let why = other.and_then(|g| g.wait_reason).map(|r| r.to_string()).unwrap_or_else(|| "budget".into());
-                    let usable = budget.plan(Instant::now()).usable;
+                    let plan = budget.plan(Instant::now());
+                    let usable = plan.usable;
                     let min = job.cfg.connections.map(|c| c.min).unwrap_or(0);
+                    // "0 of 0 usable" alone hides why: say what keeps the limit unknown.
+                    let unknown = match (plan.limit_source, &budget.status.error) {
+                        (crate::budget::plan::LimitSource::Unknown, Some(e)) => format!(" (limit unknown: {e})"),
+                        (crate::budget::plan::LimitSource::Unknown, None) => " (limit unknown)".to_string(),
+                        _ => String::new(),
+                    };
                     self.deliver(tell);
                     if let Some(j) = self.jobs.get_mut(name) {
                         j.queued = shrinking;
                     }
                     return Input::Blocked {
-                        reason: format!("{why}: needs {min} connection(s), {} of {usable} usable are granted", alloc.total),
+                        reason: format!("{why}: needs {min} connection(s), {} of {usable} usable are granted{unknown}", alloc.total),
                     };
                 }
             }
@@ -1048,6 +1082,7 @@ impl Supervisor {
                 zombies_reaped: self.zombies_reaped,
                 orphans_killed: self.orphans_killed,
             },
+            budget: self.budget.as_ref().map(|b| b.summary(Instant::now())),
         }
     }
 
@@ -1165,13 +1200,14 @@ impl Supervisor {
             (Some(b), Some(db)) => {
                 // The probe task keeps its connection and timers from startup.
                 if b.db.url != db.url
+                    || b.db.pooler_admin_url != db.pooler_admin_url
                     || b.db.health_interval != db.health_interval
                     || b.db.health_timeout != db.health_timeout
                     || b.cfg.rebalance_interval != self.config.budget.rebalance_interval
                     || b.cfg.service != self.config.budget.service
                     || b.cfg.scope != self.config.budget.scope
                 {
-                    warn!("changes to [database] url, health_interval, health_timeout or [budget] scope, service, rebalance_interval take effect after a restart of corral");
+                    warn!("changes to [database] url, pooler_admin_url, health_interval, health_timeout or [budget] scope, service, rebalance_interval take effect after a restart of corral");
                 }
                 b.db = db;
                 b.cfg = self.config.budget.clone();
@@ -1232,11 +1268,31 @@ impl Supervisor {
         }
         let Some(budget) = self.budget.as_mut() else { return };
         let now = Instant::now();
+        match report.pooler {
+            Some(Ok(reading)) => {
+                if budget.pooler.as_ref().is_none_or(|r| (r.mode, r.pool_size, r.max_client_conn) != (reading.mode, reading.pool_size, reading.max_client_conn)) {
+                    info!(mode = reading.mode.as_str(), pool_size = reading.pool_size, max_client_conn = reading.max_client_conn, "PgBouncer admin console read");
+                }
+                budget.pooler = Some(reading);
+                budget.pooler_error = None;
+            }
+            Some(Err(e)) => {
+                if budget.pooler_error.is_none() {
+                    warn!("cannot read the PgBouncer admin console: {e}");
+                }
+                budget.pooler_error = Some(e);
+            }
+            None => {}
+        }
+        if report.health.as_ref().is_some_and(|h| h.is_ok()) {
+            budget.status.tls = report.tls.clone();
+        }
         if let Some(h) = &report.health {
             match h {
                 Ok((health, limits)) => {
                     if budget.status.healthy != Some(true) {
-                        info!(latency_ms = format!("{:.1}", health.latency_ms()), max_connections = limits.max_connections, "database healthy");
+                        let tls = report.tls.as_ref().map_or_else(|| "none".to_string(), |t| t.describe());
+                        info!(latency_ms = format!("{:.1}", health.latency_ms()), max_connections = limits.max_connections, tls = %tls, "database healthy");
                     }
                     if let Some(preset) = budget.db.preset.as_deref().and_then(config::preset_limit) {
                         if preset != limits.max_connections && budget.limits.is_none() {
@@ -1281,7 +1337,9 @@ impl Supervisor {
                 let stopping = job.m.state == State::Stopping;
                 if live > quota && !shrinking && !stopping && budget.db.enforce != Enforce::Off {
                     warn!(job = %name, live, quota, "job uses more connections than its quota");
-                    if budget.db.enforce == Enforce::Terminate {
+                    // Through a pooler the server's backends are the pooler's: terminating them
+                    // would cut other clients. There `terminate` only warns.
+                    if budget.db.enforce == Enforce::Terminate && crate::budget::pooler_limit(&budget.db, budget.pooler.as_ref()).is_none() {
                         if let Some(probe) = self.probe.clone() {
                             let app = crate::budget::env::application_name(&service, name);
                             let (keep, timeout, job) = (quota, budget.db.health_timeout, name.clone());
@@ -1349,9 +1407,7 @@ impl Supervisor {
                 warn!(job = %name, "cannot write quota file: {e}");
                 continue;
             }
-            if let Some(b) = budget.jobs.get_mut(&name) {
-                b.told_at = Some(Instant::now());
-            }
+            budget.delivered(&name, Instant::now());
             info!(job = %name, quota, "quota changed");
             if let (Some(sig), Some(pid)) = (job.cfg.quota_signal, job.m.pid) {
                 let uptime = job.started_at.map(|t| t.elapsed()).unwrap_or_default();
@@ -1590,12 +1646,13 @@ impl Supervisor {
                 let msg = match (&b.status.error, b.status.latency_ms) {
                     (Some(e), _) => format!("database unhealthy: {e}"),
                     (None, _) if fleet_error.is_some() => {
-                        format!("fleet coordination failing: {}", fleet_error.unwrap_or_default())
+                        format!("fleet coordination failing: {}", fleet_error.clone().unwrap_or_default())
                     }
                     (None, Some(l)) => format!("supervisor running; database healthy ({l:.1} ms)"),
+                    (None, None) if b.offline() => "supervisor running; no database url (budget planned offline)".to_string(),
                     (None, None) => "database not checked yet".to_string(),
                 };
-                (ok, Some(b.db_json()), msg)
+                (ok || (b.offline() && fleet_error.is_none()), Some(b.db_json()), msg)
             }
         };
         Response::ok(Reply::Health(HealthReport { healthy, supervisor: !self.shutting_down, database, message }))

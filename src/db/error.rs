@@ -11,6 +11,9 @@ use super::redact::redact_text;
 /// SQLSTATE 53300: the server has no free connection slot ("sorry, too many clients already").
 pub const SQLSTATE_TOO_MANY_CONNECTIONS: &str = "53300";
 
+/// How [`DbError::Tls`] begins when the server refused plaintext.
+const REQUIRES_TLS: &str = "the server requires TLS";
+
 /// Every failure of corral's own database connection. Display and Debug never contain the
 /// password: every message went through [`redact_text`] and `target` through `redact`.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -19,12 +22,10 @@ pub enum DbError {
     #[error("invalid database URL {url}: {reason}")]
     InvalidUrl { url: String, reason: String },
 
-    /// The URL asks for TLS (`sslmode=require`), which this build cannot do yet.
-    #[error(
-        "cannot connect to {target}: the URL requires TLS (sslmode=require), which corral does \
-         not support yet; use sslmode=prefer or disable for now"
-    )]
-    TlsUnsupported { target: String },
+    /// TLS could not be set up or the handshake failed, or the server wants TLS the URL does
+    /// not ask for: what went wrong and the fix (SPEC §5.1).
+    #[error("cannot connect to {target}: {problem}; {fix}")]
+    Tls { target: String, problem: String, fix: String },
 
     /// Connecting (TCP, TLS negotiation, authentication, startup) failed.
     #[error("cannot connect to {target}: {message}")]
@@ -71,11 +72,42 @@ impl DbError {
         self.sqlstate() == Some(SQLSTATE_TOO_MANY_CONNECTIONS)
     }
 
+    /// The server refused a plaintext connection (pg_hba.conf has only `hostssl` lines, a
+    /// pooler with TLS required): libpq's `allow` then retries with TLS.
+    pub fn server_requires_tls(&self) -> bool {
+        matches!(self, DbError::Tls { problem, .. } if problem.starts_with(REQUIRES_TLS))
+    }
+
     pub(crate) fn connect(target: &str, err: &tokio_postgres::Error, url: &str) -> DbError {
+        let mut source = err.source();
+        while let Some(s) = source {
+            if let Some(h) = s.downcast_ref::<super::tls::Handshake>() {
+                return DbError::Tls { target: target.to_string(), problem: h.problem.clone(), fix: h.fix.clone() };
+            }
+            source = s.source();
+        }
+        let message = describe(err, url);
+        // PostgreSQL: `no pg_hba.conf entry for host "...", user "...", database "...", no
+        // encryption` (28000); PgBouncer: `SSL required`; Supavisor: `SSL connection is required`.
+        let code = err.code().map(|c| c.code());
+        if (code == Some("28000") && message.contains("no encryption")) || message.contains("SSL required") || message.contains("SSL connection is required") {
+            return DbError::Tls {
+                target: target.to_string(),
+                problem: format!("{REQUIRES_TLS} ({})", message.rsplit(": ").next().unwrap_or(&message)),
+                fix: "add sslmode=require to the URL, or sslmode=verify-full with sslrootcert=FILE to also check the server".into(),
+            };
+        }
+        if message.contains("server does not support TLS") {
+            return DbError::Tls {
+                target: target.to_string(),
+                problem: "the server does not accept TLS connections".into(),
+                fix: "use sslmode=prefer or disable, or turn on ssl in the server (or pooler)".into(),
+            };
+        }
         DbError::Connect {
             target: target.to_string(),
-            message: describe(err, url),
-            sqlstate: err.code().map(|c| c.code().to_string()),
+            message,
+            sqlstate: code.map(str::to_string),
         }
     }
 

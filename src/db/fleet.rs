@@ -1,10 +1,14 @@
 //! Fleet coordination through PostgreSQL (SPEC §5, §7 `scope = "fleet"`).
 //!
-//! Owns: corral's *coordination connection* (its second own connection,
-//! attributed like the probe as `corral/<service>/_corral`), the `corral`
-//! schema and its migrations, membership with a fenced lease, the fleet-wide
-//! allocation transaction, reservations, and the session advisory locks of
-//! fleet-wide single-instance jobs.
+//! Owns: the coordination done on corral's one own connection (borrowed from
+//! the [`Probe`] for each transaction, so a fleet member costs one connection,
+//! SPEC §5), the `corral` schema and its migrations, membership with a fenced
+//! lease, the fleet-wide allocation transaction, reservations, and the session
+//! advisory locks of fleet-wide single-instance jobs. Those locks live on that
+//! connection: when it is replaced (the server restarted it, a timeout, a
+//! health check found it broken), the probe's generation changes and the locks
+//! are known lost; the next sync takes them again unless another corral has,
+//! and the daemon stops a copy whose lock is not confirmed (SPEC §7).
 //!
 //! Must not: decide policy (the allocation is `budget::fleet`, a pure
 //! function; what to do with a lost lock is the daemon's), read any clock but
@@ -19,10 +23,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use tokio_postgres::{Client, Config, Transaction};
+use std::sync::Arc;
 
-use super::connect::Death;
+use tokio_postgres::{Client, Transaction};
+
 use super::error::{describe, DbError};
+use super::probe::{Probe, Session};
 use crate::budget::allocate::{self, Allocation, Process, Wants};
 use crate::budget::fleet::{self, FleetInput, FleetPlan, Member, Row};
 
@@ -211,98 +217,93 @@ pub struct SyncResult {
     pub view: FleetView,
 }
 
-/// The coordination connection and what lives on it. Owned by one task; not shared.
+/// The coordination and what lives on corral's connection for it. Owned by one task.
 pub struct Coordinator {
-    config: Config,
-    url: String,
-    target: String,
+    probe: Arc<Probe>,
     ident: Identity,
-    conn: Option<Conn>,
+    /// Bounds waiting for the connection (a health check may be using it).
+    timeout: Duration,
     /// The lease of our current registration (None before the first one).
     lease: Option<i64>,
-    /// Single-instance jobs whose session advisory lock this connection holds.
+    /// Single-instance jobs whose session advisory lock the connection of `generation` holds.
     locks: BTreeSet<String>,
-}
-
-struct Conn {
-    client: Client,
-    died: Death,
+    /// The probe connection our locks and migrations belong to (None: none yet, or dropped).
+    generation: Option<u64>,
+    /// A timeout left a statement of ours unfinished: replace the connection before the next.
+    stale: bool,
 }
 
 impl Coordinator {
-    pub fn new(url: &str, ident: Identity) -> Result<Coordinator, DbError> {
-        let (config, target) = super::connect::own_config(url, &ident.service)?;
-        Ok(Coordinator { config, url: url.to_string(), target, ident, conn: None, lease: None, locks: BTreeSet::new() })
+    pub fn new(probe: Arc<Probe>, ident: Identity, timeout: Duration) -> Coordinator {
+        Coordinator { probe, ident, timeout, lease: None, locks: BTreeSet::new(), generation: None, stale: false }
     }
 
     pub fn identity(&self) -> &Identity {
         &self.ident
     }
 
-    /// Connected, and the advisory locks we think we hold are really ours.
-    pub fn connected(&self) -> bool {
-        self.conn.as_ref().is_some_and(|c| !c.client.is_closed())
-    }
-
-    /// Drop the connection (a timeout left it in an unknown state). Its session locks go with it.
+    /// A timeout cut a statement short: the connection's state is unknown (a transaction may
+    /// be open), so it is replaced before the next statement, and its locks count as gone.
     pub fn disconnect(&mut self) {
-        self.conn = None;
+        self.stale = true;
+        self.forget_locks();
+    }
+
+    fn forget_locks(&mut self) {
         self.locks.clear();
+        self.generation = None;
     }
 
-    /// Why the connection died, when it did.
-    fn death(&self) -> Option<String> {
-        self.conn.as_ref().and_then(|c| c.died.lock().ok().and_then(|d| d.clone()))
-    }
-
-    /// Connect (and migrate) unless connected. A replaced connection lost every session
-    /// lock the old one held: `locks` is emptied with it.
-    async fn ensure(&mut self) -> Result<(), DbError> {
-        if self.conn.as_ref().is_some_and(|c| c.client.is_closed()) {
-            let why = self.death().unwrap_or_else(|| "connection closed".into());
-            tracing::warn!(target = %self.target, "fleet coordination connection lost ({why}); its locks are gone");
-            self.disconnect();
+    /// The shared connection, migrated, with `locks` true for it: a different connection than
+    /// the one our locks were taken on has none of them.
+    async fn session<'p>(&mut self, probe: &'p Probe) -> Result<Session<'p>, DbError> {
+        if std::mem::take(&mut self.stale) {
+            probe.disconnect().await;
         }
-        if self.conn.is_none() {
-            let (client, died) = super::connect::open(&self.config, &self.target, &self.url).await?;
-            let mut conn = Conn { client, died };
-            migrate(&mut conn.client).await.map_err(|e| self.err("applying the corral schema migrations", &e))?;
+        let mut s = probe.session(self.timeout).await?;
+        if self.generation != Some(s.generation()) {
+            if !self.locks.is_empty() {
+                tracing::warn!(target = %probe.target(), locks = ?self.locks, "corral's database connection was replaced: its fleet-wide locks are gone");
+            }
             self.locks.clear();
-            self.conn = Some(conn);
+            if let Err(e) = migrate(s.client()?).await {
+                let err = self.fail_in(s, "applying the corral schema migrations", e);
+                return Err(err);
+            }
+            self.generation = Some(s.generation());
         }
-        Ok(())
-    }
-
-    async fn client(&mut self) -> Result<&mut Client, DbError> {
-        self.ensure().await?;
-        self.conn.as_mut().map(|c| &mut c.client).ok_or_else(not_connected)
+        Ok(s)
     }
 
     fn err(&self, what: &'static str, e: &tokio_postgres::Error) -> DbError {
-        DbError::query(what, e, &self.url)
+        DbError::query(what, e, self.probe.url())
     }
 
-    /// A failed statement on a connection that is otherwise fine keeps it; anything else drops it.
-    fn fail(&mut self, what: &'static str, e: tokio_postgres::Error) -> DbError {
+    /// A failed statement on a connection that is otherwise fine keeps it; anything else drops
+    /// it, and our locks with it.
+    fn fail_in(&mut self, s: Session<'_>, what: &'static str, e: tokio_postgres::Error) -> DbError {
         let err = self.err(what, &e);
-        let usable = e.as_db_error().is_some_and(|d| d.severity() == "ERROR") && self.connected();
+        let usable = e.as_db_error().is_some_and(|d| d.severity() == "ERROR") && !s.is_closed();
+        let died = s.death();
+        s.done(usable, Some(died.unwrap_or_else(|| err.to_string())));
         if !usable {
-            self.disconnect();
+            self.forget_locks();
         }
         err
     }
 
     /// Heartbeat, expire, report our demands, allocate for the whole fleet, write the grants.
     pub async fn sync(&mut self, req: &SyncRequest) -> Result<SyncResult, DbError> {
-        self.ensure().await?;
-        let conn = self.conn.as_mut().ok_or_else(not_connected)?;
-        let r = sync_tx(&mut conn.client, &self.ident, self.lease, &mut self.locks, req).await;
+        let probe = self.probe.clone();
+        let mut s = self.session(&probe).await?;
+        let r = sync_tx(s.client()?, &self.ident, self.lease, &mut self.locks, req).await;
         match r {
             Ok((result, new_lease)) => {
+                s.done(true, None);
                 self.lease = Some(new_lease);
                 Ok(result)
             }
-            Err(e) => Err(self.fail("fleet sync", e)),
+            Err(e) => Err(self.fail_in(s, "fleet sync", e)),
         }
     }
 
@@ -310,14 +311,22 @@ impl Coordinator {
     /// what the fleet has granted. `ttl` counts from the database's clock.
     pub async fn reserve(&mut self, name: &str, count: u32, ttl: Option<Duration>) -> Result<Result<(), String>, DbError> {
         let me = self.ident.id.clone();
-        let client = self.client().await?;
-        let r = reserve_tx(client, &me, name, count, ttl).await;
-        r.map_err(|e| self.fail("reserving connections", e))
+        let probe = self.probe.clone();
+        let mut s = self.session(&probe).await?;
+        match reserve_tx(s.client()?, &me, name, count, ttl).await {
+            Ok(r) => {
+                s.done(true, None);
+                Ok(r)
+            }
+            Err(e) => Err(self.fail_in(s, "reserving connections", e)),
+        }
     }
 
     /// Returns the released count, or None when no such reservation exists.
     pub async fn release(&mut self, name: &str) -> Result<Option<u32>, DbError> {
-        let client = self.client().await?;
+        let probe = self.probe.clone();
+        let mut s = self.session(&probe).await?;
+        let client = s.client()?;
         let r = async {
             let tx = client.transaction().await?;
             tx.execute("SELECT pg_advisory_xact_lock($1, $2)", &[&LOCK_NS, &LOCK_ALLOCATE]).await?;
@@ -327,30 +336,38 @@ impl Coordinator {
         }
         .await;
         match r {
-            Ok(row) => Ok(row.map(|r| r.get::<_, i32>(0).max(0) as u32)),
-            Err(e) => Err(self.fail("releasing a reservation", e)),
+            Ok(row) => {
+                s.done(true, None);
+                Ok(row.map(|r| r.get::<_, i32>(0).max(0) as u32))
+            }
+            Err(e) => Err(self.fail_in(s, "releasing a reservation", e)),
         }
     }
 
     /// Leave the fleet at shutdown: our grants return to the pool at once. Under the
     /// allocation lock, like every write to the fleet's rows (no deadlock with a sync).
     pub async fn leave(&mut self) {
-        let (Some(lease), true) = (self.lease, self.connected()) else { return };
+        let Some(lease) = self.lease else { return };
         let id = self.ident.id.clone();
-        if let Some(c) = self.conn.as_mut() {
-            let r = async {
-                let tx = c.client.transaction().await?;
-                tx.execute("SELECT pg_advisory_xact_lock($1, $2)", &[&LOCK_NS, &LOCK_ALLOCATE]).await?;
-                tx.execute("DELETE FROM corral.singletons WHERE member = $1", &[&id]).await?;
-                tx.execute("DELETE FROM corral.members WHERE id = $1 AND lease = $2", &[&id, &lease]).await?;
-                tx.commit().await
-            }
-            .await;
-            if let Err(e) = r {
-                tracing::warn!("could not leave the fleet cleanly (the others expire us after three intervals): {}", describe(&e, &self.url));
-            }
+        let probe = self.probe.clone();
+        let Ok(mut s) = self.session(&probe).await else { return };
+        let Ok(client) = s.client() else { return };
+        let r = async {
+            let tx = client.transaction().await?;
+            tx.execute("SELECT pg_advisory_xact_lock($1, $2)", &[&LOCK_NS, &LOCK_ALLOCATE]).await?;
+            tx.execute("DELETE FROM corral.singletons WHERE member = $1", &[&id]).await?;
+            tx.execute("DELETE FROM corral.members WHERE id = $1 AND lease = $2", &[&id, &lease]).await?;
+            // Session locks are not transactional: released at once, whatever the commit does.
+            tx.execute("SELECT pg_advisory_unlock_all()", &[]).await?;
+            tx.commit().await
         }
-        self.disconnect();
+        .await;
+        if let Err(e) = &r {
+            tracing::warn!("could not leave the fleet cleanly (the others expire us after three intervals): {}", describe(e, probe.url()));
+        }
+        s.done(r.is_ok(), None);
+        self.lease = None;
+        self.locks.clear();
     }
 }
 
@@ -812,8 +829,3 @@ async fn reserve_tx(
     tx.commit().await?;
     Ok(Ok(()))
 }
-/// `ensure` succeeded but left no connection: cannot happen, reported instead of a panic.
-fn not_connected() -> DbError {
-    DbError::Unexpected { what: "fleet coordination", message: "no connection after connecting".into() }
-}
-

@@ -3,11 +3,13 @@
 //! Owns: exactly one connection, attributed as `corral/<service>/_corral`, opened on demand and
 //! reopened lazily when it is found broken; health (`SELECT 1`), server limits, live usage, and
 //! terminating a job's surplus idle connections. Every call takes its timeout as a parameter
-//! and covers connect + query together.
+//! and covers connect + query together. In fleet scope the coordination (`db::fleet`) borrows
+//! the same connection through [`Probe::session`]: its session advisory locks live on it, and
+//! [`Session::generation`] tells the coordinator when a reconnect took them away.
 //!
-//! Must not: open a second connection (the budget counts corral as one; §5 "corral opens its
-//! own connection first and keeps it"), log or return the password, or hold the connection lock
-//! across anything but its own connect and query.
+//! Must not: open a second connection (the budget counts corral as one, in both scopes; §5
+//! "corral opens its own connection first and keeps it"), log or return the password, or hold
+//! the connection lock across anything but its own connect and query.
 //!
 //! Why a plain `Client` and not deadpool with max_size 1: for one connection a pool adds an
 //! object wrapper and a recycle step that amounts to `Client::is_closed()`, while we need two
@@ -18,11 +20,13 @@
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, MutexGuard};
 use tokio_postgres::types::Type;
-use tokio_postgres::{Client, Config, SimpleQueryMessage};
+use tokio_postgres::{Client, SimpleQueryMessage};
 
+use super::connect::Target;
 use super::error::DbError;
+use super::tls::TlsInfo;
 use super::usage::{Attribution, BackendState, Usage, UsageGroup};
 
 /// Result of a health check.
@@ -67,11 +71,7 @@ impl ServerLimits {
 
 /// corral's one database connection. Cheap to share behind an `Arc`; calls are serialized.
 pub struct Probe {
-    config: Config,
-    /// The URL as configured: only ever used as the key for `redact_text`, never printed.
-    url: String,
-    /// `redact(url)`: how messages name the database.
-    target: String,
+    target: Target,
     application_name: String,
     slot: Mutex<Slot>,
 }
@@ -84,6 +84,12 @@ struct Slot {
     in_flight: bool,
     /// Why the previous connection was dropped, for the reconnect log line.
     lost: Option<String>,
+    /// Counts the connections opened: session state (advisory locks) belongs to one of them.
+    generation: u64,
+    /// The TLS of the last connection opened (None: plaintext or never connected).
+    tls: Option<TlsInfo>,
+    /// How long opening the last connection took (TCP, TLS, authentication).
+    connect_time: Option<Duration>,
 }
 
 struct Live {
@@ -91,6 +97,49 @@ struct Live {
     backend_pid: i32,
     /// The connection task's error, once it ended with one (redacted).
     died: super::connect::Death,
+}
+
+/// The connection lent out for a sequence of statements (the fleet's transactions). Dropping
+/// it without [`Session::done`] (a timeout cancelled the caller) leaves the connection marked
+/// in flight, so the next user replaces it: a half-run transaction is never reused.
+pub struct Session<'a> {
+    slot: MutexGuard<'a, Slot>,
+}
+
+impl Session<'_> {
+    /// The lent connection. A session is only made once `ensure` opened one, so the error is
+    /// unreachable in practice; it is reported rather than a panic in PID 1.
+    pub fn client(&mut self) -> Result<&mut Client, DbError> {
+        match self.slot.live.as_mut() {
+            Some(live) => Ok(&mut live.client),
+            None => Err(DbError::Unexpected { what: "corral's database connection", message: "a session without a connection".into() }),
+        }
+    }
+
+    /// Which connection this is: a different number than last time means a new connection,
+    /// so every session advisory lock of the previous one is gone.
+    pub fn generation(&self) -> u64 {
+        self.slot.generation
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.slot.live.as_ref().is_none_or(|l| l.client.is_closed())
+    }
+
+    /// Why the connection died, when it did (redacted).
+    pub fn death(&self) -> Option<String> {
+        self.slot.live.as_ref().and_then(|l| l.died.lock().ok().and_then(|d| d.clone()))
+    }
+
+    /// The caller is done. `keep`: the connection is fine for the next user; otherwise (an I/O
+    /// error, FATAL, closed) it is dropped and the next user opens a new one.
+    pub fn done(mut self, keep: bool, why: Option<String>) {
+        self.slot.in_flight = false;
+        if !keep || self.is_closed() {
+            self.slot.live = None;
+            self.slot.lost = why.or_else(|| Some("connection closed".into()));
+        }
+    }
 }
 
 impl std::fmt::Debug for Probe {
@@ -106,20 +155,85 @@ impl Probe {
     /// Parses `url` (URL or key=value form) and prepares a connection named
     /// `corral/<service>/_corral`. Does not connect: call [`Probe::connect`] at startup so the
     /// connection exists before jobs can fill the server.
-    pub fn new(url: &str, service: &str) -> Result<Probe, DbError> {
-        let (config, target) = super::connect::own_config(url, service)?;
+    /// Relative certificate paths in `url` start at `base_dir` (the manifest's directory).
+    pub fn new(url: &str, service: &str, base_dir: &std::path::Path) -> Result<Probe, DbError> {
+        let application_name = Attribution::corral_application_name(service);
         Ok(Probe {
-            config,
-            url: url.to_string(),
-            target,
-            application_name: Attribution::corral_application_name(service),
+            target: Target::new(url, &application_name, base_dir)?,
+            application_name,
             slot: Mutex::new(Slot::default()),
         })
     }
 
     /// The database as messages name it (password redacted).
     pub fn target(&self) -> &str {
-        &self.target
+        self.target.redacted()
+    }
+
+    /// The URL, only as the key for `redact_text`.
+    pub fn url(&self) -> &str {
+        self.target.url()
+    }
+
+    /// TLS of the connection last opened (None: plaintext, or not connected yet).
+    pub async fn tls(&self) -> Option<TlsInfo> {
+        self.slot.lock().await.tls.clone()
+    }
+
+    /// How long opening the connection last took (TCP, TLS and authentication).
+    pub async fn connect_time(&self) -> Option<Duration> {
+        self.slot.lock().await.connect_time
+    }
+
+    /// Lends the connection (opening it first if needed) for statements of the caller's own,
+    /// such as the fleet's transactions. Waits for calls in progress; `timeout` bounds the
+    /// wait and the connect.
+    pub async fn session(&self, timeout: Duration) -> Result<Session<'_>, DbError> {
+        let work = async {
+            let mut guard = self.slot.lock().await;
+            self.ensure(&mut guard).await?;
+            guard.in_flight = true;
+            Ok(Session { slot: guard })
+        };
+        match tokio::time::timeout(timeout, work).await {
+            Ok(r) => r,
+            Err(_) => Err(DbError::Timeout { what: "connecting", timeout }),
+        }
+    }
+
+    /// Replace a connection left in flight or found closed; open one when there is none.
+    /// Returns true when it opened one.
+    async fn ensure(&self, slot: &mut Slot) -> Result<bool, DbError> {
+        if slot.in_flight {
+            slot.live = None;
+            slot.in_flight = false;
+            slot.lost = Some("a query timed out on it".into());
+        }
+        if let Some(live) = &slot.live {
+            if live.client.is_closed() {
+                let why = live.died.lock().ok().and_then(|d| d.clone());
+                slot.live = None;
+                slot.lost = Some(why.unwrap_or_else(|| "connection closed".into()));
+            }
+        }
+        if slot.live.is_some() {
+            return Ok(false);
+        }
+        let started = Instant::now();
+        let (live, tls) = self.open().await?;
+        slot.connect_time = Some(started.elapsed());
+        slot.tls = tls;
+        slot.generation += 1;
+        if let Some(why) = slot.lost.take() {
+            tracing::info!(
+                target = %self.target(),
+                backend_pid = live.backend_pid,
+                reason = %why,
+                "reopened corral's own database connection"
+            );
+        }
+        slot.live = Some(live);
+        Ok(true)
     }
 
     /// `corral/<service>/_corral`.
@@ -347,33 +461,9 @@ impl Probe {
             let mut guard = self.slot.lock().await;
             // A plain &mut so the fields can be borrowed separately below.
             let slot: &mut Slot = &mut guard;
-            if slot.in_flight {
-                slot.live = None;
-                slot.in_flight = false;
-                slot.lost = Some("a query timed out on it".into());
-            }
-            if let Some(live) = &slot.live {
-                if live.client.is_closed() {
-                    let why = live.died.lock().ok().and_then(|d| d.clone());
-                    slot.live = None;
-                    slot.lost = Some(why.unwrap_or_else(|| "connection closed".into()));
-                }
-            }
             let mut reconnected = false;
             loop {
-                if slot.live.is_none() {
-                    let live = self.open().await?;
-                    if let Some(why) = slot.lost.take() {
-                        tracing::info!(
-                            target = %self.target,
-                            backend_pid = live.backend_pid,
-                            reason = %why,
-                            "reopened corral's own database connection"
-                        );
-                    }
-                    slot.live = Some(live);
-                    reconnected = true;
-                }
+                reconnected |= self.ensure(slot).await?;
                 slot.in_flight = true;
                 let Some(live) = slot.live.as_ref() else {
                     // Opened just above: cannot happen, reported instead of a panic.
@@ -398,9 +488,9 @@ impl Probe {
                 let usable = e.as_db_error().is_some_and(|d| d.severity() == "ERROR")
                     && !live.client.is_closed();
                 if usable {
-                    return Err(DbError::query(what, &e, &self.url));
+                    return Err(DbError::query(what, &e, self.url()));
                 }
-                let mut err = DbError::query(what, &e, &self.url);
+                let mut err = DbError::query(what, &e, self.url());
                 // "connection closed" alone says little: add why the connection task ended
                 // (e.g. "FATAL: terminating connection due to administrator command").
                 let died = live.died.lock().ok().and_then(|d| d.clone());
@@ -430,23 +520,27 @@ impl Probe {
         }
     }
 
-    async fn open(&self) -> Result<Live, DbError> {
-        let (client, died) = super::connect::open(&self.config, &self.target, &self.url).await?;
+    async fn open(&self) -> Result<(Live, Option<TlsInfo>), DbError> {
+        let opened = self.target.open().await?;
+        let (client, died) = (opened.client, opened.died);
         let backend_pid = client
             .simple_query("SELECT pg_backend_pid()")
             .await
-            .map_err(|e| DbError::connect(&self.target, &e, &self.url))?
+            .map_err(|e| DbError::connect(self.target(), &e, self.url()))?
             .iter()
             .find_map(|m| match m {
                 SimpleQueryMessage::Row(row) => row.get(0).and_then(|v| v.parse().ok()),
                 _ => None,
             })
             .unwrap_or(0);
-        Ok(Live {
-            client,
-            backend_pid,
-            died,
-        })
+        Ok((
+            Live {
+                client,
+                backend_pid,
+                died,
+            },
+            opened.tls,
+        ))
     }
 }
 

@@ -8,8 +8,8 @@
 //! When in doubt this module hides too much rather than too little: a message that lost a few
 //! characters is a nuisance, a leaked password is an incident.
 
-/// What replaces a secret.
-pub const MASK: &str = "***";
+pub use super::conninfo::MASK;
+use super::conninfo::{mask_spans, secret_spans, secrets, url_scheme_end};
 
 /// A database URL or key=value connection string with every password replaced by `***`.
 ///
@@ -18,13 +18,11 @@ pub const MASK: &str = "***";
 /// - DSN form: `host=h password=secret` or `password='s e\'cret'` → `host=h password=***`.
 ///
 /// The user name, hosts, ports, database and other parameters stay: they are what an operator
-/// needs to tell which database a message is about.
+/// needs to tell which database a message is about. The spans come from `conninfo`, the one
+/// reader of connection strings; text that does not parse is masked as widely as any driver
+/// might read its password.
 pub fn redact(url: &str) -> String {
-    if url_scheme_end(url).is_some() {
-        redact_url(url)
-    } else {
-        redact_dsn(url)
-    }
+    mask_spans(url, &secret_spans(url))
 }
 
 /// `s` with the password(s) of `url` removed wherever they occur, plus any URL userinfo
@@ -36,206 +34,11 @@ pub fn redact(url: &str) -> String {
 /// unescaped from a quoted DSN value. Every occurrence is replaced however short the password,
 /// because a short password is still a password.
 pub fn redact_text(s: &str, url: &str) -> String {
-    let mut secrets = secrets_of(url);
-    // Longest first, so a secret that contains another is replaced whole.
-    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-    secrets.dedup();
     let mut out = s.to_string();
-    for secret in &secrets {
-        if !secret.is_empty() && secret != MASK {
-            out = out.replace(secret.as_str(), MASK);
-        }
+    for secret in secrets(url) {
+        out = out.replace(secret.as_str(), MASK);
     }
     scrub_assignments(&scrub_embedded_urls(&out))
-}
-
-/// Byte index just past `scheme://` when `s` starts with a URL scheme.
-fn url_scheme_end(s: &str) -> Option<usize> {
-    let idx = s.find("://")?;
-    let scheme = &s[..idx];
-    let valid = !scheme.is_empty()
-        && scheme.starts_with(|c: char| c.is_ascii_alphabetic())
-        && scheme
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
-    valid.then_some(idx + 3)
-}
-
-/// Where the userinfo of the URL remainder `rest` (after `scheme://`) ends, i.e. the `@` index.
-///
-/// tokio-postgres takes everything up to the first `@` anywhere as credentials; a password
-/// written with a raw `@` goes on to the last `@`. Hosts and database names never contain `@`,
-/// so the userinfo ends at the last `@` before the query that follows the first `@`.
-fn userinfo_end(rest: &str) -> Option<usize> {
-    let first = rest.find('@')?;
-    let query = rest[first..].find('?').map_or(rest.len(), |q| first + q);
-    rest[..query].rfind('@')
-}
-
-fn redact_url(url: &str) -> String {
-    let Some(start) = url_scheme_end(url) else {
-        return redact_dsn(url);
-    };
-    let rest = &url[start..];
-    let mut out = String::with_capacity(url.len());
-    out.push_str(&url[..start]);
-    let after_userinfo = match userinfo_end(rest) {
-        Some(at) => {
-            let userinfo = &rest[..at];
-            match userinfo.split_once(':') {
-                Some((user, pass)) if !pass.is_empty() => {
-                    out.push_str(user);
-                    out.push(':');
-                    out.push_str(MASK);
-                }
-                _ => out.push_str(userinfo),
-            }
-            out.push('@');
-            &rest[at + 1..]
-        }
-        None => rest,
-    };
-    match after_userinfo.split_once('?') {
-        None => out.push_str(after_userinfo),
-        Some((path, query)) => {
-            out.push_str(path);
-            out.push('?');
-            let params: Vec<String> = query
-                .split('&')
-                .map(|param| match param.split_once('=') {
-                    Some((k, v)) if is_secret_key(&percent_decode(k)) && !v.is_empty() => {
-                        format!("{k}={MASK}")
-                    }
-                    _ => param.to_string(),
-                })
-                .collect();
-            out.push_str(&params.join("&"));
-        }
-    }
-    out
-}
-
-/// Keys whose value is a secret: libpq's `password` and `sslpassword` (the key file's
-/// passphrase), in any case.
-fn is_secret_key(key: &str) -> bool {
-    let k = key.trim().to_ascii_lowercase();
-    k == "password" || k == "sslpassword"
-}
-
-/// One `key = value` of a DSN, with byte spans into the source.
-struct DsnParam {
-    key: String,
-    /// Span of the value as written (including quotes).
-    value_span: (usize, usize),
-    /// The value with quotes and backslash escapes removed.
-    value: String,
-}
-
-/// Parses a libpq key=value string the way tokio-postgres does. `Err(pos)` gives the byte
-/// where parsing failed (unterminated quote, missing `=`), with the parameters read so far.
-fn parse_dsn(s: &str) -> (Vec<DsnParam>, Option<usize>) {
-    let b = s.as_bytes();
-    let mut params = Vec::new();
-    let mut i = 0;
-    let skip_ws = |mut i: usize| {
-        while i < b.len() && b[i].is_ascii_whitespace() {
-            i += 1;
-        }
-        i
-    };
-    loop {
-        i = skip_ws(i);
-        if i >= b.len() {
-            return (params, None);
-        }
-        let kstart = i;
-        while i < b.len() && !b[i].is_ascii_whitespace() && b[i] != b'=' {
-            i += 1;
-        }
-        let key = s[kstart..i].to_string();
-        i = skip_ws(i);
-        if i >= b.len() || b[i] != b'=' {
-            return (params, Some(kstart));
-        }
-        i = skip_ws(i + 1);
-        let vstart = i;
-        let mut value = String::new();
-        if i < b.len() && b[i] == b'\'' {
-            i += 1;
-            let mut closed = false;
-            while i < b.len() {
-                match b[i] {
-                    b'\'' => {
-                        closed = true;
-                        i += 1;
-                        break;
-                    }
-                    b'\\' if i + 1 < b.len() => {
-                        let c = s[i + 1..].chars().next().unwrap_or('\\');
-                        value.push(c);
-                        i += 1 + c.len_utf8();
-                    }
-                    _ => {
-                        let c = s[i..].chars().next().unwrap_or('?');
-                        value.push(c);
-                        i += c.len_utf8();
-                    }
-                }
-            }
-            if !closed {
-                return (params, Some(kstart));
-            }
-        } else {
-            while i < b.len() && !b[i].is_ascii_whitespace() {
-                if b[i] == b'\\' && i + 1 < b.len() {
-                    let c = s[i + 1..].chars().next().unwrap_or('\\');
-                    value.push(c);
-                    i += 1 + c.len_utf8();
-                } else {
-                    let c = s[i..].chars().next().unwrap_or('?');
-                    value.push(c);
-                    i += c.len_utf8();
-                }
-            }
-        }
-        params.push(DsnParam {
-            key,
-            value_span: (vstart, i),
-            value,
-        });
-    }
-}
-
-fn redact_dsn(s: &str) -> String {
-    let (params, failed_at) = parse_dsn(s);
-    let mut out = String::with_capacity(s.len());
-    let mut copied = 0;
-    for p in params.iter().filter(|p| is_secret_key(&p.key)) {
-        let (a, z) = p.value_span;
-        if a == z {
-            continue;
-        }
-        out.push_str(&s[copied..a]);
-        out.push_str(MASK);
-        copied = z;
-    }
-    match failed_at {
-        None => out.push_str(&s[copied..]),
-        // The rest does not parse (e.g. an unterminated quote): its secrets cannot be located
-        // exactly, so mask from any `password=` in it to the end.
-        Some(pos) => {
-            out.push_str(&s[copied..pos]);
-            out.push_str(&mask_rest_after_password(&s[pos..]));
-        }
-    }
-    out
-}
-
-fn mask_rest_after_password(s: &str) -> String {
-    match find_assignment(s, 0) {
-        Some((_, value_start)) => format!("{}{MASK}", &s[..value_start]),
-        None => s.to_string(),
-    }
 }
 
 /// Finds the next `password` (any case, so also `sslpassword`) followed by optional spaces and
@@ -316,7 +119,7 @@ fn scrub_embedded_urls(s: &str) -> String {
         out.push_str(&rest[..start]);
         let token = &rest[start..end];
         if url_scheme_end(token).is_some() {
-            out.push_str(&redact_url(token));
+            out.push_str(&redact(token));
         } else {
             out.push_str(token);
         }
@@ -324,78 +127,6 @@ fn scrub_embedded_urls(s: &str) -> String {
     }
     out.push_str(rest);
     out
-}
-
-/// Every written form of every secret in `url`.
-fn secrets_of(url: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    let mut add = |raw: &str| {
-        if raw.is_empty() {
-            return;
-        }
-        found.push(raw.to_string());
-        let decoded = percent_decode(raw);
-        if decoded != raw {
-            found.push(decoded);
-        }
-    };
-    if let Some(start) = url_scheme_end(url) {
-        let rest = &url[start..];
-        let after = match userinfo_end(rest) {
-            Some(at) => {
-                if let Some((_, pass)) = rest[..at].split_once(':') {
-                    add(pass);
-                    // What tokio-postgres itself takes as the password: up to the first `@`.
-                    if let Some((_, p)) = rest[..rest.find('@').unwrap_or(at)].split_once(':') {
-                        add(p);
-                    }
-                }
-                &rest[at + 1..]
-            }
-            None => rest,
-        };
-        if let Some((_, query)) = after.split_once('?') {
-            for param in query.split('&') {
-                if let Some((k, v)) = param.split_once('=') {
-                    if is_secret_key(&percent_decode(k)) {
-                        add(v);
-                    }
-                }
-            }
-        }
-    } else {
-        for p in parse_dsn(url).0 {
-            if is_secret_key(&p.key) {
-                let (a, z) = p.value_span;
-                let written = url[a..z].trim_matches('\'');
-                found.push(written.to_string());
-                found.push(p.value);
-            }
-        }
-    }
-    found.retain(|s| !s.is_empty());
-    found
-}
-
-/// Percent-decoding as tokio-postgres applies it to URL parts (invalid UTF-8 becomes U+FFFD,
-/// as it would in any message that echoes it).
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            let hex = |c: u8| (c as char).to_digit(16);
-            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -519,11 +250,4 @@ mod tests {
         assert_eq!(redact_text(m, url), m);
     }
 
-    #[test]
-    fn percent_decode_edge_cases() {
-        assert_eq!(percent_decode("a%2Fb"), "a/b");
-        assert_eq!(percent_decode("100%"), "100%");
-        assert_eq!(percent_decode("%4"), "%4");
-        assert_eq!(percent_decode("%zz"), "%zz");
-    }
 }

@@ -268,13 +268,13 @@ fn check_prints_the_plan_and_fails_when_minimums_cannot_fit() {
     assert!(text.contains("usable for jobs    48"), "{text}");
     assert!(!text.contains("pw@"), "password printed: {text}");
 
-    // In fleet scope corral has two own connections, and says the fleet's numbers come at run time.
+    // In fleet scope corral has one own connection too, and says the fleet's numbers come at run time.
     let fleet = ok.replace("[jobs.a]", "[budget]\nscope = \"fleet\"\n\n[jobs.a]");
     let (_dir, config, _) = crate::harness::setup(&fleet);
     let out = std::process::Command::new(crate::harness::bin()).args(["check", "-c"]).arg(&config).output().unwrap();
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(0), "{text}{}", stderr(&out));
-    assert!(text.contains("usable for jobs    47") && text.contains("fleet scope: this is one corral alone"), "{text}");
+    assert!(text.contains("usable for jobs    48") && text.contains("fleet scope: this is one corral alone"), "{text}");
 
     let too_big = ok.replace("min = 20, max = 30", "min = 49, max = 60");
     let (_dir, config, _) = crate::harness::setup(&too_big);
@@ -315,4 +315,30 @@ fn quota_signal_waits_for_a_young_job_and_start_waits_for_a_queued_one() {
     assert_eq!((now["pid"].clone(), now["restarts"].clone(), now["last_exit"].clone()), (a["pid"].clone(), 0.into(), serde_json::Value::Null), "a was killed by an early signal: {now}\n{}", c.output());
     c.wait_state("b", "running", 20 * SEC);
     assert!(!c.output().contains("killed by SIGHUP"), "{}", c.output());
+}
+
+#[test]
+fn the_demo_plans_its_budget_offline_and_its_scraper_follows_its_quota() {
+    // The repository's supervisor.toml, as `cargo run --release -- run` uses it, in a temp dir.
+    let root = env!("CARGO_MANIFEST_DIR");
+    let demo = std::fs::read_to_string(format!("{root}/supervisor.toml")).unwrap();
+    let body = demo
+        .replace("socket        = \".corral/corral.sock\"", "socket = \"{dir}/corral.sock\"")
+        .replace("lock_dir      = \".corral/locks\"", "lock_dir = \"{dir}/locks\"")
+        .replace("= \".\"", &format!("= \"{root}\""));
+    assert!(body.contains("{dir}/corral.sock") && body.contains(root), "the demo manifest changed shape:\n{body}");
+    let (dir, config, socket) = crate::harness::setup(&body);
+    let mut cmd = std::process::Command::new(crate::harness::bin());
+    cmd.args(["run", "-c"]).arg(&config).env_remove("DATABASE_URL");
+    let c = Corral::from_command(cmd, dir, config, socket);
+    c.wait_ready();
+    c.wait_output("[scraper] quota 10 (pool 8 + overflow 2)", 20 * SEC);
+    let b: serde_json::Value = serde_json::from_slice(&c.ctl(&["budget", "--json"]).stdout).unwrap();
+    assert_eq!((b["offline"].as_bool(), b["limit"].as_u64(), b["usable"].as_u64()), (Some(true), Some(60), Some(49)), "{b}");
+    assert!(stdout(&c.ctl(&["budget"])).starts_with("budget planned offline"));
+    // A higher-priority job takes a share: the scraper is told, and prints its new quota.
+    assert!(c.ctl(&["start", "backfill"]).status.success());
+    c.wait_output("[scraper] quota 9 (pool 7 + overflow 2)", 20 * SEC);
+    assert!(c.ctl(&["stop", "backfill"]).status.success());
+    assert!(poll(20 * SEC, || c.output().matches("[scraper] quota 10 ").count() >= 2), "{}", c.output());
 }

@@ -79,10 +79,10 @@ fn restart(c: &mut Corral) -> Corral {
 
 #[test]
 fn three_corrals_never_exceed_the_fleets_usable_while_jobs_start_stop_and_idle() {
-    // 40 - 3 superuser_reserved = 37; - 2 provider - 3 ad hoc = 32 base; - 3 corrals x 2 own = 26.
+    // 40 - 3 superuser_reserved = 37; - 2 provider - 3 ad hoc = 32 base; - 3 corrals x 1 own = 29.
     let pg = TestPg::start_local(40);
     let sampler = Sampler::start(pg.admin_url());
-    // A joining corral's two own connections exist before the others can shrink for them, so
+    // A joining corral's own connection exists before the others can shrink for them, so
     // the members join first and the jobs start after (README: Fleet scope).
     let later = "autostart = false\n";
     let idle = "autostart = false\nenv = { WORKER_IDLE = \"1\" }\n";
@@ -92,7 +92,7 @@ fn three_corrals_never_exceed_the_fleets_usable_while_jobs_start_stop_and_idle()
     let all = [&c1, &c2, &c3];
     assert!(poll(10 * SEC, || all.iter().all(|c| budget(c)["members"].as_array().map_or(0, |m| m.len()) == 3)), "{}", budget(&c1));
     let usable = budget(&c1)["usable"].as_u64().unwrap() as u32;
-    assert_eq!(usable, 26, "{}", budget(&c1));
+    assert_eq!(usable, 29, "{}", budget(&c1));
     for c in all {
         // Later starts may wait while earlier jobs give connections back: exit 1 with the reason.
         let out = c.ctl(&["start", "all"]);
@@ -152,7 +152,7 @@ fn a_killed_corral_returns_its_grants_and_comes_back_without_double_granting() {
     let mut c3 = Corral::start(&member(&pg, "c", "", &workers(2, "")));
     assert!(poll(10 * SEC, || budget(&c1)["members"].as_array().map_or(0, |m| m.len()) == 3));
     let usable3 = budget(&c1)["usable"].as_u64().unwrap();
-    assert_eq!(usable3, 24 - 6);
+    assert_eq!(usable3, 24 - 3, "one own connection per corral");
     for c in [&c1, &c2, &c3] {
         for j in ["w1", "w2"] {
             c.wait_state(j, "running", 30 * SEC);
@@ -175,7 +175,7 @@ fn a_killed_corral_returns_its_grants_and_comes_back_without_double_granting() {
     eprintln!("killed member expired after {expired_after:?} (interval {INTERVAL_MS} ms)");
     assert!(expired_after < Duration::from_millis(3 * INTERVAL_MS) + 3 * SEC, "expiry took {expired_after:?}");
     let usable2 = budget(&c1)["usable"].as_u64().unwrap();
-    assert_eq!(usable2, 24 - 4, "a departed member's own connections are no longer deducted");
+    assert_eq!(usable2, 24 - 2, "a departed member's own connection is no longer deducted");
 
     // Restarted with the same socket it is the same member: it replaces its old registration.
     let c3 = restart(&mut c3);
@@ -399,9 +399,9 @@ fn random_starts_stops_and_restarts_across_three_corrals_never_exceed_usable() {
 
 #[test]
 fn a_fleet_url_corral_cannot_use_is_a_clear_unhealthy_state_and_other_jobs_run() {
-    // No server needed: the URL is refused before any connection (TLS is not supported yet).
+    // No server listens on port 1: every sync fails with the connection's own cause.
     let c = Corral::start(
-        "[database]\nurl = \"postgres://app:s3cret-pw@127.0.0.1:1/app?sslmode=require\"\nmax_connections = 20\n\n\
+        "[database]\nurl = \"postgres://app:s3cret-pw@127.0.0.1:1/app?sslmode=require\"\nmax_connections = 20\nhealth_timeout = \"2s\"\n\n\
          [budget]\nscope = \"fleet\"\n\n\
          [jobs.plain]\ncommand = [\"sleep\", \"1000\"]\non_duplicate = \"ignore\"\nsingle_instance = false\n\n\
          [jobs.db]\ncommand = [\"sleep\", \"1000\"]\non_duplicate = \"ignore\"\nsingle_instance = false\nconnections = 1\n",
@@ -410,8 +410,64 @@ fn a_fleet_url_corral_cannot_use_is_a_clear_unhealthy_state_and_other_jobs_run()
     let out = c.ctl(&["health", "--json"]);
     assert_eq!(out.status.code(), Some(1));
     let text = crate::harness::stdout(&out);
-    assert!(text.contains("fleet coordination disabled") && text.contains("TLS"), "{text}");
+    assert!(text.contains("cannot connect") && text.contains("Connection refused"), "{text}");
     let db = c.wait_state("db", "waiting", 10 * SEC);
     assert!(db["reason"].as_str().unwrap_or("").contains("fleet"), "{db}");
     assert!(!text.contains("s3cret-pw") && !c.output().contains("s3cret-pw"), "password leaked");
+}
+
+#[test]
+fn two_fleet_corrals_hold_two_own_connections_together() {
+    // Health checks, usage readings, fleet syncs and the fleet-wide session locks all share
+    // each corral's one connection (SPEC §5): N corrals cost N connections.
+    let pg = TestPg::start_local(30);
+    let solo = "[jobs.solo]\ncommand = [\"sleep\", \"1000\"]\nconnections = 1\non_duplicate = \"ignore\"\n";
+    let c1 = Corral::start(&member(&pg, "shared", "", solo));
+    let c2 = Corral::start(&member(&pg, "shared", "", solo));
+    assert!(poll(10 * SEC, || budget(&c1)["members"].as_array().map_or(0, |m| m.len()) == 2), "{}", budget(&c1));
+    // The fleet-wide lock lives on that connection: one runs, the other waits for it.
+    assert!(poll(20 * SEC, || {
+        let states = [c1.job("solo")["state"].clone(), c2.job("solo")["state"].clone()];
+        states.contains(&Value::from("running")) && states.contains(&Value::from("waiting"))
+    }));
+    let own = || -> u32 {
+        pg.admin_sql("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'corral/%/\\_corral'").parse().unwrap()
+    };
+    // Over several syncs (400 ms) and health checks (2 s), never more than one each.
+    let until = Instant::now() + 5 * SEC;
+    let mut seen = Vec::new();
+    while Instant::now() < until {
+        seen.push(own());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(seen.iter().max(), Some(&2), "{seen:?}");
+    assert_eq!(seen.last(), Some(&2), "{seen:?}");
+    let b = budget(&c1);
+    assert_eq!(b["own"], 2, "the fleet deducts one per corral: {b}");
+    assert!(b["members"].as_array().unwrap().iter().all(|m| m["own"] == 1), "{b}");
+}
+
+#[test]
+fn a_dropped_connection_takes_its_fleet_locks_along_and_never_two_copies_run() {
+    let pg = TestPg::start_local(30);
+    let solo = "[jobs.solo]\ncommand = [\"sleep\", \"1000\"]\nconnections = 1\non_duplicate = \"ignore\"\nstop_timeout = \"1s\"\n";
+    let c1 = Corral::start(&member(&pg, "shared", "fleet_grace = \"1s\"", solo));
+    let c2 = Corral::start(&member(&pg, "shared", "fleet_grace = \"1s\"", solo));
+    let running = || [&c1, &c2].iter().filter(|c| c.job("solo")["state"] == "running").count();
+    assert!(poll(20 * SEC, || running() == 1), "{} / {}", c1.job("solo"), c2.job("solo"));
+    let holder = if c1.job("solo")["state"] == "running" { &c1 } else { &c2 };
+    // The server ends the connection that holds the session lock (an idle kill, a failover).
+    let killed = pg.admin_sql(
+        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2",
+    );
+    assert_eq!(killed, "t", "no advisory lock holder found");
+    // The lock went with the connection: the holder notices on its next use of it.
+    holder.wait_output("its fleet-wide locks are gone", 10 * SEC);
+    // Whoever holds it next, at most one copy runs at any moment, and one runs again.
+    let until = Instant::now() + 8 * SEC;
+    while Instant::now() < until {
+        assert!(running() <= 1, "two copies: {} / {}", c1.job("solo"), c2.job("solo"));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(poll(30 * SEC, || running() == 1), "{} / {}", c1.job("solo"), c2.job("solo"));
 }

@@ -69,7 +69,7 @@ fn a_stopped_jobs_connections_reach_the_others_and_a_waiting_job_at_once() {
     let jobs = [job("a", 2, 6, ""), job("b", 2, 6, ""), job("c", 2, 6, ""), job("d", 4, 4, "autostart = false\npriority = 10")].concat();
     let c = Corral::start(&manifest(&pg, 16, "", &jobs));
     for name in ["a", "b", "c"] {
-        c.wait_job(name, 20 * SEC, "running with quota 4", |j| j["state"] == "running" && j["quota"] == 4);
+        c.wait_job(name, 20 * SEC, "running with quota 4 or 5", |j| j["state"] == "running" && (j["quota"] == 4 || j["quota"] == 5));
     }
     assert!(poll(20 * SEC, || sampler.last.load(Ordering::SeqCst) == 12), "jobs never held their 12 connections\n{}", c.output());
 
@@ -145,7 +145,7 @@ fn an_idle_job_turning_active_gets_its_share_after_one_reading() {
 #[test]
 fn a_fleet_member_syncs_as_soon_as_a_stopped_jobs_connections_are_gone() {
     let pg = TestPg::start_local(30);
-    // Fleet: base = 13 - 3 = 10, minus corral's 2 own connections: usable 8, 4 each.
+    // Fleet: base = 13 - 3 = 10, minus corral's one own connection: usable 9, split 5 and 4.
     let body = format!(
         "[supervisor]\nsocket = \"{{dir}}/corral.sock\"\nlock_dir = \"{{dir}}/locks\"\n\n\
          [database]\nurl = \"{url}\"\nmax_connections = 13\nprovider_reserve = 0\nadhoc_reserve = 3\n\n\
@@ -155,7 +155,7 @@ fn a_fleet_member_syncs_as_soon_as_a_stopped_jobs_connections_are_gone() {
     );
     let c = Corral::start(&body);
     for name in ["a", "b"] {
-        c.wait_job(name, 20 * SEC, "running with quota 4", |j| j["state"] == "running" && j["quota"] == 4);
+        c.wait_job(name, 20 * SEC, "running with quota 4 or 5", |j| j["state"] == "running" && (j["quota"] == 4 || j["quota"] == 5));
     }
     let out = c.ctl(&["stop", "b"]);
     assert!(out.status.success(), "{}", stderr(&out));

@@ -3,6 +3,7 @@
 
 mod harness;
 mod pg;
+mod pgbouncer;
 
 mod budget;
 mod config_errors;
@@ -14,5 +15,7 @@ mod fleet;
 mod handover;
 mod integration;
 mod pid1;
+mod poolers;
 mod python_examples;
 mod reload;
+mod tls;

@@ -54,9 +54,24 @@ enum Inner {
     Local(Cluster),
 }
 
+/// The certificates of a TLS cluster ([`TestPg::start_tls`]), made fresh by the test with
+/// rcgen: a CA, and a server certificate it signed for `localhost` only (so `127.0.0.1` is a
+/// host name mismatch), plus a second CA that signed nothing the server presents.
+pub struct TlsFiles {
+    /// The CA that signed the server's certificate, PEM and DER.
+    pub ca_pem: PathBuf,
+    pub ca_der: PathBuf,
+    /// A CA unrelated to the server ("certificate not trusted").
+    pub wrong_ca_pem: PathBuf,
+    /// The names in the server's certificate.
+    pub server_names: Vec<String>,
+}
+
 struct Cluster {
     /// Its Drop deletes the data dir, socket and log; `TestPg::drop` stops the server first.
     dir: tempfile::TempDir,
+    /// `ssl = on` and only `hostssl` lines in pg_hba.conf.
+    tls: Option<TlsFiles>,
     bindir: PathBuf,
     data: PathBuf,
     log: PathBuf,
@@ -99,8 +114,27 @@ impl TestPg {
     /// for fault tests that stop and restart the server.
     pub fn start_local(max_connections: u32) -> TestPg {
         TestPg {
-            inner: Inner::Local(Cluster::create(max_connections)),
+            inner: Inner::Local(Cluster::create(max_connections, false)),
         }
+    }
+
+    /// A throwaway cluster the way Supabase runs one: `ssl = on`, and pg_hba.conf accepts TCP
+    /// connections only over TLS (`hostssl`), so a plaintext login is refused. The CA and the
+    /// server certificate (for `localhost`) are generated for this cluster: [`TestPg::tls`].
+    pub fn start_tls(max_connections: u32) -> TestPg {
+        TestPg {
+            inner: Inner::Local(Cluster::create(max_connections, true)),
+        }
+    }
+
+    /// The certificates of a [`TestPg::start_tls`] cluster.
+    pub fn tls(&self) -> &TlsFiles {
+        self.local("tls").tls.as_ref().expect("a cluster started with TestPg::start_tls")
+    }
+
+    /// [`TestPg::url`] with `localhost` as the host (the name in the server's certificate).
+    pub fn url_localhost(&self) -> String {
+        self.url().replace("@127.0.0.1:", "@localhost:")
     }
 
     /// URL of the normal role over TCP, with its password. What corral and its jobs get.
@@ -284,7 +318,7 @@ impl Drop for TestPg {
 }
 
 impl Cluster {
-    fn create(max_connections: u32) -> Cluster {
+    fn create(max_connections: u32, tls: bool) -> Cluster {
         assert!(max_connections >= 1, "max_connections must be at least 1");
         let bindir = find_bindir().unwrap_or_else(|| {
             panic!(
@@ -329,9 +363,13 @@ impl Cluster {
             password: format!("corral_pw_{:016x}", random_u64()),
             as_postgres,
             running: AtomicBool::new(false),
+            tls: None,
             dir,
         };
         cluster.initdb();
+        if tls {
+            cluster.tls = Some(cluster.make_tls());
+        }
         cluster.start_on_free_port();
         cluster.create_role_and_database();
         cluster
@@ -379,6 +417,57 @@ impl Cluster {
         }
     }
 
+    /// CA, server certificate and key into the data dir (owned by the server's user, key 0600
+    /// as PostgreSQL demands), the CAs for clients into `client/`, and a pg_hba.conf with
+    /// `hostssl` lines only.
+    fn make_tls(&self) -> TlsFiles {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+        let ca = |cn: &str| {
+            let mut p = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            p.distinguished_name.push(DnType::CommonName, cn);
+            p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+            let key = KeyPair::generate().expect("CA key");
+            let cert = p.self_signed(&key).expect("CA cert");
+            (cert, key)
+        };
+        let (ca_cert, ca_key) = ca("corral test CA");
+        let (wrong_cert, _) = ca("some other CA");
+        let names = vec!["localhost".to_string()];
+        let mut p = CertificateParams::new(names.clone()).expect("server params");
+        p.distinguished_name.push(DnType::CommonName, "localhost");
+        let key = KeyPair::generate().expect("server key");
+        let cert = p.signed_by(&key, &ca_cert, &ca_key).expect("server cert");
+        let write = |path: &Path, bytes: &[u8], mode: u32| {
+            fs::write(path, bytes).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(path, fs::Permissions::from_mode(mode)).expect("chmod");
+            if self.as_postgres {
+                let (uid, gid) = postgres_ids();
+                std::os::unix::fs::chown(path, Some(uid), Some(gid)).expect("chown to postgres");
+            }
+        };
+        write(&self.data.join("server.crt"), cert.pem().as_bytes(), 0o644);
+        write(&self.data.join("server.key"), key.serialize_pem().as_bytes(), 0o600);
+        write(
+            &self.data.join("pg_hba.conf"),
+            b"local all all trust\nhostssl all all 127.0.0.1/32 scram-sha-256\nhostssl all all ::1/128 scram-sha-256\n",
+            0o600,
+        );
+        let client = self.dir.path().join("client");
+        fs::create_dir_all(&client).expect("client dir");
+        let files = TlsFiles {
+            ca_pem: client.join("ca.pem"),
+            ca_der: client.join("ca.der"),
+            wrong_ca_pem: client.join("wrong-ca.pem"),
+            server_names: names,
+        };
+        fs::write(&files.ca_pem, ca_cert.pem()).expect("ca.pem");
+        fs::write(&files.ca_der, ca_cert.der()).expect("ca.der");
+        fs::write(&files.wrong_ca_pem, wrong_cert.pem()).expect("wrong-ca.pem");
+        files
+    }
+
     fn start_on_free_port(&mut self) {
         let mut last_err = String::new();
         for _ in 0..20 {
@@ -398,11 +487,19 @@ impl Cluster {
             "-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c max_connections={max} \
              -c superuser_reserved_connections={sr} -c fsync=off -c synchronous_commit=off \
              -c full_page_writes=off -c shared_buffers=16MB -c max_wal_senders=0 \
-             -c wal_level=minimal -c log_min_messages=warning",
+             -c wal_level=minimal -c log_min_messages=warning{ssl}",
             port = self.port,
             sock = self.dir.path().display(),
             max = self.max_connections,
             sr = self.superuser_reserved,
+            ssl = if self.tls.is_some() {
+                format!(
+                    " -c ssl=on -c ssl_cert_file={d}/server.crt -c ssl_key_file={d}/server.key",
+                    d = self.data.display()
+                )
+            } else {
+                String::new()
+            },
         );
         let mut cmd = self.tool("pg_ctl");
         cmd.arg("-D")
@@ -553,7 +650,7 @@ pub fn find_bindir() -> Option<PathBuf> {
 /// A port nobody listens on. Taken below the kernel's ephemeral range when possible, so that
 /// outgoing client connections (which use ephemeral ports) can never occupy it while the server
 /// is down between `stop_immediate` and `start_again`; bind(0) otherwise.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let lo = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
@@ -573,7 +670,7 @@ fn free_port() -> u16 {
         .expect("bind 127.0.0.1:0")
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     // Effective uid from /proc (std has no geteuid); the second field of "Uid:".
     fs::read_to_string("/proc/self/status")
         .ok()
@@ -585,7 +682,7 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-fn postgres_ids() -> (u32, u32) {
+pub fn postgres_ids() -> (u32, u32) {
     let id = |flag: &str| -> u32 {
         let out = Command::new("id").args([flag, "postgres"]).output();
         match out {
