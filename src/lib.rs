@@ -16,7 +16,8 @@
 //! - `daemon`   `corral run`: one actor owns the job table; signals, the socket server,
 //!              the file watcher, timers, the probe task and the fleet task send it events.
 //!              Only the actor mutates jobs.
-//! - `cli`      the client verbs: clap, socket client, rendering.
+//! - `cli`      the client verbs: clap, socket client, rendering, `corral top`.
+//! - `view`     the budget JSON read into a typed view for `/metrics` and `corral top`.
 //!
 //! `cli` and `daemon` never import each other; both speak `protocol`.
 //!
@@ -33,3 +34,4 @@ pub mod job;
 pub mod lookup;
 pub mod process;
 pub mod protocol;
+pub mod view;

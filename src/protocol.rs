@@ -74,6 +74,8 @@ pub enum Request {
     },
     Health,
     Shutdown,
+    /// The dashboard's past: database latency over the last hour, recent events.
+    History,
 }
 
 fn default_log_lines() -> usize {
@@ -138,6 +140,7 @@ pub enum Reply {
     Budget(serde_json::Value),
     Health(HealthReport),
     Done { message: String },
+    History(serde_json::Value),
 }
 
 /// `status --json` (SPEC §4): stable names, fields may be added but never renamed.
@@ -159,6 +162,9 @@ pub struct SupervisorInfo {
     pub version: String,
     pub config: String,
     pub uptime_s: f64,
+    /// Unix time corral started, in seconds.
+    #[serde(default)]
+    pub started_at: f64,
     pub zombies_reaped: u64,
     pub orphans_killed: u64,
 }

@@ -8,8 +8,20 @@ use crate::protocol::{self, Reply, Request, Response};
 
 /// Send `request`; call `each` for every response line (one, or many for
 /// `logs -f`) and return the last. Err only when no daemon answers.
-pub fn call(socket: &Path, request: &Request, mut each: impl FnMut(&Response)) -> std::io::Result<Response> {
-    let mut stream = UnixStream::connect(socket)?;
+pub fn call(socket: &Path, request: &Request, each: impl FnMut(&Response)) -> std::io::Result<Response> {
+    exchange(UnixStream::connect(socket)?, request, each)
+}
+
+/// One request, one answer, given up after `timeout` (a client that must stay responsive:
+/// `corral top`).
+pub fn ask(socket: &Path, request: &Request, timeout: std::time::Duration) -> std::io::Result<Response> {
+    let stream = UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    exchange(stream, request, |_| {})
+}
+
+fn exchange(mut stream: UnixStream, request: &Request, mut each: impl FnMut(&Response)) -> std::io::Result<Response> {
     stream.write_all(protocol::encode_request(request).as_bytes())?;
     let follow = matches!(request, Request::Logs { follow: true, .. });
     let mut reader = BufReader::new(stream);

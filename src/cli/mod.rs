@@ -6,6 +6,7 @@ pub(crate) mod check;
 mod client;
 mod docs;
 pub mod render;
+mod top;
 
 use std::path::{Path, PathBuf};
 
@@ -135,6 +136,8 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
+    /// Live full-screen view of jobs and budget (q quits)
+    Top,
 }
 
 /// `--since`: a duration back from now, or an RFC 3339 time. Unix seconds.
@@ -188,6 +191,7 @@ pub fn run_client(cli: &Cli) -> i32 {
         Command::Release { name } => Request::Release { name: name.clone() },
         Command::Health => Request::Health,
         Command::Shutdown => Request::Shutdown,
+        Command::Top => return top::run(&client_socket(cli.socket.as_deref(), &config_path)),
     };
     let socket = client_socket(cli.socket.as_deref(), &config_path);
     let result = client::call(&socket, &request, |resp| {

@@ -67,7 +67,7 @@ pub fn response(request: &Request, resp: &Response, json: bool) {
             Reply::Reload(r) => serde_json::to_value(r),
             Reply::Logs { lines } => serde_json::to_value(serde_json::json!({ "lines": lines })),
             Reply::Log(l) => serde_json::to_value(l),
-            Reply::Budget(b) => Ok(b.clone()),
+            Reply::Budget(b) | Reply::History(b) => Ok(b.clone()),
             Reply::Health(h) => serde_json::to_value(h),
             Reply::Done { message } => Ok(serde_json::json!({ "message": message })),
         };
@@ -118,6 +118,8 @@ pub fn response(request: &Request, resp: &Response, json: bool) {
         }
         Reply::Log(l) => println!("{}", log_line(request, l, colour())),
         Reply::Budget(b) => print!("{}", budget(b)),
+        // Only `corral top` and the dashboard ask for it.
+        Reply::History(_) => {}
         Reply::Health(h) => {
             let (word, style) = if h.healthy { ("healthy", "32") } else { ("UNHEALTHY", "1;31") };
             println!("{}: {}", paint(word, Some(style), colour()), h.message)

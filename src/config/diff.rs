@@ -56,6 +56,11 @@ pub fn diff(old: &Config, new: &Config) -> ReloadPlan {
     let listen = |http: &Option<HttpConfig>| http.as_ref().map(|h| h.listen.clone());
     let path = |p: &std::path::Path| p.display().to_string();
     changed(&mut plan, "http.listen", listen(&old.http), listen(&new.http));
+    // Never shown: only that it changed.
+    let token = |http: &Option<HttpConfig>| http.as_ref().and_then(|h| h.token.clone());
+    if token(&old.http) != token(&new.http) {
+        plan.needs_restart.push("http.token changed".into());
+    }
     changed(
         &mut plan,
         "supervisor.lock_dir",
@@ -176,6 +181,12 @@ command = ["c"]
         );
         assert!(!plan.budget_changed);
         assert!(!plan.is_empty());
+
+        let with = |t: &str| config(&format!("{BASE}\n[http]\nlisten = \"127.0.0.1:9464\"\ntoken = \"{t}\"\n"));
+        let plan = diff(&with("old-secret"), &with("new-secret"));
+        assert_eq!(plan.needs_restart, vec!["http.token changed"]);
+        assert!(!format!("{plan:?}").contains("secret"), "{plan:?}");
+        assert!(diff(&with("same"), &with("same")).is_empty());
     }
 
     #[test]

@@ -134,9 +134,18 @@ pub enum Scope {
     Fleet,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct HttpConfig {
     pub listen: String,
+    /// Required (bearer or `?token=`) by every path but `/health`.
+    pub token: Option<String>,
+}
+
+/// The token never reaches a log line, not even through `{:?}`.
+impl std::fmt::Debug for HttpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpConfig").field("listen", &self.listen).field("token", &self.token.as_ref().map(|_| "<redacted>")).finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

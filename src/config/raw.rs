@@ -80,6 +80,7 @@ pub(super) struct RawBudget {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawHttp {
     pub listen: Option<Str>,
+    pub token: Option<Str>,
 }
 
 #[derive(Debug, Deserialize)]

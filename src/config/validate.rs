@@ -465,7 +465,11 @@ impl<'a> Cx<'a> {
             );
             return None;
         }
-        Some(HttpConfig { listen })
+        let token = match &raw.token {
+            Some(v) => Some(self.nonempty("token", v)?),
+            None => None,
+        };
+        Some(HttpConfig { listen, token })
     }
 
     fn job(&mut self, name: &Str, raw: &RawJob, supervisor: &SupervisorConfig, has_database: bool, service: &str) -> JobConfig {
@@ -1414,7 +1418,8 @@ quota_signal   = "sighup"
         assert_eq!(
             c.http,
             Some(HttpConfig {
-                listen: "127.0.0.1:9464".into()
+                listen: "127.0.0.1:9464".into(),
+                token: None
             })
         );
         let job = &c.jobs["layer1_5"];
@@ -2142,6 +2147,10 @@ quota_signal   = "sighup"
         one("[http]\nlisten = \"9464\"\n", 2, 10, "invalid listen address \"9464\"");
         ok("[http]\nlisten = \"localhost:9464\"\n");
         ok("[http]\nlisten = \"[::1]:9464\"\n");
+        one("[http]\nlisten = \"127.0.0.1:9464\"\ntoken = \"\"\n", 3, 9, "\"token\" is empty");
+        let c = ok("[http]\nlisten = \"127.0.0.1:9464\"\ntoken = \"s3cret\"\n");
+        assert_eq!(c.http.as_ref().and_then(|h| h.token.as_deref()), Some("s3cret"));
+        assert!(!format!("{:?}", c.http).contains("s3cret"));
     }
 
     #[test]

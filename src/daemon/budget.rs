@@ -744,6 +744,8 @@ impl Budget {
             "target": self.db.url.as_deref().map(crate::db::redact),
             "tls": s.tls,
             "offline": self.offline(),
+            // The server's own setting as last read (the dashboard and /metrics show it).
+            "max_connections": self.limits.map(|l| l.max_connections),
         });
         if let Some(c) = coordination {
             v["coordination"] = c;

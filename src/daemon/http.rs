@@ -1,8 +1,11 @@
 //! The optional HTTP endpoint (SPEC §9): `[http] listen = "127.0.0.1:9464"`.
 //!
 //! `GET /health` (200 when healthy, 503 otherwise; the body is the reply of
-//! `corral health --json`), `GET /metrics` (Prometheus/OpenMetrics text) and
-//! `GET /status` (the JSON of `corral status --json`). Like the control socket
+//! `corral health --json`), `GET /metrics` (Prometheus/OpenMetrics text),
+//! `GET /status` and `/budget` (the JSON of `corral status --json` and `budget --json`),
+//! `GET /history` (latency of the last hour, recent events) and `GET /` (the dashboard page,
+//! embedded in the binary, which polls those three). With `[http] token` every path but
+//! `/health` needs it, as a bearer token or `?token=`. Like the control socket
 //! it owns no state: every answer is asked of the actor with a oneshot reply.
 //! Each connection is its own task with a header timeout and a lifetime cap,
 //! and the number of open connections is capped, so a slow or hostile client
@@ -15,7 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::header::{HeaderMap, HeaderValue, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, StatusCode};
@@ -24,12 +27,15 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, Semaphore};
 
 use super::supervisor::{Event, EventTx};
+use crate::job::State;
 use crate::protocol::{ErrorKind, HealthReport, Reply, Request, Response, StatusReport};
+use crate::view::BudgetView;
 
 /// A client must send its request headers within this.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -46,7 +52,7 @@ const JSON: &str = "application/json";
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 type Body = Full<Bytes>;
-type HttpResponse = hyper::Response<Body>;
+pub(super) type HttpResponse = hyper::Response<Body>;
 
 pub async fn bind(listen: &str) -> Result<TcpListener, String> {
     TcpListener::bind(listen)
@@ -54,7 +60,14 @@ pub async fn bind(listen: &str) -> Result<TcpListener, String> {
         .map_err(|e| format!("cannot listen on [http] listen = \"{listen}\": {e}"))
 }
 
-pub async fn serve(listener: TcpListener, tx: EventTx) {
+/// Without a token, anyone who can reach a non-loopback address reads the jobs, their
+/// reasons and the budget: corral warns about that at startup.
+pub fn open_to_network(addr: std::net::SocketAddr, has_token: bool) -> bool {
+    !has_token && !addr.ip().is_loopback()
+}
+
+pub async fn serve(listener: TcpListener, tx: EventTx, token: Option<String>) {
+    let token: Arc<Option<String>> = Arc::new(token);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let last_fresh: Arc<Mutex<Option<Instant>>> = Arc::default();
     loop {
@@ -71,11 +84,11 @@ pub async fn serve(listener: TcpListener, tx: EventTx) {
             tracing::debug!("http: {MAX_CONNECTIONS} connections open, closing a new one");
             continue;
         };
-        let (tx, last_fresh) = (tx.clone(), last_fresh.clone());
+        let (tx, last_fresh, token) = (tx.clone(), last_fresh.clone(), token.clone());
         tokio::spawn(async move {
             let service = service_fn(move |req| {
-                let (tx, last_fresh) = (tx.clone(), last_fresh.clone());
-                async move { Ok::<_, Infallible>(route(req, &tx, &last_fresh).await) }
+                let (tx, last_fresh, token) = (tx.clone(), last_fresh.clone(), token.clone());
+                async move { Ok::<_, Infallible>(route(req, &tx, &last_fresh, token.as_deref()).await) }
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -87,22 +100,57 @@ pub async fn serve(listener: TcpListener, tx: EventTx) {
     }
 }
 
-async fn route(req: hyper::Request<Incoming>, tx: &EventTx, last_fresh: &Mutex<Option<Instant>>) -> HttpResponse {
+async fn route(req: hyper::Request<Incoming>, tx: &EventTx, last_fresh: &Mutex<Option<Instant>>, token: Option<&str>) -> HttpResponse {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut r = reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "only GET and HEAD\n");
         r.headers_mut().insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
         return r;
     }
-    match req.uri().path() {
+    let path = req.uri().path();
+    if path != "/health" && !authorized(token, req.headers(), req.uri().query()) {
+        let mut r = reply(
+            StatusCode::UNAUTHORIZED,
+            "text/plain",
+            "unauthorized: send the [http] token as `Authorization: Bearer TOKEN` or add ?token=TOKEN to the URL\n",
+        );
+        r.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"corral\""));
+        return r;
+    }
+    match path {
         "/health" => health(tx, last_fresh).await,
         "/metrics" => metrics_page(tx).await,
         "/status" => match ask(tx, Request::Status { jobs: Vec::new() }).await {
             Response { result: Some(Reply::Status(s)), .. } => json(StatusCode::OK, &s),
             other => error(other),
         },
-        "/" => reply(StatusCode::OK, "text/plain", "corral: /health /metrics /status\n"),
-        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found: try /health, /metrics or /status\n"),
+        "/budget" => match ask(tx, Request::Budget).await {
+            Response { result: Some(Reply::Budget(b)), .. } => json(StatusCode::OK, &b),
+            other => error(other),
+        },
+        "/history" => match ask(tx, Request::History).await {
+            Response { result: Some(Reply::History(h)), .. } => json(StatusCode::OK, &h),
+            other => error(other),
+        },
+        "/" => super::dashboard::response(),
+        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found: try /, /health, /metrics, /status, /budget or /history\n"),
     }
+}
+
+/// With a token configured, a request carries it as `Authorization: Bearer TOKEN` or
+/// `?token=TOKEN` (percent-decoded). Compared in constant time: the reply's timing says
+/// nothing about how much of a guess was right.
+pub fn authorized(token: Option<&str>, headers: &HeaderMap, query: Option<&str>) -> bool {
+    use subtle::ConstantTimeEq;
+    let Some(token) = token else { return true };
+    let matches = |given: &[u8]| bool::from(given.ct_eq(token.as_bytes()));
+    let bearer = headers.get_all(AUTHORIZATION).iter().filter_map(|v| v.to_str().ok()).any(|v| {
+        let (scheme, rest) = v.trim().split_once(' ').unwrap_or((v, ""));
+        scheme.eq_ignore_ascii_case("bearer") && matches(rest.trim().as_bytes())
+    });
+    bearer
+        || query.into_iter().flat_map(|q| q.split('&')).any(|pair| {
+            pair.strip_prefix("token=").is_some_and(|v| matches(&percent_encoding::percent_decode_str(v).collect::<Vec<u8>>()))
+        })
 }
 
 async fn health(tx: &EventTx, last_fresh: &Mutex<Option<Instant>>) -> HttpResponse {
@@ -140,13 +188,11 @@ async fn metrics_page(tx: &EventTx) -> HttpResponse {
         Response { result: Some(Reply::Health(h)), .. } => Some(h),
         _ => None,
     };
-    reply(StatusCode::OK, OPENMETRICS, render_metrics(&status, budget.as_ref(), health.as_ref()))
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct LimitLabel {
-    source: String,
-    reason: String,
+    let history = match ask(tx, Request::History).await {
+        Response { result: Some(Reply::History(h)), .. } => Some(h),
+        _ => None,
+    };
+    reply(StatusCode::OK, OPENMETRICS, render_metrics(&status, budget.as_ref(), health.as_ref(), history.as_ref()))
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -154,18 +200,65 @@ struct JobLabel {
     job: String,
 }
 
-/// The metrics page for one set of answers. Pure: a fresh registry per scrape,
-/// so a removed job's series disappear with it.
-pub fn render_metrics(status: &StatusReport, budget: Option<&serde_json::Value>, health: Option<&HealthReport>) -> String {
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobStateLabel {
+    job: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NameLabel {
+    name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabel {
+    source: String,
+    reason: String,
+}
+
+fn gauge(reg: &mut Registry, name: &str, help: &str, value: i64) {
+    let g = Gauge::<i64>::default();
+    g.set(value);
+    reg.register(name, help, g);
+}
+
+fn seconds(reg: &mut Registry, name: &str, help: &str, value: f64) {
+    let g = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+    g.set(value);
+    reg.register_with_unit(name, help, Unit::Seconds, g);
+}
+
+/// The metrics page for one set of answers: everything the dashboard shows. Pure: a fresh
+/// registry per scrape, so a removed job's series disappear with it. The names are stable
+/// (README, "Metrics").
+pub fn render_metrics(
+    status: &StatusReport,
+    budget: Option<&serde_json::Value>,
+    health: Option<&HealthReport>,
+    history: Option<&serde_json::Value>,
+) -> String {
     let mut reg = Registry::default();
     let up = Family::<JobLabel, Gauge>::default();
+    let state = Family::<JobStateLabel, Gauge>::default();
     let restarts = Family::<JobLabel, Counter>::default();
     let connections = Family::<JobLabel, Gauge>::default();
     let quota = Family::<JobLabel, Gauge>::default();
     let dropped = Family::<JobLabel, Counter>::default();
+    let uptime = Family::<JobLabel, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
     for j in &status.jobs {
         let l = JobLabel { job: j.name.clone() };
         up.get_or_create(&l).set(i64::from(j.state == "running"));
+        // One series per state, 1 for the current one (the kube-state-metrics way): a
+        // dashboard can sum by state without knowing the job names.
+        for s in State::ALL.iter().map(|s| s.as_str()).chain((!State::ALL.iter().any(|s| s.as_str() == j.state)).then_some(j.state.as_str())) {
+            state.get_or_create(&JobStateLabel { job: j.name.clone(), state: s.to_string() }).set(i64::from(j.state == s));
+        }
         restarts.get_or_create(&l).inc_by(u64::from(j.restarts));
         if let Some(c) = j.connections {
             connections.get_or_create(&l).set(i64::from(c));
@@ -174,44 +267,60 @@ pub fn render_metrics(status: &StatusReport, budget: Option<&serde_json::Value>,
             quota.get_or_create(&l).set(i64::from(q));
         }
         dropped.get_or_create(&l).inc_by(j.output_dropped);
+        if let Some(u) = j.uptime_s {
+            uptime.get_or_create(&l).set(u);
+        }
     }
     reg.register("corral_job_up", "1 when the job is in state running, else 0", up);
+    reg.register("corral_job_state", "1 for the job's current state, 0 for the others", state);
     reg.register("corral_job_restarts", "Restarts of the job since corral started", restarts);
     reg.register("corral_job_connections", "Live database connections of the job at the last reading", connections);
     reg.register("corral_job_quota", "The job's granted connection quota", quota);
+    reg.register_with_unit("corral_job_uptime", "How long the job's current process has run", Unit::Seconds, uptime);
+
     reg.register(
         "corral_job_output_dropped_lines",
         "Lines of the job's output dropped from corral's stdout because it was not read fast enough",
         dropped,
     );
 
-    if let Some(b) = budget {
-        let num = |k: &str| b.get(k).and_then(|v| v.as_i64()).unwrap_or(0);
-        let usable = Gauge::<i64>::default();
-        usable.set(num("usable"));
-        reg.register("corral_budget_usable", "Connections usable by jobs (SPEC §5)", usable);
-        let granted = Gauge::<i64>::default();
-        granted.set(num("granted"));
-        reg.register("corral_budget_granted", "Connections granted to running jobs", granted);
-        // The limit that binds, named: "session pooler pool_size", "server max_connections 60 - 3 reserved".
-        let limit = Family::<LimitLabel, Gauge>::default();
-        let label = |k: &str| b.get(k).and_then(|v| v.as_str()).unwrap_or("unknown").to_string();
-        limit.get_or_create(&LimitLabel { source: label("limit_source"), reason: label("limit_reason") }).set(num("limit"));
-        reg.register("corral_budget_limit", "The connection limit the budget is computed against (SPEC §5.1), by what binds", limit);
+    // The limit that binds, named: "session pooler pool_size", "server max_connections 60 - 3 reserved".
+    let limit_reason = budget.and_then(|b| b.get("limit_reason")).and_then(|v| v.as_str()).unwrap_or("unknown").to_string();
+    if let Some(b) = budget.map(BudgetView::from_json) {
+        gauge(&mut reg, "corral_budget_limit", "The connection limit that binds (SPEC §5, §5.1)", i64::from(b.limit));
+        if let Some(source) = &b.limit_source {
+            let info = Info::new(SourceLabel { source: source.clone(), reason: limit_reason.clone() });
+            reg.register("corral_budget_limit_source", "What the limit comes from (server, preset, pooler, ...) and why it binds", info);
+        }
+        gauge(&mut reg, "corral_budget_provider_reserve", "Connections kept free for the provider", i64::from(b.provider_reserve));
+        gauge(&mut reg, "corral_budget_adhoc_reserve", "Connections kept free for people (psql)", i64::from(b.adhoc_reserve));
+        gauge(&mut reg, "corral_budget_external_reserve", "Connections kept for known clients outside corral", i64::from(b.external_reserve));
+        gauge(&mut reg, "corral_budget_reserved", "Connections held by active reservations", i64::from(b.reserved()));
+        let reservation = Family::<NameLabel, Gauge>::default();
+        for (name, count) in &b.reservations {
+            reservation.get_or_create(&NameLabel { name: name.clone() }).set(i64::from(*count));
+        }
+        reg.register("corral_budget_reservation", "Connections held by each reservation", reservation);
+        gauge(&mut reg, "corral_budget_own", "corral's own connections", i64::from(b.own));
+        gauge(&mut reg, "corral_budget_usable", "Connections usable by jobs (SPEC §5)", i64::from(b.usable));
+        gauge(&mut reg, "corral_budget_granted", "Connections granted to running jobs", i64::from(b.granted));
+        gauge(&mut reg, "corral_budget_headroom", "Usable connections not granted to any job", i64::from(b.headroom));
+        gauge(&mut reg, "corral_budget_live", "Live connections of the jobs at the last reading", i64::from(b.live));
+        gauge(&mut reg, "corral_budget_external_live", "Live connections without a corral application_name", i64::from(b.external_live));
+        if let Some(n) = b.database.max_connections {
+            gauge(&mut reg, "corral_db_max_connections", "The server's max_connections as last read", i64::from(n));
+        }
+        if b.scope == "fleet" {
+            gauge(&mut reg, "corral_fleet_members", "corrals sharing the fleet's budget", b.members.len() as i64);
+            let ok = b.coordination.as_ref().is_some_and(|(ok, _)| *ok);
+            gauge(&mut reg, "corral_fleet_coordination_up", "1 when the last fleet sync succeeded", i64::from(ok));
+        }
     }
     if let Some(db) = health.and_then(|h| h.database.as_ref()) {
-        let db_up = Gauge::<i64>::default();
-        db_up.set(i64::from(db.get("healthy").and_then(|v| v.as_bool()).unwrap_or(false)));
-        reg.register("corral_db_up", "1 when the last database health check passed", db_up);
+        let healthy = db.get("healthy").and_then(|v| v.as_bool()).unwrap_or(false);
+        gauge(&mut reg, "corral_db_up", "1 when the last database health check passed", i64::from(healthy));
         if let Some(ms) = db.get("latency_ms").and_then(|v| v.as_f64()) {
-            let latency = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
-            latency.set(ms / 1000.0);
-            reg.register_with_unit(
-                "corral_db_health_latency",
-                "Latency of the last database health check",
-                Unit::Seconds,
-                latency,
-            );
+            seconds(&mut reg, "corral_db_health_latency", "Latency of the last database health check", ms / 1000.0);
         }
     }
     let zombies = Counter::<u64>::default();
@@ -220,6 +329,16 @@ pub fn render_metrics(status: &StatusReport, budget: Option<&serde_json::Value>,
     let orphans = Counter::<u64>::default();
     orphans.inc_by(status.supervisor.orphans_killed);
     reg.register("corral_orphans_killed", "Stray orphans terminated by the sweep", orphans);
+    if let Some(counts) = history.and_then(|h| h.get("event_counts")).and_then(|c| c.as_object()) {
+        let events = Family::<KindLabel, Counter>::default();
+        for (kind, n) in counts {
+            events.get_or_create(&KindLabel { kind: kind.clone() }).inc_by(n.as_u64().unwrap_or(0));
+        }
+        reg.register("corral_events", "Events since corral started, by kind (the dashboard's recent events)", events);
+    }
+    let build = Info::new(vec![("version".to_string(), status.supervisor.version.clone())]);
+    reg.register("corral_build", "corral's version", build);
+    seconds(&mut reg, "corral_start_time", "Unix time corral started", status.supervisor.started_at);
 
     let mut out = String::new();
     // Writing to a String cannot fail; a failed encoding would be a partial page, never a panic.
@@ -249,15 +368,22 @@ async fn last_health(tx: &EventTx) -> Response {
 fn json<T: serde::Serialize>(code: StatusCode, value: &T) -> HttpResponse {
     let mut body = serde_json::to_string(value).unwrap_or_else(|_| "null".into());
     body.push('\n');
-    reply(code, JSON, body)
+    let mut r = reply(code, JSON, body);
+    r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
 }
 
-/// An error reply from the actor: 503, the body as `--json` prints errors.
+/// An error reply from the actor, the body as `--json` prints errors: 404 for what this
+/// corral does not have (`/budget` without a `[database]`), else 503.
 fn error(resp: Response) -> HttpResponse {
-    json(StatusCode::SERVICE_UNAVAILABLE, &resp.error)
+    let code = match resp.error.as_ref().map(|e| e.kind) {
+        Some(ErrorKind::NoDatabase) => StatusCode::NOT_FOUND,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    json(code, &resp.error)
 }
 
-fn reply(code: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> HttpResponse {
+pub(super) fn reply(code: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> HttpResponse {
     let mut r = hyper::Response::new(Full::new(body.into()));
     *r.status_mut() = code;
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -299,18 +425,44 @@ mod tests {
                 },
             ],
             config_error: None,
-            supervisor: SupervisorInfo { zombies_reaped: 4, orphans_killed: 1, ..Default::default() },
+            supervisor: SupervisorInfo { zombies_reaped: 4, orphans_killed: 1, version: "9.9.9".into(), started_at: 1700000000.5, ..Default::default() },
             budget: None,
         };
-        let budget = serde_json::json!({"usable": 48, "granted": 21, "limit": 15, "limit_source": "pooler", "limit_reason": "session pooler pool_size"});
+        let budget = serde_json::json!({
+            "scope": "local", "limit": 60, "limit_source": "server", "limit_reason": "server max_connections 63 - 3 reserved", "provider_reserve": 6, "adhoc_reserve": 5,
+            "external_reserve": 0, "reservations": [{"name": "psql-debug", "count": 2}], "own": 1,
+            "usable": 48, "granted": 21, "headroom": 27, "live": 9, "external_live": 3,
+            "database": {"healthy": true, "max_connections": 63},
+        });
+        let history = serde_json::json!({"event_counts": {"exit": 7, "quota": 2}});
         let health = HealthReport {
             healthy: true,
             supervisor: true,
             database: Some(serde_json::json!({"healthy": true, "latency_ms": 2.5})),
             message: String::new(),
         };
-        let text = render_metrics(&status, Some(&budget), Some(&health));
+        let text = render_metrics(&status, Some(&budget), Some(&health), Some(&history));
         for line in [
+            "corral_job_state{job=\"a\",state=\"running\"} 1",
+            "corral_job_state{job=\"a\",state=\"fatal\"} 0",
+            "corral_job_state{job=\"b\",state=\"fatal\"} 1",
+            "corral_job_state{job=\"b\",state=\"running\"} 0",
+            "corral_job_uptime_seconds{job=\"a\"} 1.0",
+            "corral_budget_limit 60",
+            "corral_budget_limit_source_info{source=\"server\",reason=\"server max_connections 63 - 3 reserved\"} 1",
+            "corral_budget_provider_reserve 6",
+            "corral_budget_adhoc_reserve 5",
+            "corral_budget_external_reserve 0",
+            "corral_budget_reserved 2",
+            "corral_budget_reservation{name=\"psql-debug\"} 2",
+            "corral_budget_own 1",
+            "corral_budget_headroom 27",
+            "corral_budget_live 9",
+            "corral_budget_external_live 3",
+            "corral_db_max_connections 63",
+            "corral_events_total{kind=\"exit\"} 7",
+            "corral_build_info{version=\"9.9.9\"} 1",
+            "corral_start_time_seconds 1700000000.5",
             "corral_job_up{job=\"a\"} 1",
             "corral_job_up{job=\"b\"} 0",
             "corral_job_restarts_total{job=\"a\"} 3",
@@ -319,7 +471,6 @@ mod tests {
             "corral_job_output_dropped_lines_total{job=\"a\"} 7",
             "corral_budget_usable 48",
             "corral_budget_granted 21",
-            "corral_budget_limit{source=\"pooler\",reason=\"session pooler pool_size\"} 15",
             "corral_db_up 1",
             "corral_db_health_latency_seconds 0.0025",
             "corral_zombies_reaped_total 4",
@@ -328,9 +479,70 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }
         assert!(!text.contains("corral_job_quota{job=\"b\"}"), "{text}");
+        assert!(!text.contains("corral_job_uptime_seconds{job=\"b\"}"), "{text}");
+        assert!(!text.contains("corral_fleet"), "{text}");
+        // Every job has one series per state, exactly one of them 1.
+        let states = text.lines().filter(|l| l.starts_with("corral_job_state{job=\"a\"")).collect::<Vec<_>>();
+        assert_eq!(states.len(), State::ALL.len(), "{states:?}");
+        assert_eq!(states.iter().filter(|l| l.ends_with(" 1")).count(), 1);
         assert!(text.ends_with("# EOF\n"), "{text}");
 
-        let bare = render_metrics(&status, None, None);
+        let bare = render_metrics(&status, None, None, None);
         assert!(!bare.contains("corral_budget_usable") && !bare.contains("corral_db_up"), "{bare}");
+    }
+
+    #[test]
+    fn fleet_metrics_count_members_and_coordination() {
+        let status = StatusReport { jobs: vec![], config_error: None, supervisor: SupervisorInfo::default(), budget: None };
+        let budget = serde_json::json!({"scope": "fleet", "members": [{"id": "a"}, {"id": "b"}], "coordination": {"healthy": true}});
+        let text = render_metrics(&status, Some(&budget), None, None);
+        assert!(text.lines().any(|l| l == "corral_fleet_members 2"), "{text}");
+        assert!(text.lines().any(|l| l == "corral_fleet_coordination_up 1"), "{text}");
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(hyper::header::HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn the_token_is_taken_as_bearer_or_query_and_nothing_else() {
+        let none = HeaderMap::new();
+        assert!(authorized(None, &none, None), "no token configured: open");
+        let t = Some("s3cr+t/=");
+        for (h, q, ok) in [
+            (headers(&[]), None, false),
+            (headers(&[("authorization", "Bearer s3cr+t/=")]), None, true),
+            (headers(&[("authorization", "bearer   s3cr+t/=  ")]), None, true),
+            (headers(&[("authorization", "Basic s3cr+t/=")]), None, false),
+            (headers(&[("authorization", "Bearer s3cr+t")]), None, false),
+            (headers(&[("authorization", "Bearer s3cr+t/==")]), None, false),
+            (headers(&[("authorization", "Bearer ")]), None, false),
+            (headers(&[("authorization", "Bearer wrong"), ("authorization", "Bearer s3cr+t/=")]), None, true),
+            (headers(&[]), Some("token=s3cr%2Bt%2F%3D"), true),
+            (headers(&[]), Some("token=s3cr+t/="), true),
+            (headers(&[]), Some("a=1&token=s3cr%2bt%2f%3d&b=2"), true),
+            (headers(&[]), Some("token="), false),
+            (headers(&[]), Some("xtoken=s3cr+t/="), false),
+            (headers(&[]), Some("token=S3CR+T/="), false),
+            (headers(&[("x-token", "s3cr+t/=")]), None, false),
+        ] {
+            assert_eq!(authorized(t, &h, q), ok, "{h:?} {q:?}");
+        }
+    }
+
+    #[test]
+    fn only_a_tokenless_non_loopback_listener_is_open_to_the_network() {
+        let addr = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
+        assert!(open_to_network(addr("0.0.0.0:9464"), false));
+        assert!(open_to_network(addr("[::]:9464"), false));
+        assert!(open_to_network(addr("10.1.2.3:9464"), false));
+        assert!(!open_to_network(addr("10.1.2.3:9464"), true));
+        assert!(!open_to_network(addr("127.0.0.1:9464"), false));
+        assert!(!open_to_network(addr("127.0.0.2:9464"), false));
+        assert!(!open_to_network(addr("[::1]:9464"), false));
     }
 }

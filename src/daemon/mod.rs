@@ -6,8 +6,10 @@
 //! event channel; nothing else mutates job state.
 
 mod budget;
+mod dashboard;
 mod fleet;
 mod health;
+mod history;
 mod http;
 mod notify;
 mod server;
@@ -62,7 +64,7 @@ pub fn run(config: Config, socket: PathBuf) -> i32 {
         };
         let http_listener = match &config.http {
             Some(h) => match http::bind(&h.listen).await {
-                Ok(l) => Some(l),
+                Ok(l) => Some((l, h.token.clone())),
                 Err(e) => {
                     error!("{e}");
                     let _ = std::fs::remove_file(&socket);
@@ -86,11 +88,14 @@ pub fn run(config: Config, socket: PathBuf) -> i32 {
             }
         };
         let server = server::Server::spawn(listener, tx.clone(), logs.clone());
-        let http_server = http_listener.map(|l| {
+        let http_server = http_listener.map(|(l, token)| {
             if let Ok(addr) = l.local_addr() {
-                info!(%addr, "serving /health, /metrics and /status over HTTP");
+                info!(%addr, token = token.is_some(), "serving the dashboard, /health, /metrics, /status, /budget and /history over HTTP");
+                if http::open_to_network(addr, token.is_some()) {
+                    warn!(%addr, "[http] listens beyond loopback without a token: anyone who reaches it can read the jobs and the budget; set [http] token = \"${{CORRAL_HTTP_TOKEN}}\"");
+                }
             }
-            tokio::spawn(http::serve(l, tx.clone()))
+            tokio::spawn(http::serve(l, tx.clone(), token))
         });
         let has_database = config.database.is_some();
         info!(

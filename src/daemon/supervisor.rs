@@ -18,6 +18,7 @@ use std::sync::Arc;
 use super::budget::{Budget, JobView};
 use super::fleet::{FleetCmd, FleetReport};
 use super::health::{self, DbReport, ProbeCmd};
+use super::history::{History, Kind, Reading};
 use super::notify::Notifier;
 use crate::config::{self, Config, Enforce, JobConfig, OnDuplicate, OrphanPolicy};
 use crate::db::fleet::{Coordinator, Identity, LockOutcome, SyncRequest};
@@ -175,6 +176,9 @@ pub struct Supervisor {
     tx: EventTx,
     logs: LogStore,
     started: Instant,
+    started_wall: std::time::SystemTime,
+    /// The dashboard's past (latency, recent events); fed at the hook points below.
+    history: History,
     zombies_reaped: u64,
     orphans_killed: u64,
     waiters: Vec<Waiter>,
@@ -214,6 +218,8 @@ impl Supervisor {
             tx,
             logs,
             started: Instant::now(),
+            started_wall: std::time::SystemTime::now(),
+            history: History::default(),
             zombies_reaped: 0,
             orphans_killed: 0,
             waiters: Vec::new(),
@@ -726,6 +732,7 @@ impl Supervisor {
                 Some(name) => {
                     let uptime = self.jobs.get(&name).and_then(|j| j.started_at).map(|t| t.elapsed()).unwrap_or_default();
                     info!(job = %name, pid, uptime_s = format!("{:.1}", uptime.as_secs_f64()), "exited: {}", describe_exit(exit));
+                    self.history.event(now_wall(), Kind::Exit, Some(&name), format!("exited: {} after {:.1}s", describe_exit(exit), uptime.as_secs_f64()));
                     let draining = self.budget.as_mut().is_some_and(|b| {
                         b.exited(&name);
                         b.draining(&name).is_some()
@@ -792,6 +799,7 @@ impl Supervisor {
         } else if job.m.pid.is_some() || !matches!(to, State::Starting) {
             job.last_wait_logged = None;
         }
+        self.history.transition(now_wall(), name, from, to, &reason);
         let job = &self.jobs[name];
         match to {
             State::Fatal => error!(job = name, "{} -> fatal: {reason}", from.as_str()),
@@ -936,6 +944,9 @@ impl Supervisor {
                     let _ = reply.send(self.health());
                 }
             },
+            Request::History => {
+                let _ = reply.send(Response::ok(Reply::History(self.history.to_json(now_wall()))));
+            }
             Request::Shutdown => {
                 self.shutdown_waiters.push(reply);
                 self.begin_shutdown("shutdown requested");
@@ -979,6 +990,8 @@ impl Supervisor {
     }
 
     /// No names or `all` means every job; unknown names are an error.
+    // The error is the reply itself, as in `protocol::decode_request`: boxing it buys nothing.
+    #[allow(clippy::result_large_err)]
     fn check_names(&self, jobs: &[String]) -> Result<Vec<String>, Response> {
         if jobs.is_empty() || jobs.iter().any(|j| j == "all") {
             return Ok(self.jobs.keys().cloned().collect());
@@ -1008,6 +1021,7 @@ impl Supervisor {
             }
         };
         for name in &names {
+            self.history.event(now_wall(), Kind::Control, Some(name), format!("{verb} requested"));
             let input = match verb {
                 "start" => {
                     if let Some(j) = self.jobs.get_mut(name) {
@@ -1079,6 +1093,7 @@ impl Supervisor {
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 config: self.config.path.display().to_string(),
                 uptime_s: self.started.elapsed().as_secs_f64(),
+                started_at: self.started_wall.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
                 zombies_reaped: self.zombies_reaped,
                 orphans_killed: self.orphans_killed,
             },
@@ -1155,6 +1170,7 @@ impl Supervisor {
                 let text = errs.to_string();
                 if ask.apply {
                     error!("config reload rejected, keeping the running config:\n{text}");
+                    self.history.event(now_wall(), Kind::Reload, None, format!("reload rejected, running config kept: {}", text.lines().next().unwrap_or("")));
                     self.config_error = Some(text.clone());
                 }
                 (None, Response::err(ErrorKind::Config, text))
@@ -1255,6 +1271,8 @@ impl Supervisor {
             updated = plan.update.len(),
             "config reloaded"
         );
+        let summary = format!("config reloaded: {} added, {} removed, {} restarted, {} updated", plan.added.len(), plan.removed.len(), plan.restart.len(), plan.update.len());
+        self.history.event(now_wall(), Kind::Reload, None, summary);
         Response::ok(Reply::Reload(ReloadReport { applied: true, plan: plan_json }))
     }
 }
@@ -1268,6 +1286,12 @@ impl Supervisor {
         }
         let Some(budget) = self.budget.as_mut() else { return };
         let now = Instant::now();
+        let history = &mut self.history;
+        match (&report.health, &report.usage) {
+            (Some(Ok((h, _))), _) => history.reading(now_wall(), Reading::Health, Some(h.latency_ms())),
+            (Some(Err(_)), _) | (None, Err(_)) => history.reading(now_wall(), Reading::Usage, None),
+            (None, Ok(_)) => history.reading(now_wall(), Reading::Usage, Some(report.started.elapsed().as_secs_f64() * 1000.0)),
+        }
         match report.pooler {
             Some(Ok(reading)) => {
                 if budget.pooler.as_ref().is_none_or(|r| (r.mode, r.pool_size, r.max_client_conn) != (reading.mode, reading.pool_size, reading.max_client_conn)) {
@@ -1291,6 +1315,7 @@ impl Supervisor {
             match h {
                 Ok((health, limits)) => {
                     if budget.status.healthy != Some(true) {
+                        history.event(now_wall(), Kind::DatabaseUp, None, format!("database healthy ({:.1} ms)", health.latency_ms()));
                         let tls = report.tls.as_ref().map_or_else(|| "none".to_string(), |t| t.describe());
                         info!(latency_ms = format!("{:.1}", health.latency_ms()), max_connections = limits.max_connections, tls = %tls, "database healthy");
                     }
@@ -1309,6 +1334,7 @@ impl Supervisor {
                     budget.status.consecutive_failures += 1;
                     // Only the first failure of a streak is an error; jobs are never touched.
                     if budget.status.healthy != Some(false) {
+                        history.event(now_wall(), Kind::DatabaseDown, None, format!("database health check failed: {e}"));
                         error!("database health check failed (jobs keep running): {e}");
                     } else {
                         warn!(failures = budget.status.consecutive_failures, "database still unreachable: {e}");
@@ -1335,6 +1361,9 @@ impl Supervisor {
                 let shrinking = budget.jobs.get(name).and_then(|b| b.told_at).is_some_and(|t| now.duration_since(t) < budget.cfg.rebalance_interval);
                 // A stopping job's connections are on their way out (its quota is already 0).
                 let stopping = job.m.state == State::Stopping;
+                if budget.db.enforce != Enforce::Off && !shrinking && !stopping {
+                    history.usage(now_wall(), name, live, quota);
+                }
                 if live > quota && !shrinking && !stopping && budget.db.enforce != Enforce::Off {
                     warn!(job = %name, live, quota, "job uses more connections than its quota");
                     // Through a pooler the server's backends are the pooler's: terminating them
@@ -1391,6 +1420,7 @@ impl Supervisor {
         self.deliver(changes.tell);
         for name in changes.evict {
             warn!(job = %name, "usable budget fell below the running minimums: stopping lowest-priority job");
+            self.history.event(now_wall(), Kind::Warning, Some(&name), "usable budget fell below the running minimums: stopped");
             self.feed(&name, Input::Stop);
         }
     }
@@ -1409,6 +1439,7 @@ impl Supervisor {
             }
             budget.delivered(&name, Instant::now());
             info!(job = %name, quota, "quota changed");
+            self.history.event(now_wall(), Kind::Quota, Some(&name), format!("quota changed to {quota}"));
             if let (Some(sig), Some(pid)) = (job.cfg.quota_signal, job.m.pid) {
                 let uptime = job.started_at.map(|t| t.elapsed()).unwrap_or_default();
                 let old_enough = job.cfg.healthy_after.max(QUOTA_SIGNAL_MIN_UPTIME);
@@ -1667,6 +1698,10 @@ fn trim_heap() {
     unsafe {
         libc::malloc_trim(0);
     }
+}
+
+fn now_wall() -> std::time::SystemTime {
+    std::time::SystemTime::now()
 }
 
 fn job_views(jobs: &BTreeMap<String, JobRt>) -> Vec<JobView<'_>> {

@@ -5,10 +5,12 @@ mod harness;
 mod pg;
 mod pgbouncer;
 
+mod browser;
 mod budget;
 mod config_errors;
 mod control;
 mod core;
+mod dashboard;
 mod docker;
 mod dropin;
 mod fleet;
@@ -19,3 +21,4 @@ mod poolers;
 mod python_examples;
 mod reload;
 mod tls;
+mod top;
