@@ -12,6 +12,8 @@
 //!              the one connection-string reader, redaction, the PgBouncer admin console.
 //! - `lookup`   users, groups and host names without NSS (the binary is static): /etc/passwd,
 //!              /etc/group, /etc/hosts, DNS from /etc/resolv.conf.
+//! - `schedule` scheduled jobs, pure: cron/`@every` occurrences (croner, chrono-tz) and the
+//!              decisions of a schedule (due, missed, skipped, catch-up, concurrency).
 //! - `protocol` request/response types shared by daemon and client, line framing.
 //! - `daemon`   `corral run`: one actor owns the job table; signals, the socket server,
 //!              the file watcher, timers, the probe task and the fleet task send it events.
@@ -34,4 +36,5 @@ pub mod job;
 pub mod lookup;
 pub mod process;
 pub mod protocol;
+pub mod schedule;
 pub mod view;

@@ -608,6 +608,8 @@ mod tests {
             connections: conns,
             reason: (state == "fatal").then(|| "exited too quickly 5 times".into()),
             output_dropped: 0,
+            next_run: None,
+            schedule: None,
         }
     }
 

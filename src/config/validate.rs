@@ -15,6 +15,8 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use toml::{Spanned, Value};
 
+mod schedule;
+
 use super::expand::expand;
 use super::raw::{self, Doc, Keys, RawBackoff, RawBudget, RawDatabase, RawHttp, RawJob, RawSupervisor, Str, TOP_KEYS};
 use super::{
@@ -568,6 +570,7 @@ impl<'a> Cx<'a> {
                 .map_or(DEFAULT_PRIORITY, |p| p as i32),
             connections,
             quota_signal: raw.quota_signal.as_ref().and_then(|v| self.signal("quota_signal", v)),
+            schedule: self.schedule(name, raw),
         }
     }
 
@@ -1336,6 +1339,7 @@ mod tests {
                 priority: 0,
                 connections: None,
                 quota_signal: None,
+                schedule: None,
             }
         );
     }

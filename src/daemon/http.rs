@@ -410,6 +410,8 @@ mod tests {
                     connections: Some(2),
                     reason: None,
                     output_dropped: 7,
+                    next_run: None,
+                    schedule: None,
                 },
                 JobStatus {
                     name: "b".into(),
@@ -422,6 +424,8 @@ mod tests {
                     connections: None,
                     reason: Some("x".into()),
                     output_dropped: 0,
+                    next_run: None,
+                    schedule: None,
                 },
             ],
             config_error: None,

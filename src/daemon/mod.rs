@@ -12,6 +12,7 @@ mod health;
 mod history;
 mod http;
 mod notify;
+mod schedule;
 mod server;
 mod supervisor;
 mod watch;

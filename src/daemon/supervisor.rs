@@ -20,6 +20,7 @@ use super::fleet::{FleetCmd, FleetReport};
 use super::health::{self, DbReport, ProbeCmd};
 use super::history::{History, Kind, Reading};
 use super::notify::Notifier;
+use super::schedule::{Do, Schedules};
 use crate::config::{self, Config, Enforce, JobConfig, OnDuplicate, OrphanPolicy};
 use crate::db::fleet::{Coordinator, Identity, LockOutcome, SyncRequest};
 use crate::db::pooler::PgBouncerAdmin;
@@ -86,6 +87,8 @@ pub enum Event {
     FleetCheck,
     /// A `quota_signal` held back for a young process is due.
     QuotaSignalDue { job: String, pid: i32 },
+    /// A scheduled job's wake (SPEC §2): re-check its schedule against the wall clock.
+    ScheduleWake { job: String, gen: u64 },
 }
 
 pub type EventTx = mpsc::UnboundedSender<Event>;
@@ -205,11 +208,14 @@ pub struct Supervisor {
     /// Fleet scope: each job's wants and occupancy as the last sync reported them; a reading
     /// that changes them syncs at once instead of at the next interval.
     fleet_reported: Vec<(String, crate::budget::allocate::Wants, u32)>,
+    /// Scheduled jobs: their trackers and wakes (daemon/schedule.rs).
+    schedules: Schedules,
 }
 
 impl Supervisor {
     pub fn new(config: Config, tx: EventTx, logs: LogStore) -> Supervisor {
         let jobs = config.jobs.values().map(|c| (c.name.clone(), JobRt::new(c.clone()))).collect();
+        let schedules = Schedules::new(&config);
         let mut sup = Supervisor {
             config,
             config_error: None,
@@ -240,6 +246,7 @@ impl Supervisor {
             fleet_cmd: None,
             follow_ups: 0,
             fleet_reported: Vec::new(),
+            schedules,
         };
         sup.setup_budget();
         sup
@@ -340,7 +347,8 @@ impl Supervisor {
                 self.tx.clone(),
             ));
         }
-        let autostart: Vec<String> = self.jobs.iter().filter(|(_, j)| j.cfg.autostart).map(|(n, _)| n.clone()).collect();
+        // A scheduled job's autostart arms its schedule instead (below).
+        let autostart: Vec<String> = self.jobs.iter().filter(|(_, j)| j.cfg.autostart && j.cfg.schedule.is_none()).map(|(n, _)| n.clone()).collect();
         for name in &autostart {
             if let Some(j) = self.jobs.get_mut(name) {
                 j.start_pending = true;
@@ -362,6 +370,11 @@ impl Supervisor {
                 j.start_pending = false;
             }
             self.feed(&name, Input::Start);
+        }
+        let scheduled: Vec<String> = self.jobs.iter().filter(|(_, j)| j.cfg.autostart && j.cfg.schedule.is_some()).map(|(n, _)| n.clone()).collect();
+        for name in scheduled {
+            let dos = self.schedules.arm(&name, true);
+            self.sched_do(dos, false);
         }
         self.arm_sweep();
         ready();
@@ -483,6 +496,10 @@ impl Supervisor {
             }
             Event::Fleet(report) => self.on_fleet(report),
             Event::FleetCheck => self.check_fleet_locks(),
+            Event::ScheduleWake { job, gen } => {
+                let dos = self.schedules.wake(&job, gen);
+                self.sched_do(dos, false);
+            }
             Event::QuotaSignalDue { job, pid } => {
                 let Some(j) = self.jobs.get_mut(&job) else { return };
                 if j.m.pid == Some(pid) && j.signal_due.take() == Some(pid) {
@@ -515,6 +532,10 @@ impl Supervisor {
             }
             for effect in effects {
                 self.execute(&name, effect);
+            }
+            if let (true, Some(job)) = (self.schedules.contains(&name), self.jobs.get(&name)) {
+                let dos = self.schedules.observe(&name, &job.m, &job.policy);
+                self.sched_do(dos, true);
             }
             self.drop_if_removed(&name);
         }
@@ -677,6 +698,9 @@ impl Supervisor {
             }
             self.deliver(tell.into_iter().filter(|(j, _)| j != name).collect());
         }
+        if let Some(at) = self.schedules.scheduled_at(name) {
+            extra_env.push(("CORRAL_SCHEDULED_AT".into(), at));
+        }
         let Some(job) = self.jobs.get_mut(name) else {
             return Input::SpawnFailed { error: "the job is no longer in the config".into() };
         };
@@ -811,6 +835,31 @@ impl Supervisor {
         }
     }
 
+    /// Execute what a schedule decided. Inside `feed` (`in_feed`), inputs join its queue.
+    fn sched_do(&mut self, dos: Vec<Do>, in_feed: bool) {
+        for d in dos {
+            let (job, input) = match d {
+                Do::Wake { job, after, gen } => {
+                    self.after(after, Event::ScheduleWake { job, gen });
+                    continue;
+                }
+                Do::Start(job) => (job, Input::Start),
+                Do::Stop(job) => (job, Input::Stop),
+                Do::Restart(job) => (job, Input::Restart),
+            };
+            if !matches!(input, Input::Stop) {
+                if let Some(j) = self.jobs.get_mut(&job) {
+                    j.check_duplicates = true;
+                }
+            }
+            if in_feed {
+                self.queue.push_back((job, input));
+            } else {
+                self.feed(&job, input);
+            }
+        }
+    }
+
     fn drop_if_removed(&mut self, name: &str) {
         if matches!(self.jobs.get(name), Some(j) if j.removed && !j.m.state.is_live()) {
             info!(job = name, "removed");
@@ -826,6 +875,7 @@ impl Supervisor {
         }
         info!("{why}: stopping all jobs");
         self.shutting_down = true;
+        self.schedules.disarm_all();
         self.notify.stopping();
         // Stop inputs signal every group at once, so jobs stop in parallel.
         let names: Vec<String> = self.jobs.keys().cloned().collect();
@@ -1022,6 +1072,22 @@ impl Supervisor {
         };
         for name in &names {
             self.history.event(now_wall(), Kind::Control, Some(name), format!("{verb} requested"));
+            if self.schedules.contains(name) {
+                // A scheduled job: `start` runs it now, `stop` also stops following the schedule.
+                let dos = match verb {
+                    "start" => self.schedules.run_now(name),
+                    "stop" => {
+                        self.schedules.disarm(name);
+                        Vec::new()
+                    }
+                    _ => self.schedules.ensure_armed(name),
+                };
+                let starts = dos.iter().any(|d| matches!(d, Do::Start(_)));
+                self.sched_do(dos, false);
+                if starts {
+                    continue;
+                }
+            }
             let input = match verb {
                 "start" => {
                     if let Some(j) = self.jobs.get_mut(name) {
@@ -1104,9 +1170,10 @@ impl Supervisor {
     fn job_status(&self, name: &str) -> Option<JobStatus> {
         let j = self.jobs.get(name)?;
         let live = j.m.state.is_live() && j.m.pid.is_some();
+        let between_runs = self.schedules.between_runs(name);
         Some(JobStatus {
             name: name.to_string(),
-            state: j.m.state.as_str().to_string(),
+            state: if between_runs { "scheduled".to_string() } else { j.m.state.as_str().to_string() },
             pid: j.m.pid,
             uptime_s: if live { j.started_at.map(|t| (t.elapsed().as_secs_f64() * 10.0).round() / 10.0) } else { None },
             restarts: j.m.restarts,
@@ -1117,10 +1184,13 @@ impl Supervisor {
             quota: self.budget.as_ref().filter(|_| j.cfg.connections.is_some() && j.m.state.wants_to_run()).and_then(|b| b.jobs.get(name)).map(|b| b.grant),
             connections: self.budget.as_ref().filter(|_| j.cfg.connections.is_some()).and_then(|b| b.jobs.get(name)).and_then(|b| b.live),
             reason: match j.m.state {
+                _ if between_runs => None,
                 State::Fatal | State::Waiting | State::Backoff => j.m.reason.clone(),
                 _ => None,
             },
             output_dropped: self.logs.dropped(name),
+            next_run: self.schedules.next_run(name),
+            schedule: self.schedules.status(name),
         })
     }
 
@@ -1257,12 +1327,15 @@ impl Supervisor {
         }
         for name in &plan.added {
             let Some(cfg) = self.config.jobs.get(name).cloned() else { continue };
-            let autostart = cfg.autostart;
+            let autostart = cfg.autostart && cfg.schedule.is_none();
             self.jobs.insert(name.clone(), JobRt::new(cfg));
             if autostart {
                 self.feed(name, Input::Start);
             }
         }
+        // New scheduled jobs follow their schedule; changed schedules re-plan (runs go on).
+        let dos = self.schedules.reload(&self.config);
+        self.sched_do(dos, false);
         self.rebalance();
         info!(
             added = plan.added.len(),
