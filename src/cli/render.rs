@@ -198,7 +198,7 @@ pub fn status_table_styled(jobs: &[JobStatus], colour: bool) -> String {
                     .unwrap_or_else(|| "-".into()),
                 j.quota.map(|q| q.to_string()).unwrap_or_else(|| "-".into()),
                 j.connections.map(|q| q.to_string()).unwrap_or_else(|| "-".into()),
-                j.reason.clone().unwrap_or_default(),
+                reason_or_schedule(j),
             ]
         })
         .collect();
@@ -227,6 +227,44 @@ pub fn status_table_styled(jobs: &[JobStatus], colour: bool) -> String {
         out.push_str(&line(r, state_style(&j.state)));
     }
     out
+}
+
+/// The REASON column: the reason, or for a scheduled job its next run, last run and misses.
+pub fn reason_or_schedule(j: &JobStatus) -> String {
+    match (&j.reason, &j.schedule) {
+        (None, Some(s)) => schedule_summary(s),
+        (r, _) => r.clone().unwrap_or_default(),
+    }
+}
+
+/// `next 2026-12-01T14:00:00Z · last succeeded in 1.2s · 2 missed`.
+pub fn schedule_summary(s: &crate::protocol::ScheduleStatus) -> String {
+    let mut parts = Vec::new();
+    match &s.next_run {
+        Some(n) => parts.push(format!("next {n}")),
+        None if !s.armed => parts.push("schedule stopped (corral start follows it again)".to_string()),
+        None => {}
+    }
+    if let Some(l) = &s.last_run {
+        let took = l.duration_s.map(|d| format!(" in {}", short_secs(d))).unwrap_or_default();
+        let why = l.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default();
+        parts.push(format!("last {}{took}{why}", l.result));
+    }
+    if s.missed > 0 {
+        parts.push(format!("{} missed", s.missed));
+    }
+    if s.skipped > 0 {
+        parts.push(format!("{} skipped", s.skipped));
+    }
+    parts.join(" · ")
+}
+
+fn short_secs(s: f64) -> String {
+    if s < 60.0 {
+        format!("{s:.1}s")
+    } else {
+        uptime(s)
+    }
 }
 
 /// `0:01:21`, `2d 3:04:05` — supervisorctl's uptime style.

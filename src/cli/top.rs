@@ -496,7 +496,7 @@ fn draw_jobs(f: &mut Frame, area: Rect, app: &App) {
             Cell::from(j.restarts.to_string()),
             Cell::from(conn_cell(j)),
             Cell::from(exit_text(j)),
-            Cell::from(j.reason.clone().unwrap_or_default()),
+            Cell::from(super::render::reason_or_schedule(j)),
         ])
     });
     let widths = [

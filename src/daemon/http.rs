@@ -284,6 +284,8 @@ pub fn render_metrics(
         dropped,
     );
 
+    schedule_metrics(&mut reg, status);
+
     // The limit that binds, named: "session pooler pool_size", "server max_connections 60 - 3 reserved".
     let limit_reason = budget.and_then(|b| b.get("limit_reason")).and_then(|v| v.as_str()).unwrap_or("unknown").to_string();
     if let Some(b) = budget.map(BudgetView::from_json) {
@@ -346,6 +348,43 @@ pub fn render_metrics(
         out.push_str("# EOF\n");
     }
     out
+}
+
+/// Scheduled jobs (SPEC §2): runs, failures, missed and skipped runs, time spent running, the
+/// last run's duration and the next run's time.
+fn schedule_metrics(reg: &mut Registry, status: &StatusReport) {
+    type F64Counter = Counter<f64, std::sync::atomic::AtomicU64>;
+    type F64Gauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+    let (runs, failures, missed, skipped) = (Family::<JobLabel, Counter>::default(), Family::<JobLabel, Counter>::default(), Family::<JobLabel, Counter>::default(), Family::<JobLabel, Counter>::default());
+    let (seconds, last, longest, next) = (Family::<JobLabel, F64Counter>::default(), Family::<JobLabel, F64Gauge>::default(), Family::<JobLabel, F64Gauge>::default(), Family::<JobLabel, F64Gauge>::default());
+    let mut any = false;
+    for (j, s) in status.jobs.iter().filter_map(|j| j.schedule.as_ref().map(|s| (j, s))) {
+        any = true;
+        let l = JobLabel { job: j.name.clone() };
+        runs.get_or_create(&l).inc_by(s.runs);
+        failures.get_or_create(&l).inc_by(s.failures);
+        missed.get_or_create(&l).inc_by(s.missed);
+        skipped.get_or_create(&l).inc_by(s.skipped);
+        seconds.get_or_create(&l).inc_by(s.run_seconds_total);
+        longest.get_or_create(&l).set(s.max_run_s);
+        if let Some(d) = s.last_run.as_ref().and_then(|r| r.duration_s) {
+            last.get_or_create(&l).set(d);
+        }
+        if let Some(t) = s.next_run.as_deref().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()) {
+            next.get_or_create(&l).set(t.timestamp_millis() as f64 / 1000.0);
+        }
+    }
+    if !any {
+        return;
+    }
+    reg.register("corral_schedule_runs", "Runs of a scheduled job that started a process", runs);
+    reg.register("corral_schedule_failures", "Runs of a scheduled job that failed (retries included in the run)", failures);
+    reg.register("corral_schedule_missed", "Due runs that never started (starting_deadline, corral down, clock jump)", missed);
+    reg.register("corral_schedule_skipped", "Due runs skipped because the previous run still ran (concurrency = forbid)", skipped);
+    reg.register_with_unit("corral_schedule_run_duration", "Time spent in finished runs", Unit::Seconds, seconds);
+    reg.register_with_unit("corral_schedule_last_run_duration", "How long the last run took", Unit::Seconds, last);
+    reg.register_with_unit("corral_schedule_longest_run_duration", "The longest run since corral started", Unit::Seconds, longest);
+    reg.register_with_unit("corral_schedule_next_run_timestamp", "Unix time of the next run", Unit::Seconds, next);
 }
 
 async fn ask(tx: &EventTx, req: Request) -> Response {
