@@ -289,6 +289,7 @@ pub fn check(cfg: &Config, plan: Option<&Plan>, minimums: u32, online: Option<&s
                     "name": j.name, "command": j.command, "autostart": j.autostart,
                     "restart": restart_name(j.restart), "priority": j.priority,
                     "connections": j.connections.map(|c| serde_json::json!({"min": c.min, "max": c.max, "overflow": c.overflow})),
+                    "schedule": j.schedule.as_ref().map(|s| s.spec.text.clone()),
                 })
             })
             .collect();
@@ -306,7 +307,11 @@ pub fn check(cfg: &Config, plan: Option<&Plan>, minimums: u32, online: Option<&s
         .map(|j| {
             [
                 j.name.clone(),
-                if j.autostart { "autostart".into() } else { "manual".into() },
+                match &j.schedule {
+                    Some(s) => format!("schedule \"{}\" {}", s.spec.text, s.spec.tz.name()),
+                    None if j.autostart => "autostart".into(),
+                    None => "manual".into(),
+                },
                 format!("restart={}", restart_name(j.restart)),
                 j.connections.map(|c| format!("conn {}..{}", c.min, c.max)).unwrap_or_else(|| "no db".into()),
                 j.command.join(" "),

@@ -146,9 +146,18 @@ impl Schedules {
         self.entries.get(job).and_then(|e| e.t.scheduled_at()).map(rfc3339)
     }
 
-    /// Following its schedule, between runs: the job shows as `scheduled`.
-    pub fn between_runs(&self, job: &str) -> bool {
-        self.entries.get(job).is_some_and(|e| e.t.between_runs())
+    /// The state `status` shows for a scheduled job, when it is not the machine's: `scheduled`
+    /// between runs, `stopped` once it no longer follows its schedule and no run lives (the
+    /// last run's result is in its `schedule.last_run`).
+    pub fn shown_state(&self, job: &str) -> Option<&'static str> {
+        let e = self.entries.get(job)?;
+        if e.t.between_runs() {
+            Some("scheduled")
+        } else if !e.t.armed() && e.activity == Activity::Idle {
+            Some("stopped")
+        } else {
+            None
+        }
     }
 
     pub fn next_run(&self, job: &str) -> Option<String> {

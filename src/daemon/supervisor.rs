@@ -1170,10 +1170,10 @@ impl Supervisor {
     fn job_status(&self, name: &str) -> Option<JobStatus> {
         let j = self.jobs.get(name)?;
         let live = j.m.state.is_live() && j.m.pid.is_some();
-        let between_runs = self.schedules.between_runs(name);
+        let shown = self.schedules.shown_state(name);
         Some(JobStatus {
             name: name.to_string(),
-            state: if between_runs { "scheduled".to_string() } else { j.m.state.as_str().to_string() },
+            state: shown.unwrap_or(j.m.state.as_str()).to_string(),
             pid: j.m.pid,
             uptime_s: if live { j.started_at.map(|t| (t.elapsed().as_secs_f64() * 10.0).round() / 10.0) } else { None },
             restarts: j.m.restarts,
@@ -1184,7 +1184,7 @@ impl Supervisor {
             quota: self.budget.as_ref().filter(|_| j.cfg.connections.is_some() && j.m.state.wants_to_run()).and_then(|b| b.jobs.get(name)).map(|b| b.grant),
             connections: self.budget.as_ref().filter(|_| j.cfg.connections.is_some()).and_then(|b| b.jobs.get(name)).and_then(|b| b.live),
             reason: match j.m.state {
-                _ if between_runs => None,
+                _ if shown.is_some() => None,
                 State::Fatal | State::Waiting | State::Backoff => j.m.reason.clone(),
                 _ => None,
             },

@@ -168,7 +168,8 @@ impl Spec {
 /// RFC 3339 in UTC, to the second, or to the millisecond when it has one (`CORRAL_SCHEDULED_AT`,
 /// `next_run`).
 pub fn rfc3339(t: Wall) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+    use chrono::SubsecRound;
+    t.trunc_subsecs(3).to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
 }
 
 #[cfg(test)]

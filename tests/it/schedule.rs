@@ -35,9 +35,10 @@ fn unix(s: &str) -> f64 {
     s.parse().unwrap_or_else(|_| panic!("not a number: {s:?}"))
 }
 
-/// A job line that records its scheduled time and start, then works `secs`.
+/// A job line that records its scheduled time, its start and its pid (`$$$$`: corral reads `$$`
+/// as a literal `$`), then works `secs`.
 fn recorder(dir_file: &str, secs: &str) -> String {
-    format!(r#"command = ["sh", "-c", "echo \"$CORRAL_SCHEDULED_AT $(date +%s.%N) $$\" >> {dir_file}; sleep {secs}"]"#)
+    format!(r#"command = ["sh", "-c", "echo \"$CORRAL_SCHEDULED_AT $(date +%s.%N) $$$$\" >> {dir_file}; sleep {secs}"]"#)
 }
 
 #[test]
@@ -143,16 +144,18 @@ fn a_failed_run_is_retried_within_the_run_and_a_successful_one_is_never_repeated
 
 #[test]
 fn a_run_that_cannot_start_before_its_deadline_is_missed_and_the_next_one_runs() {
-    let c = Corral::start(&format!(
+    let (dir, config, socket) = crate::harness::setup(&format!(
         "[jobs.locked]\nschedule = \"*/2 * * * * *\"\nstarting_deadline = \"1s\"\nhealthy_after = \"0s\"\n{}\n",
         recorder("{dir}/runs", "0")
     ));
-    c.wait_state("locked", "scheduled", 10 * SEC);
-    // Someone else holds the job's lock: every due run waits, then is missed at its deadline.
-    let locks = c.path("locks");
+    // Someone else holds the job's lock from the start: every due run waits, then is missed at
+    // its deadline.
+    let locks = dir.path().join("locks");
     std::fs::create_dir_all(&locks).unwrap();
     let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(locks.join("locked.lock")).unwrap();
     assert_eq!(unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX | libc::LOCK_NB) }, 0);
+    let c = Corral::spawn_in(dir, config, socket, &[]);
+    c.wait_ready();
     let j = c.wait_job("locked", 20 * SEC, "two missed runs", |j| j["schedule"]["missed"].as_u64().unwrap_or(0) >= 2);
     assert_eq!(j["schedule"]["runs"], 0, "{j}");
     c.wait_job("locked", 10 * SEC, "scheduled after a miss", |j| j["state"] == "scheduled" && j["schedule"]["last_run"]["result"] == "missed");
@@ -218,7 +221,7 @@ fn after_corral_was_down_one_missed_run_starts_or_none_without_catch_up() {
 
 #[test]
 fn bad_schedules_are_config_errors_with_their_position() {
-    let (_dir, config, _socket) = crate::harness::setup("[jobs.x]\ncommand = [\"true\"]\nschedule = \"*/61 * * * *\"\n");
+    let (_dir, config, _socket) = crate::harness::setup("[jobs.x]\ncommand = [\"true\"]\nschedule = \"61 * * * *\"\n");
     let out = std::process::Command::new(crate::harness::bin()).args(["check", "-c"]).arg(&config).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
@@ -290,9 +293,11 @@ fn a_scheduled_run_holds_its_grant_only_while_it_runs() {
     while !(during && between) && Instant::now() < deadline {
         let j = c.job("export");
         let g = granted();
+        let after = c.job("export");
         match j["state"].as_str() {
             Some("running") if g == 3 && j["quota"] == 3 => during = true,
-            Some("scheduled") => {
+            // Between runs for the whole reading (no run started while the budget was read).
+            Some("scheduled") if after["state"] == "scheduled" && after["schedule"]["runs"] == j["schedule"]["runs"] => {
                 assert_eq!(g, 0, "a grant between runs: {j}");
                 assert!(j["quota"].is_null(), "{j}");
                 if j["schedule"]["runs"].as_u64().unwrap_or(0) >= 1 {
@@ -310,4 +315,20 @@ fn a_scheduled_run_holds_its_grant_only_while_it_runs() {
         poll(10 * SEC, || c.job("export")["state"] == "scheduled" && sampler.last.load(std::sync::atomic::Ordering::SeqCst) == 0),
         "connections left after the run"
     );
+}
+
+/// The README's cron service, rewritten as corral jobs, is a valid manifest.
+#[test]
+fn the_cron_example_checks() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/cron.toml");
+    let out = std::process::Command::new(crate::harness::bin())
+        .args(["check", "-c"])
+        .arg(&example)
+        .env("DATABASE_URL", "postgres://u:p@db.example.com:5432/postgres")
+        .output()
+        .unwrap();
+    let text = crate::harness::stdout(&out);
+    assert!(out.status.success(), "{text}{}", stderr(&out));
+    assert!(text.contains("schedule \"0 6 * * *\" Europe/Berlin"), "{text}");
+    assert!(text.contains("autostart minimums: 0"), "scheduled jobs hold nothing between runs: {text}");
 }
