@@ -835,7 +835,9 @@ impl Supervisor {
         }
     }
 
-    /// Execute what a schedule decided. Inside `feed` (`in_feed`), inputs join its queue.
+    /// Execute what a schedule decided. Inside `feed` (`in_feed`), inputs join its queue. A run
+    /// the schedule starts is like a restart: the duplicate scan (a read of every process) ran
+    /// for the job's first start and runs again after `corral start`, not before every run.
     fn sched_do(&mut self, dos: Vec<Do>, in_feed: bool) {
         for d in dos {
             let (job, input) = match d {
@@ -847,11 +849,6 @@ impl Supervisor {
                 Do::Stop(job) => (job, Input::Stop),
                 Do::Restart(job) => (job, Input::Restart),
             };
-            if !matches!(input, Input::Stop) {
-                if let Some(j) = self.jobs.get_mut(&job) {
-                    j.check_duplicates = true;
-                }
-            }
             if in_feed {
                 self.queue.push_back((job, input));
             } else {
@@ -1074,6 +1071,9 @@ impl Supervisor {
             self.history.event(now_wall(), Kind::Control, Some(name), format!("{verb} requested"));
             if self.schedules.contains(name) {
                 // A scheduled job: `start` runs it now, `stop` also stops following the schedule.
+                if let Some(j) = self.jobs.get_mut(name) {
+                    j.check_duplicates = verb != "stop";
+                }
                 let dos = match verb {
                     "start" => self.schedules.run_now(name),
                     "stop" => {

