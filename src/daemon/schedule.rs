@@ -182,8 +182,8 @@ impl Schedules {
             failures: c.failed,
             missed: c.missed,
             skipped: c.skipped,
-            run_seconds_total: c.run_seconds,
-            max_run_s: c.max_run_seconds,
+            run_seconds_total: millis(c.run_seconds),
+            max_run_s: millis(c.max_run_seconds),
         })
     }
 
@@ -217,12 +217,17 @@ impl Schedules {
 
     fn step(&mut self, job: &str, input: Input) -> Vec<Do> {
         let clock = self.clock();
+        let asked = input == Input::RunNow;
         let Some(e) = self.entries.get_mut(job) else { return Vec::new() };
         let actions = decide::step(&mut e.t, &e.cfg, clock, input);
         let mut dos = Vec::new();
         let mut persist = None;
         for action in actions {
             match action {
+                Action::Start { scheduled_at } if asked => {
+                    info!(job, scheduled_at = %rfc3339(scheduled_at), "run asked for (corral start): starting");
+                    dos.push(Do::Start(job.to_string()));
+                }
                 Action::Start { scheduled_at } => {
                     info!(job, scheduled_at = %rfc3339(scheduled_at), "scheduled run due: starting");
                     dos.push(Do::Start(job.to_string()));
@@ -334,9 +339,13 @@ fn last_run(r: &RunRecord) -> LastRun {
             Outcome::Failed(why) => Some(why.clone()),
             _ => None,
         },
-        duration_s: r.duration.map(|d| (d.as_secs_f64() * 1000.0).round() / 1000.0),
+        duration_s: r.duration.map(|d| millis(d.as_secs_f64())),
         manual: r.manual,
     }
+}
+
+fn millis(s: f64) -> f64 {
+    (s * 1000.0).round() / 1000.0
 }
 
 fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
