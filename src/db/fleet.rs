@@ -249,7 +249,11 @@ impl Coordinator {
         self.forget_locks();
     }
 
+    /// The connection that held our session locks is gone or unknown, so are the locks.
     fn forget_locks(&mut self) {
+        if !self.locks.is_empty() {
+            tracing::warn!(target = %self.probe.target(), locks = ?self.locks, "corral's database connection was lost: its fleet-wide locks are gone");
+        }
         self.locks.clear();
         self.generation = None;
     }
