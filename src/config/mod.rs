@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use diff::{diff, ReloadPlan};
+pub use validate::{ConfigErrors, Diagnostic, Severity};
 
 /// A whole, validated manifest. Built completely before anything is applied,
 /// so a bad reload can never leave a half-applied config behind.
@@ -215,49 +216,8 @@ impl JobConfig {
     }
 }
 
-/// One problem found in a manifest, located in its file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub file: PathBuf,
-    /// 1-based; 0 when the problem has no position (missing file).
-    pub line: usize,
-    pub column: usize,
-    pub message: String,
-    /// What to do about it, when we know.
-    pub hint: Option<String>,
-}
-
-impl std::fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.line > 0 {
-            write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.column, self.message)?;
-        } else {
-            write!(f, "{}: {}", self.file.display(), self.message)?;
-        }
-        if let Some(hint) = &self.hint {
-            write!(f, "\n  hint: {hint}")?;
-        }
-        Ok(())
-    }
-}
-
-/// Every error found in one file (we report all of them, not just the first).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigErrors(pub Vec<ConfigError>);
-
-impl std::fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "error: {e}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ConfigErrors {}
+/// One problem found in a manifest: the one diagnostics type (see `validate::diagnostics`).
+pub type ConfigError = Diagnostic;
 
 /// The largest manifest corral reads (SPEC §7: a file of any size gets an error, not a stall).
 /// 20,000 jobs of a few lines each fit.
@@ -274,7 +234,7 @@ fn too_large_message(len: u64) -> String {
 /// Read, expand and validate a manifest file using the process environment.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let text = read(path).map_err(|(message, hint)| {
-        ConfigErrors(vec![ConfigError { file: path.to_path_buf(), line: 0, column: 0, message, hint: Some(hint) }])
+        ConfigErrors(vec![Diagnostic::error(path, message, Some(hint))])
     })?;
     // `${NAME}` falls back to the file named by `NAME_FILE` (Docker secrets).
     let lookup = secrets::Lookup::default();
@@ -282,13 +242,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let unreadable: Vec<ConfigError> = lookup
         .failures()
         .into_iter()
-        .map(|message| ConfigError {
-            file: path.to_path_buf(),
-            line: 0,
-            column: 0,
-            message,
-            hint: Some("mount the secret there, or set the variable itself".into()),
-        })
+        .map(|message| Diagnostic::error(path, message, Some("mount the secret there, or set the variable itself".into())))
         .collect();
     match (parsed, unreadable.is_empty()) {
         (parsed, true) => parsed,
