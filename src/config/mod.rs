@@ -16,8 +16,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
+
 pub use diff::{diff, ReloadPlan};
-pub use validate::{ConfigErrors, Diagnostic, Severity};
+pub use validate::{parse_signal_name, ConfigErrors, Diagnostic, Severity};
 
 /// A whole, validated manifest. Built completely before anything is applied,
 /// so a bad reload can never leave a half-applied config behind.
@@ -164,14 +166,13 @@ pub struct JobConfig {
     pub backoff: Backoff,
     pub healthy_after: Duration,
     pub start_retries: u32,
-    /// Signal number (e.g. libc::SIGTERM).
-    pub stop_signal: i32,
+    pub stop_signal: Signal,
     pub stop_timeout: Duration,
     pub single_instance: bool,
     pub on_duplicate: OnDuplicate,
     pub priority: i32,
     pub connections: Option<Connections>,
-    pub quota_signal: Option<i32>,
+    pub quota_signal: Option<Signal>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

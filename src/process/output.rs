@@ -363,8 +363,7 @@ mod tests {
     fn a_reader_that_stops_reading_costs_dropped_lines_never_a_blocked_push() {
         let (mut r, w) = pipe();
         // The smallest pipe (a page), so the writer surely blocks on what the queue holds.
-        // SAFETY: fcntl on a descriptor we own.
-        unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&w), libc::F_SETPIPE_SZ, 4096) };
+        let _ = nix::fcntl::fcntl(std::os::fd::AsRawFd::as_raw_fd(&w), nix::fcntl::FcntlArg::F_SETPIPE_SZ(4096));
         let sink = Sink::spawn("test-sink", Some(w), 8 * 1000);
         let line = [vec![b'x'; 999], vec![b'\n']].concat();
         // Far more than the pipe and the queue hold: every push returns at once.

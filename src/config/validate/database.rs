@@ -274,7 +274,7 @@ mod tests {
                 },
                 healthy_after: Duration::from_secs(1),
                 start_retries: 3,
-                stop_signal: libc::SIGTERM,
+                stop_signal: nix::sys::signal::Signal::SIGTERM,
                 stop_timeout: Duration::from_secs(10),
                 single_instance: true,
                 on_duplicate: OnDuplicate::Refuse,

@@ -229,34 +229,14 @@ pub(super) fn did_you_mean<'c>(input: &str, candidates: &[&'c str]) -> Option<&'
         return None;
     }
     let limit = (len / 3).max(1);
+    // Optimal string alignment: a swap of two neighbours is one edit ("restrat").
+    let input = input.to_lowercase();
     candidates
         .iter()
-        .map(|c| (edit_distance(&input.to_lowercase(), &c.to_lowercase()), *c))
+        .map(|c| (strsim::osa_distance(&input, &c.to_lowercase()), *c))
         .filter(|(d, _)| *d <= limit)
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
-}
-
-/// Edit distance counting a swap of two neighbours as one edit ("restrat").
-fn edit_distance(a: &str, b: &str) -> usize {
-    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
-    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
-    for (i, row) in d.iter_mut().enumerate() {
-        row[0] = i;
-    }
-    for (j, cell) in d[0].iter_mut().enumerate() {
-        *cell = j;
-    }
-    for i in 1..=a.len() {
-        for j in 1..=b.len() {
-            let cost = usize::from(a[i - 1] != b[j - 1]);
-            d[i][j] = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
-            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
-                d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
-            }
-        }
-    }
-    d[a.len()][b.len()]
 }
 
 /// Give each error its 1-based line and column (in characters), in one pass over the text,
@@ -427,8 +407,6 @@ mod tests {
 
     #[test]
     fn helpers() {
-        assert_eq!(edit_distance("restrat", "restart"), 1);
-        assert_eq!(edit_distance("", "abc"), 3);
         assert_eq!(did_you_mean("restrat", &["restart", "priority"]), Some("restart"));
         assert_eq!(did_you_mean("xyz", &["restart", "priority"]), None);
         let err = |at| (Some(at), Diagnostic::error(Path::new(FILE), "", None));

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
 use toml::{Spanned, Value};
 
 use super::database::MAX_CONNECTION_COUNT;
@@ -22,7 +23,7 @@ const DEFAULT_BACKOFF_INITIAL: Duration = Duration::from_secs(1);
 const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(60);
 const DEFAULT_HEALTHY_AFTER: Duration = Duration::from_secs(1);
 const DEFAULT_START_RETRIES: u32 = 3;
-const DEFAULT_STOP_SIGNAL: i32 = libc::SIGTERM;
+const DEFAULT_STOP_SIGNAL: Signal = Signal::SIGTERM;
 const DEFAULT_SINGLE_INSTANCE: bool = true;
 const DEFAULT_ON_DUPLICATE: OnDuplicate = OnDuplicate::Refuse;
 const DEFAULT_PRIORITY: i32 = 0;

@@ -32,6 +32,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 
 pub use diagnostics::{ConfigErrors, Diagnostic, Severity};
+pub use signals::parse_signal_name;
 use diagnostics::Diagnostics;
 
 use super::raw::{self, Doc, Keys, RawBudget, RawDatabase, RawHttp, RawJob, RawSupervisor, TOP_KEYS};
@@ -323,7 +324,7 @@ quota_signal   = "sighup"
         assert_eq!((job.healthy_after, job.start_retries), (Duration::from_secs(10), 5));
         assert_eq!(
             (job.stop_signal, job.stop_timeout),
-            (libc::SIGINT, Duration::from_secs(30))
+            (nix::sys::signal::Signal::SIGINT, Duration::from_secs(30))
         );
         assert_eq!(
             (job.single_instance, job.on_duplicate, job.priority),
@@ -337,7 +338,7 @@ quota_signal   = "sighup"
                 overflow: 5
             })
         );
-        assert_eq!(job.quota_signal, Some(libc::SIGHUP));
+        assert_eq!(job.quota_signal, Some(nix::sys::signal::Signal::SIGHUP));
     }
 
     #[test]

@@ -1,52 +1,29 @@
 //! Signal names: `"SIGTERM"`, `"term"`, `"sigusr1"`.
 
+use nix::sys::signal::Signal;
+
 use super::diagnostics::{did_you_mean, quote};
 use super::Cx;
 use crate::config::raw::Str;
 
-/// Signals a config may name, with or without "SIG", in any case.
-const SIGNALS: &[(&str, i32)] = &[
-    ("HUP", libc::SIGHUP),
-    ("INT", libc::SIGINT),
-    ("QUIT", libc::SIGQUIT),
-    ("ILL", libc::SIGILL),
-    ("TRAP", libc::SIGTRAP),
-    ("ABRT", libc::SIGABRT),
-    ("BUS", libc::SIGBUS),
-    ("FPE", libc::SIGFPE),
-    ("KILL", libc::SIGKILL),
-    ("USR1", libc::SIGUSR1),
-    ("SEGV", libc::SIGSEGV),
-    ("USR2", libc::SIGUSR2),
-    ("PIPE", libc::SIGPIPE),
-    ("ALRM", libc::SIGALRM),
-    ("TERM", libc::SIGTERM),
-    ("CHLD", libc::SIGCHLD),
-    ("CONT", libc::SIGCONT),
-    ("STOP", libc::SIGSTOP),
-    ("TSTP", libc::SIGTSTP),
-    ("TTIN", libc::SIGTTIN),
-    ("TTOU", libc::SIGTTOU),
-    ("URG", libc::SIGURG),
-    ("XCPU", libc::SIGXCPU),
-    ("XFSZ", libc::SIGXFSZ),
-    ("VTALRM", libc::SIGVTALRM),
-    ("PROF", libc::SIGPROF),
-    ("WINCH", libc::SIGWINCH),
-    ("IO", libc::SIGIO),
-    ("SYS", libc::SIGSYS),
-];
+/// `HUP`, `SIGHUP` or `sighup`: a signal's name, with or without "SIG", in any case.
+pub fn parse_signal_name(s: &str) -> Option<Signal> {
+    let upper = s.trim().to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+    name.parse::<Signal>().ok()
+}
 
 impl Cx<'_> {
-    pub(super) fn signal(&mut self, key: &str, v: &Str) -> Option<i32> {
+    /// A signal's name, with or without "SIG", in any case: the names nix knows on this platform,
+    /// the same that `corral signal` takes.
+    pub(super) fn signal(&mut self, key: &str, v: &Str) -> Option<Signal> {
         let s = self.string(key, v)?;
+        if let Some(signal) = parse_signal_name(&s) {
+            return Some(signal);
+        }
         let upper = s.trim().to_ascii_uppercase();
         let short = upper.strip_prefix("SIG").unwrap_or(&upper);
-        if let Some((_, number)) = SIGNALS.iter().find(|(name, _)| *name == short) {
-            return Some(*number);
-        }
-        let names: Vec<String> = SIGNALS.iter().map(|(n, _)| format!("SIG{n}")).collect();
-        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let names: Vec<&str> = Signal::iterator().map(Signal::as_str).collect();
         let message = match did_you_mean(&format!("SIG{short}"), &names) {
             Some(m) => format!("unknown signal \"{}\" for \"{key}\" (did you mean \"{m}\"?)", quote(&s)),
             None => format!("unknown signal \"{}\" for \"{key}\"", quote(&s)),
@@ -60,17 +37,19 @@ impl Cx<'_> {
 #[cfg(test)]
 mod tests {
     use super::super::test_support::*;
+    use nix::sys::signal::Signal;
 
     #[test]
     fn signals_in_any_spelling() {
-        for (name, number) in [
-            ("SIGTERM", libc::SIGTERM),
-            ("TERM", libc::SIGTERM),
-            ("sigusr1", libc::SIGUSR1),
-            ("kill", libc::SIGKILL),
+        for (name, signal) in [
+            ("SIGTERM", Signal::SIGTERM),
+            ("TERM", Signal::SIGTERM),
+            ("sigusr1", Signal::SIGUSR1),
+            ("kill", Signal::SIGKILL),
+            (" Hup ", Signal::SIGHUP),
         ] {
             let c = ok(&format!("{JOB}stop_signal = \"{name}\"\n"));
-            assert_eq!(c.jobs["web"].stop_signal, number, "{name}");
+            assert_eq!(c.jobs["web"].stop_signal, signal, "{name}");
         }
     }
 
