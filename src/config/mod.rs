@@ -18,6 +18,8 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
+use crate::db::conninfo::ConnInfo;
+
 pub use diff::{diff, ReloadPlan};
 pub use validate::{parse_signal_name, ConfigErrors, Diagnostic, Severity};
 
@@ -61,10 +63,11 @@ pub enum OrphanPolicy {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct DatabaseConfig {
-    /// Expanded URL, checked by `db::conninfo`. Contains the password: never print it, use
-    /// `db::redact`. None: no database to connect to; the budget is planned offline from
-    /// `preset` or an integer `max_connections` (validation makes sure one is set).
-    pub url: Option<String>,
+    /// Expanded URL, parsed by `db::conninfo` (its `Debug` shows it redacted). Holds the
+    /// password: print it only through `redacted()`. None: no database to connect to; the budget
+    /// is planned offline from `preset` or an integer `max_connections` (validation makes sure
+    /// one is set).
+    pub url: Option<ConnInfo>,
     /// The manifest's directory: relative `sslrootcert`/`sslcert`/`sslkey` paths start here.
     pub base_dir: PathBuf,
     pub max_connections: MaxConnections,
@@ -80,7 +83,7 @@ pub struct DatabaseConfig {
     pub pooler: PoolerSetting,
     pub pool_size: PoolSize,
     /// PgBouncer's admin console (`SHOW CONFIG/DATABASES/CLIENTS`). Holds a password.
-    pub pooler_admin_url: Option<String>,
+    pub pooler_admin_url: Option<ConnInfo>,
 }
 
 /// `pooler`: what sits between the jobs and PostgreSQL.

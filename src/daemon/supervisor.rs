@@ -288,7 +288,7 @@ impl Supervisor {
         budget.quota_dir_shared = self.config.jobs.values().any(|j| j.user.is_some());
         let service = &self.config.budget.service;
         if let Some(url) = &db_cfg.url {
-            match Probe::new(url, service, &db_cfg.base_dir) {
+            match Probe::new(url.as_str(), service, &db_cfg.base_dir) {
                 Ok(p) => self.probe = Some(Arc::new(p)),
                 Err(e) => {
                     error!("database url rejected: {e}");
@@ -300,9 +300,9 @@ impl Supervisor {
             info!("no database url: the connection budget is planned offline (nothing is measured)");
         }
         if let Some(admin_url) = &db_cfg.pooler_admin_url {
-            let dbname = db_cfg.url.as_deref().and_then(|u| db::conninfo::ConnInfo::parse(u).ok()).and_then(|c| c.get("dbname").or(c.get("user")).map(str::to_string));
+            let dbname = db_cfg.url.as_ref().and_then(|c| c.get("dbname").or(c.get("user")).map(str::to_string));
             let app = db::Attribution::corral_application_name(service);
-            match PgBouncerAdmin::new(admin_url, &app, &db_cfg.base_dir, dbname) {
+            match PgBouncerAdmin::new(admin_url.as_str(), &app, &db_cfg.base_dir, dbname) {
                 Ok(a) => self.pooler_admin = Some(Arc::new(a)),
                 Err(e) => {
                     error!("pooler_admin_url rejected: {e}");

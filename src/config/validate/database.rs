@@ -8,6 +8,7 @@ use super::diagnostics::{did_you_mean, quote};
 use super::durations::{DAY, SEC};
 use super::{Cx, Span};
 use crate::config::expand::expand;
+use crate::db::conninfo::ConnInfo;
 use crate::config::raw::{RawDatabase, Str};
 use crate::config::{DatabaseConfig, Enforce, MaxConnections, PoolSize, PoolerSetting, Reserve, PRESETS};
 
@@ -86,7 +87,7 @@ impl Cx<'_> {
 
     /// A connection string, checked by the one reader of them (`db::conninfo`). Empty is None.
     /// The string holds the password: no message here may quote it.
-    pub(super) fn connection_string(&mut self, key: &str, v: &Str) -> Option<String> {
+    pub(super) fn connection_string(&mut self, key: &str, v: &Str) -> Option<ConnInfo> {
         let s = match expand(v.get_ref(), self.env) {
             Ok(s) => s,
             Err(e) => {
@@ -98,8 +99,8 @@ impl Cx<'_> {
         if s.trim().is_empty() {
             return None;
         }
-        match crate::db::conninfo::ConnInfo::parse(&s) {
-            Ok(_) => Some(s),
+        match ConnInfo::parse(&s) {
+            Ok(info) => Some(info),
             Err(e) => {
                 self.error(Some(v.span()), format!("invalid \"{key}\": {}", e.message), e.hint);
                 None
@@ -247,7 +248,8 @@ mod tests {
     fn job_and_database_defaults() {
         let c = ok(&format!("{DB}{JOB}"));
         let db = c.database.unwrap();
-        assert_eq!(db.url.as_deref(), Some("postgres://app:s3cret@db:5432/app"));
+        assert_eq!(db.url.as_ref().map(|u| u.as_str()), Some("postgres://app:s3cret@db:5432/app"));
+        assert!(!format!("{db:?}").contains("s3cret"), "{db:?}");
         assert_eq!(db.max_connections, MaxConnections::Auto);
         assert_eq!(db.preset, None);
         assert_eq!(db.provider_reserve, Reserve::Percent(10.0));
