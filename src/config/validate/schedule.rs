@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use super::{Cx, RawJob, Str};
+use super::Cx;
+use crate::config::raw::{RawJob, Str};
 use crate::schedule::{spec, Concurrency, ScheduleConfig};
 
 const CONCURRENCY: &[(&str, Concurrency)] = &[
