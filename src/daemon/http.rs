@@ -543,6 +543,53 @@ mod tests {
         assert!(text.lines().any(|l| l == "corral_fleet_coordination_up 1"), "{text}");
     }
 
+    #[test]
+    fn schedule_metrics_count_runs_failures_and_misses() {
+        let sched = crate::protocol::ScheduleStatus {
+            runs: 5,
+            failures: 1,
+            missed: 2,
+            skipped: 3,
+            run_seconds_total: 7.5,
+            max_run_s: 2.5,
+            next_run: Some("2026-12-01T14:00:00Z".into()),
+            last_run: Some(crate::protocol::LastRun { duration_s: Some(1.25), ..Default::default() }),
+            ..Default::default()
+        };
+        let job = JobStatus {
+            name: "nightly".into(),
+            state: "scheduled".into(),
+            pid: None,
+            uptime_s: None,
+            restarts: 0,
+            last_exit: None,
+            quota: None,
+            connections: None,
+            reason: None,
+            output_dropped: 0,
+            next_run: sched.next_run.clone(),
+            schedule: Some(sched),
+        };
+        let status = StatusReport { jobs: vec![job], config_error: None, supervisor: SupervisorInfo::default(), budget: None };
+        let text = render_metrics(&status, None, None, None);
+        for line in [
+            "corral_schedule_runs_total{job=\"nightly\"} 5",
+            "corral_schedule_failures_total{job=\"nightly\"} 1",
+            "corral_schedule_missed_total{job=\"nightly\"} 2",
+            "corral_schedule_skipped_total{job=\"nightly\"} 3",
+            "corral_schedule_run_duration_seconds_total{job=\"nightly\"} 7.5",
+            "corral_schedule_last_run_duration_seconds{job=\"nightly\"} 1.25",
+            "corral_schedule_longest_run_duration_seconds{job=\"nightly\"} 2.5",
+            "corral_schedule_next_run_timestamp_seconds{job=\"nightly\"} 1796133600.0",
+            "corral_job_state{job=\"nightly\",state=\"scheduled\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+        }
+        // Without scheduled jobs, no schedule series at all.
+        let none = StatusReport { jobs: vec![], config_error: None, supervisor: SupervisorInfo::default(), budget: None };
+        assert!(!render_metrics(&none, None, None, None).contains("corral_schedule_"));
+    }
+
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
