@@ -8,8 +8,6 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Instant, SystemTime};
 
-use serde_json::json;
-
 use crate::budget::allocate::{self, Allocation, Demand, Process, Wants};
 use crate::budget::fleet::{reported_process, FleetPlan};
 use crate::budget::plan::{self, Plan};
@@ -18,6 +16,7 @@ use crate::db::fleet::{FleetView, LocalJob, LockOutcome, SyncRequest, SyncResult
 use crate::db::pooler::PgBouncerReading;
 use crate::db::tls::TlsInfo;
 use crate::db::{ServerLimits, Usage};
+use crate::protocol::{BudgetJob, BudgetReport, BudgetScope, BudgetSummary, Coordination, DbHealth, ExternalGroup, MemberRow, ReservationRow, ServiceRow, TlsReport};
 
 /// How long an exited job's connections count as occupied without a reading.
 const DRAIN_FALLBACK: std::time::Duration = std::time::Duration::from_secs(5);
@@ -514,7 +513,7 @@ impl Budget {
     }
 
     /// Connections outside corral, grouped by role and application_name (SPEC §5).
-    fn external_groups(&self) -> Vec<serde_json::Value> {
+    fn external_groups(&self) -> Vec<ExternalGroup> {
         let Some(u) = self.usage.as_ref() else { return Vec::new() };
         let mut m: BTreeMap<(String, String), u32> = BTreeMap::new();
         for g in &u.groups {
@@ -522,11 +521,11 @@ impl Budget {
                 *m.entry((role.clone(), application_name.clone())).or_default() += g.count;
             }
         }
-        m.into_iter().map(|((role, app), n)| json!({"role": role, "application_name": app, "connections": n})).collect()
+        m.into_iter().map(|((role, application_name), connections)| ExternalGroup { role, application_name, connections }).collect()
     }
 
     /// `corral budget --json` (SPEC §4); in fleet scope, the whole fleet.
-    pub fn report(&self, jobs: &[JobView<'_>], now: Instant) -> serde_json::Value {
+    pub fn report(&self, jobs: &[JobView<'_>], now: Instant) -> BudgetReport {
         if let Some(f) = &self.fleet {
             return self.fleet_report(f, jobs, now);
         }
@@ -537,14 +536,18 @@ impl Budget {
             .filter_map(|j| {
                 let c = j.cfg.connections?;
                 let b = self.jobs.get(&j.cfg.name).cloned().unwrap_or_default();
-                Some(json!({
-                    "name": j.cfg.name, "service": service,
-                    "quota": if j.live || j.wants_to_run { b.grant } else { 0 },
-                    "min": c.min, "max": c.max, "priority": j.cfg.priority,
-                    "connections": b.live.unwrap_or(0),
-                    "idle": j.live && self.is_idle(&b, now),
-                    "state_waiting": b.waiting,
-                }))
+                Some(BudgetJob {
+                    name: j.cfg.name.clone(),
+                    service: service.clone(),
+                    quota: if j.live || j.wants_to_run { b.grant } else { 0 },
+                    min: c.min,
+                    max: c.max,
+                    priority: j.cfg.priority,
+                    connections: b.live.unwrap_or(0),
+                    idle: j.live && self.is_idle(&b, now),
+                    state_waiting: b.waiting,
+                    ..BudgetJob::default()
+                })
             })
             .collect();
         let granted: u32 = jobs
@@ -554,13 +557,14 @@ impl Budget {
             .sum();
         let live = self.usage.as_ref().map(|u| u.sum(|a| matches!(a, crate::db::Attribution::Job { service: s, .. } if s == service)));
         let external_live = self.usage.as_ref().map(|u| u.external());
-        let external = self.external_groups();
         let reservations: Vec<_> = self
             .reservations
             .iter()
-            .map(|(name, r)| {
-                json!({"name": name, "count": r.count,
-                       "expires_in_s": r.expires.map(|e| e.saturating_duration_since(now).as_secs_f64())})
+            .map(|(name, r)| ReservationRow {
+                name: name.clone(),
+                count: r.count,
+                created_by: None,
+                expires_in_s: r.expires.map(|e| e.saturating_duration_since(now).as_secs_f64()),
             })
             .collect();
         let usable_f = p.usable.max(1) as f64;
@@ -576,34 +580,41 @@ impl Budget {
         if let Some(e) = &self.pooler_error {
             warnings.push(format!("the PgBouncer admin console did not answer (sizes from its last answer, live use from pg_stat_activity): {e}"));
         }
-        json!({
-            "limit": p.limit,
-            "limit_source": p.limit_source,
-            "limit_reason": p.limit_reason,
-            "pooler": p.pooler,
-            "offline": self.offline(),
-            "provider_reserve": p.provider_reserve,
-            "adhoc_reserve": p.adhoc_reserve,
-            "external_reserve": p.external_reserve,
-            "reservations": reservations,
-            "own": p.own,
-            "usable": p.usable,
-            "granted": granted,
-            "headroom": p.usable.saturating_sub(granted),
-            "live": live.unwrap_or(0),
-            "external_live": external_live.unwrap_or(0),
-            "external": external,
-            "service": service,
-            "scope": "local",
-            "jobs": job_rows,
-            "warnings": warnings,
-            "database": self.db_json(),
-        })
+        BudgetReport {
+            scope: BudgetScope::Local,
+            service: service.clone(),
+            member: None,
+            limit: p.limit,
+            limit_source: p.limit_source,
+            limit_reason: p.limit_reason,
+            pooler: p.pooler,
+            offline: self.offline(),
+            provider_reserve: p.provider_reserve,
+            adhoc_reserve: p.adhoc_reserve,
+            external_reserve: p.external_reserve,
+            base: None,
+            reservations,
+            reserved: None,
+            own: p.own,
+            unclaimed: None,
+            usable: p.usable,
+            granted,
+            headroom: p.usable.saturating_sub(granted),
+            live: live.unwrap_or(0),
+            external_live: external_live.unwrap_or(0),
+            external: self.external_groups(),
+            services: None,
+            members: None,
+            jobs: job_rows,
+            warnings,
+            coordination: None,
+            database: self.db_health(),
+        }
     }
 
     /// The fleet as the last sync saw it: every member's jobs, per-service totals,
     /// fleet-wide reservations and the health of the coordination.
-    fn fleet_report(&self, f: &FleetState, jobs: &[JobView<'_>], now: Instant) -> serde_json::Value {
+    fn fleet_report(&self, f: &FleetState, jobs: &[JobView<'_>], now: Instant) -> BudgetReport {
         let local = self.plan(now);
         let fp = f.plan.clone().unwrap_or_default();
         let empty = FleetView::default();
@@ -616,16 +627,21 @@ impl Budget {
                 let mine = j.member == f.member;
                 let local_job = jobs.iter().find(|v| mine && v.cfg.name == j.name);
                 let b = local_job.and_then(|v| self.jobs.get(&v.cfg.name));
-                json!({
-                    "name": j.name, "service": j.service, "member": j.member, "host": host_of(&j.member),
-                    "quota": if j.wants == Wants::Off { 0 } else { j.quota },
-                    "min": j.min, "max": j.max, "priority": j.priority,
+                BudgetJob {
+                    name: j.name.clone(),
+                    service: j.service.clone(),
+                    member: Some(j.member.clone()),
+                    host: Some(host_of(&j.member)),
+                    quota: if j.wants == Wants::Off { 0 } else { j.quota },
+                    min: j.min,
+                    max: j.max,
+                    priority: j.priority,
                     // Our own jobs: the freshest reading; others': what their corral reported.
-                    "connections": b.and_then(|b| b.live).or(j.connections).unwrap_or(0),
-                    "idle": j.wants == Wants::Idle,
-                    "wants": j.wants,
-                    "state_waiting": j.waiting,
-                })
+                    connections: b.and_then(|b| b.live).or(j.connections).unwrap_or(0),
+                    idle: j.wants == Wants::Idle,
+                    wants: Some(j.wants),
+                    state_waiting: j.waiting.clone(),
+                }
             })
             .collect();
         let granted: u32 = view.jobs.iter().filter(|j| j.wants != Wants::Off).map(|j| j.quota).sum();
@@ -642,14 +658,14 @@ impl Budget {
             .keys()
             .map(|svc| {
                 let g: u32 = view.jobs.iter().filter(|j| j.service == *svc && j.wants != Wants::Off).map(|j| j.quota).sum();
-                json!({
-                    "service": svc,
-                    "corrals": view.members.iter().filter(|m| m.service == *svc).count(),
-                    "jobs": view.jobs.iter().filter(|j| j.service == *svc).count(),
-                    "granted": g,
-                    "live": live_of_service(svc),
-                    "share": ((g as f64 / usable_f) * 1000.0).round() / 1000.0,
-                })
+                ServiceRow {
+                    service: svc.to_string(),
+                    corrals: view.members.iter().filter(|m| m.service == *svc).count() as u32,
+                    jobs: view.jobs.iter().filter(|j| j.service == *svc).count() as u32,
+                    granted: g,
+                    live: live_of_service(svc),
+                    share: ((g as f64 / usable_f) * 1000.0).round() / 1000.0,
+                }
             })
             .collect();
         let live: u32 = services.keys().map(|s| live_of_service(s)).sum();
@@ -674,82 +690,109 @@ impl Budget {
                 fp.unclaimed
             ));
         }
-        let healthy = f.last_error.is_none() && f.last_ok.is_some();
-        json!({
-            "scope": "fleet",
-            "service": self.cfg.service,
-            "member": f.member,
-            "limit": local.limit,
-            "limit_source": local.limit_source,
-            "limit_reason": local.limit_reason,
-            "pooler": local.pooler,
-            "offline": false,
-            "provider_reserve": local.provider_reserve,
-            "adhoc_reserve": local.adhoc_reserve,
-            "external_reserve": local.external_reserve,
-            "base": fp.base,
-            "reservations": view.reservations,
-            "reserved": fp.reserved,
-            "own": fp.own,
-            "unclaimed": fp.unclaimed,
-            "usable": fp.usable,
-            "granted": granted,
-            "headroom": fp.usable.saturating_sub(granted),
-            "live": live,
-            "external_live": self.usage.as_ref().map(|u| u.external()).unwrap_or(0),
-            "external": self.external_groups(),
-            "services": service_rows,
-            "members": view.members,
-            "jobs": job_rows,
-            "warnings": warnings,
-            "coordination": {
-                "healthy": healthy,
-                "member": f.member,
-                "last_sync_age_s": f.last_ok.map(|t| now.duration_since(t).as_secs_f64()),
-                "error": f.last_error,
-                "syncs": f.syncs,
-                "lease_losses": f.lease_losses,
-                "expired": view.expired,
-            },
-            "database": self.db_json(),
-        })
+        let reservations = view
+            .reservations
+            .iter()
+            .map(|r| ReservationRow { name: r.name.clone(), count: r.count, created_by: Some(r.created_by.clone()), expires_in_s: r.expires_in_s })
+            .collect();
+        let members = view
+            .members
+            .iter()
+            .map(|m| MemberRow {
+                id: m.id.clone(),
+                service: m.service.clone(),
+                host: m.host.clone(),
+                pid: m.pid,
+                heartbeat_age_s: m.heartbeat_age_s,
+                own: m.own,
+                base: m.base,
+            })
+            .collect();
+        BudgetReport {
+            scope: BudgetScope::Fleet,
+            service: self.cfg.service.clone(),
+            member: Some(f.member.clone()),
+            limit: local.limit,
+            limit_source: local.limit_source,
+            limit_reason: local.limit_reason,
+            pooler: local.pooler,
+            offline: false,
+            provider_reserve: local.provider_reserve,
+            adhoc_reserve: local.adhoc_reserve,
+            external_reserve: local.external_reserve,
+            base: Some(fp.base),
+            reservations,
+            reserved: Some(fp.reserved),
+            own: fp.own,
+            unclaimed: Some(fp.unclaimed),
+            usable: fp.usable,
+            granted,
+            headroom: fp.usable.saturating_sub(granted),
+            live,
+            external_live: self.usage.as_ref().map(|u| u.external()).unwrap_or(0),
+            external: self.external_groups(),
+            services: Some(service_rows),
+            members: Some(members),
+            jobs: job_rows,
+            warnings,
+            coordination: Some(Coordination {
+                syncs: Some(f.syncs),
+                lease_losses: Some(f.lease_losses),
+                expired: Some(view.expired.clone()),
+                ..coordination(f, now)
+            }),
+            database: self.db_health(),
+        }
     }
 
     /// What `status` shows of the budget: the limit that binds and why, and the database.
-    pub fn summary(&self, now: Instant) -> serde_json::Value {
+    pub fn summary(&self, now: Instant) -> BudgetSummary {
         let p = self.plan(now);
         let (usable, granted) = match self.fleet.as_ref().and_then(|f| f.plan.as_ref().map(|fp| (f, fp))) {
             Some((f, fp)) => (fp.usable, f.view.as_ref().map_or(0, |v| v.jobs.iter().filter(|j| j.wants != Wants::Off).map(|j| j.quota).sum())),
             None => (p.usable, self.jobs.values().map(|b| b.grant).sum()),
         };
-        json!({
-            "limit": p.limit, "limit_source": p.limit_source, "limit_reason": p.limit_reason,
-            "usable": usable, "granted": granted, "offline": self.offline(),
-            "scope": if self.fleet.is_some() { "fleet" } else { "local" },
-            "database": self.db_json(),
-        })
+        BudgetSummary {
+            limit: p.limit,
+            limit_source: p.limit_source,
+            limit_reason: p.limit_reason,
+            usable,
+            granted,
+            offline: self.offline(),
+            scope: if self.fleet.is_some() { BudgetScope::Fleet } else { BudgetScope::Local },
+            database: self.db_health(),
+        }
     }
 
-    pub fn db_json(&self) -> serde_json::Value {
+    pub fn db_health(&self) -> DbHealth {
         let s = &self.status;
-        let coordination = self.fleet.as_ref().map(|f| {
-            json!({"healthy": f.last_error.is_none() && f.last_ok.is_some(), "member": f.member,
-                   "last_sync_age_s": f.last_ok.map(|t| t.elapsed().as_secs_f64()), "error": f.last_error})
-        });
-        let mut v = json!({
-            "healthy": s.healthy.unwrap_or(false),
-            "latency_ms": s.latency_ms,
-            "checked_at": s.checked_at.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()).map(|d| d.as_secs_f64()),
-            "error": s.error,
-            "target": self.db.url.as_deref().map(crate::db::redact),
-            "tls": s.tls,
-            "offline": self.offline(),
+        DbHealth {
+            healthy: s.healthy.unwrap_or(false),
+            latency_ms: s.latency_ms,
+            checked_at: s.checked_at.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()).map(|d| d.as_secs_f64()),
+            error: s.error.clone(),
+            target: self.db.url.as_deref().map(crate::db::redact),
+            tls: s.tls.as_ref().map(|t| TlsReport {
+                version: t.version.clone(),
+                cipher: t.cipher.clone(),
+                sslmode: t.sslmode.as_str().to_string(),
+                verified: t.verified.to_string(),
+            }),
+            offline: self.offline(),
             // The server's own setting as last read (the dashboard and /metrics show it).
-            "max_connections": self.limits.map(|l| l.max_connections),
-        });
-        if let Some(c) = coordination {
-            v["coordination"] = c;
+            max_connections: self.limits.map(|l| l.max_connections),
+            coordination: self.fleet.as_ref().map(|f| coordination(f, Instant::now())),
         }
-        v
+    }
+}
+
+/// The coordination's health as `database` and `budget` show it.
+fn coordination(f: &FleetState, now: Instant) -> Coordination {
+    Coordination {
+        healthy: f.last_error.is_none() && f.last_ok.is_some(),
+        member: f.member.clone(),
+        last_sync_age_s: f.last_ok.map(|t| now.duration_since(t).as_secs_f64()),
+        error: f.last_error.clone(),
+        ..Coordination::default()
     }
 }

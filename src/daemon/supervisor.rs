@@ -70,6 +70,8 @@ pub enum Event {
     Db(DbReport),
     /// Answer `corral health` (sent by the probe task after a fresh check).
     HealthAnswer(oneshot::Sender<Response>),
+    /// Status, budget, last health (and history) in one turn: `/metrics`, the status task.
+    Snapshot { history: bool, reply: oneshot::Sender<Box<super::ask::Snapshot>> },
     /// Reservations may have expired: rebalance.
     SweepBudget,
     /// Sweep now (on demand), without re-arming the periodic timer.
@@ -469,6 +471,9 @@ impl Supervisor {
             Event::SweepBudget => self.rebalance(),
             Event::HealthAnswer(reply) => {
                 let _ = reply.send(self.health());
+            }
+            Event::Snapshot { history, reply } => {
+                let _ = reply.send(Box::new(self.snapshot(history)));
             }
             Event::SweepNow => {
                 if self.last_sweep.elapsed() >= ORPHAN_GRACE {
@@ -902,7 +907,7 @@ impl Supervisor {
             Request::Budget => {
                 let views = job_views(&self.jobs);
                 let report = self.budget.as_ref().map(|b| b.report(&views, Instant::now())).unwrap_or_default();
-                let _ = reply.send(Response::ok(Reply::Budget(report)));
+                let _ = reply.send(Response::ok(Reply::Budget(Box::new(report))));
             }
             Request::Reserve { name, count, ttl_s } if self.fleet_cmd.is_some() => {
                 let ttl = match ttl_s {
@@ -1066,10 +1071,10 @@ impl Supervisor {
             let failed: Vec<String> = statuses
                 .iter()
                 .filter(|s| match w.verb {
-                    "stop" => !matches!(s.state.as_str(), "stopped" | "exited" | "fatal"),
-                    _ => matches!(s.state.as_str(), "fatal" | "waiting" | "backoff") && !queued(&s.name),
+                    "stop" => !matches!(s.state, State::Stopped | State::Exited | State::Fatal),
+                    _ => matches!(s.state, State::Fatal | State::Waiting | State::Backoff) && !queued(&s.name),
                 })
-                .map(|s| format!("{}: {}{}", s.name, s.state, s.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default()))
+                .map(|s| format!("{}: {}{}", s.name, s.state.as_str(), s.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default()))
                 .collect();
             let resp = if failed.is_empty() {
                 Response::ok(Reply::Actions { jobs: statuses })
@@ -1106,7 +1111,7 @@ impl Supervisor {
         let live = j.m.state.is_live() && j.m.pid.is_some();
         Some(JobStatus {
             name: name.to_string(),
-            state: j.m.state.as_str().to_string(),
+            state: j.m.state,
             pid: j.m.pid,
             uptime_s: if live { j.started_at.map(|t| (t.elapsed().as_secs_f64() * 10.0).round() / 10.0) } else { None },
             restarts: j.m.restarts,
@@ -1176,8 +1181,8 @@ impl Supervisor {
                 (None, Response::err(ErrorKind::Config, text))
             }
             Ok(new) => {
-                let plan = serde_json::to_value(config::diff(&self.config, &new)).unwrap_or_default();
-                let dry = Response::ok(Reply::Reload(ReloadReport { applied: false, plan: plan.clone() }));
+                let plan = config::diff(&self.config, &new);
+                let dry = Response::ok(Reply::Reload(ReloadReport { applied: false, plan }));
                 if ask.apply {
                     (Some(dry), self.apply_reload(new))
                 } else {
@@ -1206,7 +1211,6 @@ impl Supervisor {
     /// Apply a validated config as a diff (SPEC §8).
     fn apply_reload(&mut self, new: Config) -> Response {
         let plan = config::diff(&self.config, &new);
-        let plan_json = serde_json::to_value(&plan).unwrap_or_default();
         self.config_error = None;
         for item in &plan.needs_restart {
             warn!("config change needs a restart of corral to take effect: {item}");
@@ -1273,7 +1277,7 @@ impl Supervisor {
         );
         let summary = format!("config reloaded: {} added, {} removed, {} restarted, {} updated", plan.added.len(), plan.removed.len(), plan.restart.len(), plan.update.len());
         self.history.event(now_wall(), Kind::Reload, None, summary);
-        Response::ok(Reply::Reload(ReloadReport { applied: true, plan: plan_json }))
+        Response::ok(Reply::Reload(ReloadReport { applied: true, plan }))
     }
 }
 
@@ -1668,6 +1672,21 @@ impl Supervisor {
         }
     }
 
+    fn snapshot(&self, history: bool) -> super::ask::Snapshot {
+        let names: Vec<String> = self.jobs.keys().cloned().collect();
+        let views = job_views(&self.jobs);
+        let health = match self.health() {
+            Response { result: Some(Reply::Health(h)), .. } => h,
+            _ => HealthReport { healthy: false, supervisor: !self.shutting_down, database: None, message: String::new() },
+        };
+        super::ask::Snapshot {
+            status: self.status(&names),
+            budget: self.budget.as_ref().map(|b| b.report(&views, Instant::now())),
+            health,
+            history: history.then(|| self.history.to_json(now_wall())),
+        }
+    }
+
     fn health(&self) -> Response {
         let (healthy, database, message) = match &self.budget {
             None => (true, None, "supervisor running; no database configured".to_string()),
@@ -1683,7 +1702,7 @@ impl Supervisor {
                     (None, None) if b.offline() => "supervisor running; no database url (budget planned offline)".to_string(),
                     (None, None) => "database not checked yet".to_string(),
                 };
-                (ok || (b.offline() && fleet_error.is_none()), Some(b.db_json()), msg)
+                (ok || (b.offline() && fleet_error.is_none()), Some(b.db_health()), msg)
             }
         };
         Response::ok(Reply::Health(HealthReport { healthy, supervisor: !self.shutting_down, database, message }))
