@@ -481,15 +481,6 @@ impl Budget {
         self.quota_dir.join(format!("{job}.json"))
     }
 
-    /// Environment for a job spawned with `quota` (SPEC §3).
-    pub fn env_for(&self, cfg: &JobConfig, quota: u32) -> Vec<(String, String)> {
-        // Only jobs with connections get a quota; without, there is no overflow to hand out.
-        let overflow = cfg.connections.map_or(0, |c| c.overflow);
-        let mut env = crate::budget::env::job_env(&self.cfg.service, &cfg.name, quota, overflow, self.db.url.as_deref(), &cfg.env);
-        env.push((crate::budget::env::QUOTA_FILE_VAR.to_string(), self.quota_file(&cfg.name).display().to_string()));
-        env
-    }
-
     /// Write the job's quota file (SPEC §3), private to corral and the job (SPEC §10): the
     /// directory is 0700, or 0711 when some job runs as another `user` (it reaches its own
     /// file by name but cannot list or change the directory); the file is 0600, owned by the

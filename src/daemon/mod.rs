@@ -5,6 +5,7 @@
 //! the one actor in `supervisor`. Tasks talk to the actor only through its
 //! event channel; nothing else mutates job state.
 
+mod admission;
 mod ask;
 mod budget;
 mod dashboard;

@@ -24,7 +24,8 @@ use crate::config::{self, Config, Enforce, JobConfig, OnDuplicate, OrphanPolicy}
 use crate::db::fleet::{Coordinator, Identity, LockOutcome, SyncRequest};
 use crate::db::pooler::PgBouncerAdmin;
 use crate::db::{self, Probe};
-use crate::budget::allocate::WaitReason;
+use super::admission::{self, Awaiting, Decision, FleetFact, FleetLock, GrantFact, LockFact};
+use crate::protocol::WaitReason;
 use crate::job::machine::{self, describe_exit};
 use crate::job::{Effect, Exit, Input, Job, Policy, State, TimerKind};
 use crate::process::lock::{JobLock, LockError};
@@ -136,17 +137,9 @@ struct JobRt {
     /// A quota change reached this process before it could have installed its
     /// `quota_signal` handler: the signal is sent once it is old enough.
     signal_due: Option<i32>,
-}
-
-/// A held-back job whose answer is one database round trip away: `start` and `restart`
-/// reply after it rather than with a `waiting` that is about to change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Awaiting {
-    Nothing,
-    /// A usage reading: the previous run's connections closing.
-    Reading,
-    /// A fleet sync: a grant or the fleet-wide lock.
-    FleetSync,
+    /// Why admission held the job back last (current while the job is `waiting`, the only
+    /// way into which is a hold): decides what may release it.
+    hold: Option<WaitReason>,
 }
 
 enum WaitFor {
@@ -559,132 +552,156 @@ impl Supervisor {
         }
     }
 
-    /// Lock, duplicate check, spawn. Returns the machine's next input.
+    /// Gather what admission decides from (lock attempt, duplicate scan, the budget's
+    /// answer), let [`admission::decide`] decide, and carry the decision out. Returns the
+    /// machine's next input.
     fn try_spawn(&mut self, name: &str) -> Input {
-        if self.shutting_down {
-            return Input::Blocked { reason: "supervisor is shutting down".into() };
-        }
         let lock_dir = self.config.supervisor.lock_dir.clone();
-        // The job exists from here on: nothing in try_spawn removes jobs.
         let Some(job) = self.jobs.get(name) else {
             return Input::SpawnFailed { error: "the job is no longer in the config".into() };
         };
-        let needs_scan = job.check_duplicates && job.cfg.on_duplicate != OnDuplicate::Ignore;
+        let needs_scan = !self.shutting_down && job.check_duplicates && job.cfg.on_duplicate != OnDuplicate::Ignore;
         let dups = if needs_scan { self.duplicates_of(name) } else { Vec::new() };
-        let format = self.config.supervisor.log_format;
         let Some(job) = self.jobs.get_mut(name) else {
             return Input::SpawnFailed { error: "the job is no longer in the config".into() };
         };
         job.queued = false;
-
-        if job.cfg.single_instance && job.lock.is_none() {
+        let lock = if self.shutting_down || !job.cfg.single_instance || job.lock.is_some() {
+            LockFact::Ours
+        } else {
             match JobLock::acquire(&lock_dir, name) {
-                Ok(lock) => job.lock = Some(lock),
-                Err(LockError::Held { path, holder, recorded_gone }) => {
-                    // The recorded job is gone but something it forked may still hold
-                    // the lock: a stray orphan. Sweep now instead of at reap_interval.
-                    if recorded_gone && self.config.supervisor.orphans == OrphanPolicy::Kill {
-                        let _ = self.tx.send(Event::SweepNow);
-                    }
-                    let who = holder.map(|h| h.to_string()).unwrap_or_else(|| "another process".into());
-                    return Input::Blocked { reason: format!("lock: {} held by {who}", path.display()) };
+                Ok(lock) => {
+                    job.lock = Some(lock);
+                    LockFact::Ours
                 }
-                Err(e) => return Input::SpawnFailed { error: e.to_string() },
+                Err(LockError::Held { path, holder, recorded_gone }) => LockFact::Held {
+                    path: path.display().to_string(),
+                    holder: holder.map(|h| h.to_string()),
+                    recorded_gone: recorded_gone && self.config.supervisor.orphans == OrphanPolicy::Kill,
+                },
+                Err(e) => LockFact::Failed(e.to_string()),
+            }
+        };
+        // The budget's answer is asked only once lock and duplicates let the job through:
+        // a local allocation counts it as starting and tells the others their new quotas.
+        let passes = !self.shutting_down && lock == LockFact::Ours && (dups.is_empty() || job.cfg.on_duplicate == OnDuplicate::Ignore);
+        let draining = self.budget.as_ref().and_then(|b| b.draining(name));
+        let (grant, tell) = if passes && draining.is_none() { self.grant_fact(name) } else { (GrantFact::NotNeeded, Vec::new()) };
+        let Some(job) = self.jobs.get(name) else {
+            return Input::SpawnFailed { error: "the job is no longer in the config".into() };
+        };
+        let quota_file = self.budget.as_ref().map(|b| b.quota_file(name).display().to_string()).unwrap_or_default();
+        let facts = admission::Facts {
+            job: name,
+            service: &self.config.budget.service,
+            shutting_down: self.shutting_down,
+            lock,
+            duplicates: &dups,
+            on_duplicate: job.cfg.on_duplicate,
+            dup_termed: &job.dup_termed,
+            connections: job.cfg.connections,
+            draining,
+            grant,
+            env: admission::EnvFacts { db_url: self.budget.as_ref().and_then(|b| b.db.url.as_deref()), job_env: &job.cfg.env, quota_file },
+        };
+        let decision = admission::decide(&facts);
+        match decision {
+            Decision::Fail(error) => Input::SpawnFailed { error },
+            Decision::Hold(hold) => {
+                self.deliver(tell);
+                self.execute_hold(name, &hold);
+                let reason = hold.reason();
+                let text = reason.to_string();
+                if let Some(j) = self.jobs.get_mut(name) {
+                    j.hold = Some(reason);
+                }
+                Input::Blocked { reason: text }
+            }
+            Decision::Spawn { quota, env } => {
+                self.deliver(tell.into_iter().filter(|(j, _)| j != name).collect());
+                self.spawn(name, quota, env)
             }
         }
-        if !dups.is_empty() {
-            let list = dups.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ");
-            match job.cfg.on_duplicate {
-                OnDuplicate::Refuse => {
-                    return Input::Blocked { reason: format!("duplicate: same command already running outside corral (pid {list})") };
-                }
-                OnDuplicate::Kill => {
-                    for pid in &dups {
-                        let sig = if job.dup_termed.contains(pid) { libc::SIGKILL } else { libc::SIGTERM };
-                        warn!(job = name, pid, "killing duplicate running outside corral");
-                        let _ = kill::signal_pid(*pid, sig);
-                        job.dup_termed.insert(*pid);
-                    }
-                    self.snapshot = None;
-                    return Input::Blocked { reason: format!("duplicate: killing pid {list}") };
-                }
-                OnDuplicate::Ignore => {}
-            }
-        }
+    }
 
-        let mut quota = None;
-        let mut extra_env = crate::budget::env::identity_env(&self.config.budget.service, name);
-        if let (Some(n), Some(_)) = (self.budget.as_ref().and_then(|b| b.draining(name)), job.cfg.connections) {
+    /// The budget's answer for a job about to start: in local scope a fresh allocation that
+    /// counts it as starting (with the quota changes it tells the others), in fleet scope
+    /// what the last sync granted.
+    fn grant_fact(&mut self, name: &str) -> (GrantFact, Vec<(String, u32)>) {
+        let now = Instant::now();
+        let (Some(budget), Some(job)) = (self.budget.as_ref(), self.jobs.get(name)) else { return (GrantFact::NotNeeded, Vec::new()) };
+        if let Some(f) = budget.fleet.as_ref() {
+            let lock = if !job.cfg.single_instance || f.holds(name, budget.fleet_hold(), now) {
+                FleetLock::NotNeeded
+            } else {
+                match f.locks.get(name) {
+                    Some(LockOutcome::Waiting(r)) => FleetLock::Waiting(r.clone()),
+                    _ => FleetLock::Unanswered,
+                }
+            };
+            let b = budget.jobs.get(name).cloned().unwrap_or_default();
+            let fact = FleetFact {
+                lock,
+                grant: b.grant,
+                waiting: b.waiting,
+                usable: f.plan.as_ref().map_or(0, |p| p.usable),
+                failing: f.last_error.clone(),
+            };
+            return (GrantFact::Fleet(fact), Vec::new());
+        }
+        if job.cfg.connections.is_none() {
+            return (GrantFact::NotNeeded, Vec::new());
+        }
+        let views = job_views(&self.jobs);
+        let Some(budget) = self.budget.as_mut() else { return (GrantFact::NotNeeded, Vec::new()) };
+        let (alloc, changes) = budget.allocate(&views, now, Some(name));
+        let plan = budget.plan(now);
+        let limit_unknown = (plan.limit_source == crate::budget::plan::LimitSource::Unknown).then(|| budget.status.error.clone());
+        let fact = GrantFact::Local { grant: alloc.get(name).cloned(), granted: alloc.total, usable: plan.usable, limit_unknown };
+        (fact, changes.tell)
+    }
+
+    /// What a held-back start asks of the others.
+    fn execute_hold(&mut self, name: &str, hold: &admission::Hold) {
+        if hold.sweep_now {
+            let _ = self.tx.send(Event::SweepNow);
+        }
+        for (pid, sig) in &hold.kill {
+            warn!(job = name, pid, "killing duplicate running outside corral");
+            let _ = kill::signal_pid(*pid, *sig);
+        }
+        if hold.rescan {
+            self.snapshot = None;
+        }
+        if hold.want_reading {
             if let Some(cmd) = &self.probe_cmd {
                 let _ = cmd.send(ProbeCmd::UsageAt(Instant::now()));
             }
-            if let Some(j) = self.jobs.get_mut(name) {
-                j.awaiting = Awaiting::Reading;
-                j.queued = true;
-            }
-            return Input::Blocked { reason: format!("budget: up to {n} connection(s) of the previous run still open") };
         }
-        let fleet = self.budget.as_ref().is_some_and(|b| b.fleet.is_some());
-        if fleet {
-            match self.fleet_admit(name) {
-                Ok(q) => {
-                    quota = q;
-                    if let (Some(q), Some(budget)) = (q, self.budget.as_mut()) {
-                        let cfg = &self.jobs[name].cfg;
-                        if let Err(e) = budget.write_quota(cfg, q) {
-                            warn!(job = name, "cannot write quota file: {e}");
-                        }
-                        extra_env = budget.env_for(cfg, q);
-                    }
-                }
-                Err(reason) => return Input::Blocked { reason },
+        if hold.want_sync {
+            self.request_sync();
+        }
+        if let Some(j) = self.jobs.get_mut(name) {
+            j.dup_termed.extend(hold.kill.iter().map(|(pid, _)| *pid));
+            if let Some(a) = hold.awaiting {
+                j.awaiting = a;
             }
-        } else if let (Some(budget), Some(_)) = (self.budget.as_mut(), job.cfg.connections) {
-            let views = job_views(&self.jobs);
-            let (alloc, changes) = budget.allocate(&views, Instant::now(), Some(name));
-            let grant = alloc.get(name).cloned();
-            let job = &self.jobs[name];
-            let tell = changes.tell;
-            match grant {
-                Some(g) if !g.waiting_budget && g.grant > 0 => {
-                    if let Err(e) = budget.write_quota(&job.cfg, g.grant) {
-                        warn!(job = name, "cannot write quota file: {e}");
-                    }
-                    extra_env = budget.env_for(&job.cfg, g.grant);
-                    quota = Some(g.grant);
-                }
-                other => {
-                    let shrinking = matches!(other.as_ref().and_then(|g| g.wait_reason.as_ref()), Some(WaitReason::ShrinkPending));
-                    if shrinking {
-                        // Freed as soon as a reading confirms the shrinks: ask for one now.
-                        if let Some(cmd) = &self.probe_cmd {
-                            let _ = cmd.send(ProbeCmd::UsageAt(Instant::now()));
-                        }
-                    }
-                    let why = other.and_then(|g| g.wait_reason).map(|r| r.to_string()).unwrap_or_else(|| "budget".into());
-                    let plan = budget.plan(Instant::now());
-                    let usable = plan.usable;
-                    let min = job.cfg.connections.map(|c| c.min).unwrap_or(0);
-                    // "0 of 0 usable" alone hides why: say what keeps the limit unknown.
-                    let unknown = match (plan.limit_source, &budget.status.error) {
-                        (crate::budget::plan::LimitSource::Unknown, Some(e)) => format!(" (limit unknown: {e})"),
-                        (crate::budget::plan::LimitSource::Unknown, None) => " (limit unknown)".to_string(),
-                        _ => String::new(),
-                    };
-                    self.deliver(tell);
-                    if let Some(j) = self.jobs.get_mut(name) {
-                        j.queued = shrinking;
-                    }
-                    return Input::Blocked {
-                        reason: format!("{why}: needs {min} connection(s), {} of {usable} usable are granted{unknown}", alloc.total),
-                    };
-                }
+            j.queued = hold.queued;
+        }
+    }
+
+    /// Admitted: write the quota file, spawn, register the pid and the output readers.
+    fn spawn(&mut self, name: &str, quota: Option<u32>, extra_env: Vec<(String, String)>) -> Input {
+        let format = self.config.supervisor.log_format;
+        if let (Some(q), Some(budget), Some(job)) = (quota, self.budget.as_mut(), self.jobs.get(name)) {
+            if let Err(e) = budget.write_quota(&job.cfg, q) {
+                warn!(job = name, "cannot write quota file: {e}");
             }
-            self.deliver(tell.into_iter().filter(|(j, _)| j != name).collect());
         }
         let Some(job) = self.jobs.get_mut(name) else {
             return Input::SpawnFailed { error: "the job is no longer in the config".into() };
         };
+        job.hold = None;
         let spec = spawn::SpawnSpec {
             command: &job.cfg.command,
             cwd: job.cfg.cwd.as_ref(),
@@ -1400,7 +1417,7 @@ impl Supervisor {
         let waiting: Vec<String> = self
             .jobs
             .iter()
-            .filter(|(_, j)| j.m.state == State::Waiting && j.m.reason.as_deref().is_some_and(|r| r.starts_with("budget")))
+            .filter(|(_, j)| j.m.state == State::Waiting && j.hold.as_ref().is_some_and(WaitReason::is_budget))
             .map(|(n, _)| n.clone())
             .collect();
         for name in waiting {
@@ -1556,50 +1573,6 @@ impl Supervisor {
         }
     }
 
-    /// May `name` start now, and with which quota? Only with what the fleet granted it, and
-    /// for a single-instance job only while this corral holds its fleet-wide lock.
-    fn fleet_admit(&mut self, name: &str) -> Result<Option<u32>, String> {
-        let now = Instant::now();
-        let service = self.config.budget.service.clone();
-        // Only called in fleet scope, which has both; anything else holds the job back.
-        let (Some(budget), Some(job)) = (self.budget.as_ref(), self.jobs.get(name)) else {
-            return Err("budget: no fleet budget".into());
-        };
-        let Some(f) = budget.fleet.as_ref() else { return Err("budget: no fleet budget".into()) };
-        let hold_for = budget.fleet_hold();
-        let failing = f.last_error.as_ref().map(|e| format!(" (fleet coordination failing: {e})")).unwrap_or_default();
-        if job.cfg.single_instance && !f.holds(name, hold_for, now) {
-            let (reason, unanswered) = match f.locks.get(name) {
-                Some(LockOutcome::Waiting(r)) => (r.clone(), false),
-                _ => (format!("lock: waiting for the fleet-wide lock of {service}/{name}{failing}"), true),
-            };
-            return Err(self.fleet_hold_back(name, reason, unanswered));
-        }
-        let Some(conn) = job.cfg.connections else { return Ok(None) };
-        let b = budget.jobs.get(name).cloned().unwrap_or_default();
-        if b.grant > 0 && b.waiting.is_none() {
-            return Ok(Some(b.grant));
-        }
-        let (reason, unanswered) = match &b.waiting {
-            Some(w) => (format!("{w}: needs {} connection(s), the fleet has {} usable", conn.min, f.plan.as_ref().map_or(0, |p| p.usable)), false),
-            None => (format!("budget: waiting for a grant from the fleet (needs {}){failing}", conn.min), true),
-        };
-        Err(self.fleet_hold_back(name, reason, unanswered))
-    }
-
-    /// A job held back for the fleet. Ask for a sync only when the fleet has not answered for
-    /// it yet; otherwise the regular sync retries (a waiting job would make its corral sync
-    /// non-stop). Returns the reason.
-    fn fleet_hold_back(&mut self, name: &str, reason: String, unanswered: bool) -> String {
-        if unanswered {
-            self.request_sync();
-        }
-        if let Some(j) = self.jobs.get_mut(name) {
-            j.awaiting = if unanswered { Awaiting::FleetSync } else { Awaiting::Nothing };
-        }
-        reason
-    }
-
     fn on_fleet(&mut self, report: FleetReport) {
         // From the snapshot to the answer, lock waits included (bench/fleet.py reads it).
         debug!(ms = format!("{:.2}", report.started.elapsed().as_secs_f64() * 1000.0), ok = report.result.is_ok(), "fleet sync");
@@ -1635,7 +1608,7 @@ impl Supervisor {
                     .jobs
                     .iter()
                     .filter(|(_, j)| j.m.state == State::Waiting)
-                    .filter(|(_, j)| j.m.reason.as_deref().is_some_and(|r| r.starts_with("budget") || r.starts_with("lock: ")))
+                    .filter(|(_, j)| j.hold.as_ref().is_some_and(|h| h.is_budget() || h.is_lock()))
                     .map(|(n, _)| n.clone())
                     .collect();
                 for name in waiting {
@@ -1749,6 +1722,7 @@ impl JobRt {
             awaiting: Awaiting::Nothing,
             queued: false,
             signal_due: None,
+            hold: None,
         }
     }
 }
