@@ -11,12 +11,17 @@ use std::time::{Instant, SystemTime};
 use crate::budget::allocate::{self, Allocation, Demand, Process, Wants};
 use crate::budget::fleet::{reported_process, FleetPlan};
 use crate::budget::plan::{self, Plan};
-use crate::config::{BudgetConfig, DatabaseConfig, JobConfig, Scope};
+use tracing::{error, info, warn};
+
+use super::health::DbReport;
+use super::history::{History, Kind, Reading};
+use crate::config::{self, BudgetConfig, DatabaseConfig, Enforce, JobConfig, Scope};
+use crate::db;
 use crate::db::fleet::{FleetView, LocalJob, LockOutcome, SyncRequest, SyncResult};
 use crate::db::pooler::PgBouncerReading;
 use crate::db::tls::TlsInfo;
 use crate::db::{ServerLimits, Usage};
-use crate::protocol::{BudgetJob, BudgetReport, BudgetScope, BudgetSummary, Coordination, DbHealth, ExternalGroup, MemberRow, ReservationRow, ServiceRow, TlsReport};
+use crate::protocol::{ErrorKind, HealthReport, Response, BudgetJob, BudgetReport, BudgetScope, BudgetSummary, Coordination, DbHealth, ExternalGroup, MemberRow, ReservationRow, ServiceRow, TlsReport};
 
 /// How long an exited job's connections count as occupied without a reading.
 const DRAIN_FALLBACK: std::time::Duration = std::time::Duration::from_secs(5);
@@ -114,6 +119,22 @@ pub struct Changes {
     pub tell: Vec<(String, u32)>,
     /// Live jobs that lost their grant.
     pub evict: Vec<String>,
+}
+
+/// A job with `connections` and a live process, as a reading judges it.
+pub struct Observed<'a> {
+    pub name: &'a str,
+    /// Its connections are on their way out (its quota is already 0).
+    pub stopping: bool,
+}
+
+/// Connections over quota to terminate, newest idle first, keeping `keep`.
+#[derive(Debug, Clone)]
+pub struct Terminate {
+    pub job: String,
+    pub application_name: String,
+    pub keep: u32,
+    pub timeout: std::time::Duration,
 }
 
 /// A job as the budget needs to see it.
@@ -501,6 +522,170 @@ impl Budget {
             .and_then(|u| nix::unistd::User::from_name(u).ok().flatten())
             .map(|u| (u.uid.as_raw(), u.gid.as_raw()));
         crate::budget::env::write_quota_file_owned(&self.quota_file(&cfg.name), &json, owner)
+    }
+
+    /// Take in a database reading (SPEC §5, §6): health, limits, the pooler's sizes, live use
+    /// per job. Records what the dashboard shows in `history`; returns the jobs whose
+    /// connections over quota should be terminated (`enforce = "terminate"`, no pooler).
+    pub fn apply_reading(&mut self, report: DbReport, jobs: &[Observed<'_>], history: &mut History, now: Instant) -> Vec<Terminate> {
+        let mut terminate = Vec::new();
+        match (&report.health, &report.usage) {
+            (Some(Ok((h, _))), _) => history.reading(SystemTime::now(), Reading::Health, Some(h.latency_ms())),
+            (Some(Err(_)), _) | (None, Err(_)) => history.reading(SystemTime::now(), Reading::Usage, None),
+            (None, Ok(_)) => history.reading(SystemTime::now(), Reading::Usage, Some(report.started.elapsed().as_secs_f64() * 1000.0)),
+        }
+        match report.pooler {
+            Some(Ok(reading)) => {
+                if self.pooler.as_ref().is_none_or(|r| (r.mode, r.pool_size, r.max_client_conn) != (reading.mode, reading.pool_size, reading.max_client_conn)) {
+                    info!(mode = reading.mode.as_str(), pool_size = reading.pool_size, max_client_conn = reading.max_client_conn, "PgBouncer admin console read");
+                }
+                self.pooler = Some(reading);
+                self.pooler_error = None;
+            }
+            Some(Err(e)) => {
+                if self.pooler_error.is_none() {
+                    warn!("cannot read the PgBouncer admin console: {e}");
+                }
+                self.pooler_error = Some(e);
+            }
+            None => {}
+        }
+        if report.health.as_ref().is_some_and(|h| h.is_ok()) {
+            self.status.tls = report.tls.clone();
+        }
+        if let Some(h) = &report.health {
+            match h {
+                Ok((health, limits)) => {
+                    if self.status.healthy != Some(true) {
+                        history.event(SystemTime::now(), Kind::DatabaseUp, None, format!("database healthy ({:.1} ms)", health.latency_ms()));
+                        let tls = report.tls.as_ref().map_or_else(|| "none".to_string(), |t| t.describe());
+                        info!(latency_ms = format!("{:.1}", health.latency_ms()), max_connections = limits.max_connections, tls = %tls, "database healthy");
+                    }
+                    if let Some(preset) = self.db.preset.as_deref().and_then(config::preset_limit) {
+                        if preset != limits.max_connections && self.limits.is_none() {
+                            warn!(preset, server = limits.max_connections, "preset disagrees with the server's max_connections; using the server's");
+                        }
+                    }
+                    self.limits = Some(*limits);
+                    self.status.healthy = Some(true);
+                    self.status.latency_ms = Some(health.latency_ms());
+                    self.status.error = None;
+                    self.status.consecutive_failures = 0;
+                }
+                Err(e) => {
+                    self.status.consecutive_failures += 1;
+                    // Only the first failure of a streak is an error; jobs are never touched.
+                    if self.status.healthy != Some(false) {
+                        history.event(SystemTime::now(), Kind::DatabaseDown, None, format!("database health check failed: {e}"));
+                        error!("database health check failed (jobs keep running): {e}");
+                    } else {
+                        warn!(failures = self.status.consecutive_failures, "database still unreachable: {e}");
+                    }
+                    self.status.healthy = Some(false);
+                    self.status.error = Some(e.clone());
+                }
+            }
+            self.status.checked_at = Some(std::time::SystemTime::now());
+        }
+        if let Ok(usage) = report.usage {
+            let service = self.cfg.service.clone();
+            for job in jobs {
+                let name = &job.name.to_string();
+                if !self.jobs.contains_key(name) {
+                    continue;
+                }
+                let live = usage.job(&service, name);
+                let quota = self.quota_of_application(name);
+                // A job told a lower quota gets one rebalance_interval to close what it gave back
+                // (readings now come sooner than that; they must not count it as over quota).
+                let shrinking = self.jobs.get(name).and_then(|b| b.told_at).is_some_and(|t| now.duration_since(t) < self.cfg.rebalance_interval);
+                // A stopping job's connections are on their way out (its quota is already 0).
+                let stopping = job.stopping;
+                if self.db.enforce != Enforce::Off && !shrinking && !stopping {
+                    history.usage(SystemTime::now(), name, live, quota);
+                }
+                if live > quota && !shrinking && !stopping && self.db.enforce != Enforce::Off {
+                    warn!(job = %name, live, quota, "job uses more connections than its quota");
+                    // Through a pooler the server's backends are the pooler's: terminating them
+                    // would cut other clients. There `terminate` only warns.
+                    if self.db.enforce == Enforce::Terminate && crate::budget::pooler_limit(&self.db, self.pooler.as_ref()).is_none() {
+                        terminate.push(Terminate {
+                            application_name: crate::budget::env::application_name(&service, name),
+                            keep: quota,
+                            timeout: self.db.health_timeout,
+                            job: name.clone(),
+                        });
+                    }
+                }
+                for g in usage.groups.iter().filter(|g| matches!(&g.attribution, db::Attribution::Job { service: s, job } if *s == service && job == name)) {
+                    if g.state == db::BackendState::IdleInTransaction && g.max_idle_secs.unwrap_or(0.0) > 60.0 {
+                        warn!(job = %name, sessions = g.count, idle_s = g.max_idle_secs, "sessions stuck idle in transaction");
+                    }
+                }
+            }
+            self.observe(usage, now, report.started);
+        }
+        terminate
+    }
+
+    /// A reload's new `[database]` and `[budget]` (SPEC §8). The probe and fleet tasks keep
+    /// their connection and timers from startup: changes to those settings wait for a restart.
+    pub fn reconfigure(&mut self, db: DatabaseConfig, cfg: BudgetConfig, quota_dir_shared: bool) {
+        if self.db.url != db.url
+            || self.db.pooler_admin_url != db.pooler_admin_url
+            || self.db.health_interval != db.health_interval
+            || self.db.health_timeout != db.health_timeout
+            || self.cfg.rebalance_interval != cfg.rebalance_interval
+            || self.cfg.service != cfg.service
+            || self.cfg.scope != cfg.scope
+        {
+            warn!("changes to [database] url, pooler_admin_url, health_interval, health_timeout or [budget] scope, service, rebalance_interval take effect after a restart of corral");
+        }
+        self.db = db;
+        self.cfg = cfg;
+        self.quota_dir_shared = quota_dir_shared;
+    }
+
+    /// A local reservation of `count` for `ttl_s` (SPEC §5): it must fit beside what jobs
+    /// already hold, never over-commit. Returns when it expires, or the refusal.
+    // The error is the reply itself, as in `protocol::decode_request`: boxing it buys nothing.
+    #[allow(clippy::result_large_err)]
+    pub fn reserve(&mut self, name: &str, count: u32, ttl_s: Option<f64>, now: Instant) -> Result<Option<std::time::Duration>, Response> {
+        let ttl = match ttl_s {
+            Some(t) if !(t.is_finite() && t > 0.0) => return Err(Response::err(ErrorKind::BadRequest, "ttl must be positive")),
+            Some(t) => Some(std::time::Duration::from_secs_f64(t.min(1e9))),
+            None => None,
+        };
+        let previous = self.reservations.remove(name);
+        let plan = self.plan(now);
+        let occupied: u32 = self.jobs.values().map(|b| b.process.map(|p| p.held.max(p.told)).unwrap_or(0)).sum();
+        let free = plan.usable.saturating_sub(occupied);
+        if count > free {
+            if let Some(p) = previous {
+                self.reservations.insert(name.to_string(), p);
+            }
+            return Err(Response::err(
+                ErrorKind::Refused,
+                format!("cannot reserve {count}: only {free} of {} usable connections are not held by jobs", plan.usable),
+            ));
+        }
+        self.reservations.insert(name.to_string(), Reservation { count, expires: ttl.map(|t| now + t) });
+        Ok(ttl)
+    }
+
+    /// `corral health` with a `[database]` (SPEC §6): healthy when the last check passed and
+    /// the fleet coordination (if any) works; planned offline there is nothing to check.
+    pub fn health(&self, supervisor: bool) -> HealthReport {
+        let fleet_error = self.fleet.as_ref().and_then(|f| f.last_error.clone());
+        let ok = self.status.healthy == Some(true) && fleet_error.is_none();
+        let message = match (&self.status.error, self.status.latency_ms) {
+            (Some(e), _) => format!("database unhealthy: {e}"),
+            (None, _) if fleet_error.is_some() => format!("fleet coordination failing: {}", fleet_error.clone().unwrap_or_default()),
+            (None, Some(l)) => format!("supervisor running; database healthy ({l:.1} ms)"),
+            (None, None) if self.offline() => "supervisor running; no database url (budget planned offline)".to_string(),
+            (None, None) => "database not checked yet".to_string(),
+        };
+        HealthReport { healthy: ok || (self.offline() && fleet_error.is_none()), supervisor, database: Some(self.db_health()), message }
     }
 
     /// Connections outside corral, grouped by role and application_name (SPEC §5).

@@ -8,13 +8,17 @@
 mod admission;
 mod ask;
 mod budget;
+mod control;
 mod dashboard;
 mod fleet;
 mod health;
 mod history;
 mod http;
+mod jobs;
 mod notify;
+mod reload;
 mod server;
+mod shutdown;
 mod supervisor;
 mod watch;
 
