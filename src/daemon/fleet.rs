@@ -205,3 +205,45 @@ pub fn spawn(mut coord: Coordinator, timeout: Duration, tx: EventTx) -> mpsc::Un
     });
     cmd_tx
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INTERVAL: Duration = Duration::from_secs(2);
+
+    #[test]
+    fn one_sync_in_flight_and_the_wanted_one_follows_its_report() {
+        let t0 = Instant::now();
+        let mut s = Schedule::default();
+        assert_eq!(s.want(t0), Next::SendNow);
+        s.sent();
+        // Asked again while in flight: once, after the report.
+        assert_eq!(s.want(t0), Next::Later);
+        assert_eq!(s.want(t0), Next::Later);
+        let (next, epoch, wanted) = s.done(true, INTERVAL, t0);
+        assert_eq!((next, epoch, wanted), (INTERVAL, 1, true));
+        // Right after a report, the next one waits out the spacing (with the current epoch).
+        assert_eq!(s.want(t0 + Duration::from_millis(30)), Next::After(Duration::from_millis(70), 1));
+        assert_eq!(s.want(t0 + MIN_SPACING), Next::SendNow);
+        s.sent();
+        // A due timer armed before this send is stale now.
+        assert_eq!(s.epoch, 2);
+    }
+
+    #[test]
+    fn failures_retry_sooner_backing_off_to_the_interval() {
+        let t0 = Instant::now();
+        let mut s = Schedule::default();
+        let mut delays = Vec::new();
+        for _ in 0..6 {
+            s.sent();
+            delays.push(s.done(false, INTERVAL, t0).0);
+        }
+        assert_eq!(delays.iter().map(|d| d.as_millis()).collect::<Vec<_>>(), vec![500, 1000, 2000, 2000, 2000, 2000]);
+        assert_eq!(s.failures(), 6);
+        s.sent();
+        assert_eq!(s.done(true, INTERVAL, t0).0, INTERVAL);
+        assert_eq!(s.failures(), 0);
+    }
+}

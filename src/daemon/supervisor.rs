@@ -510,7 +510,9 @@ impl Supervisor {
         // a local allocation counts it as starting and tells the others their new quotas.
         let passes = !self.shutdown.requested && lock == LockFact::Ours && (dups.is_empty() || job.cfg.on_duplicate == OnDuplicate::Ignore);
         let draining = self.budget.as_ref().and_then(|b| b.draining(name));
-        let (grant, tell) = if passes && draining.is_none() { self.grant_fact(name) } else { (GrantFact::NotNeeded, Vec::new()) };
+        // A draining job with connections waits for the reading anyway (admission says so first).
+        let ask_budget = passes && (draining.is_none() || job.cfg.connections.is_none());
+        let (grant, tell) = if ask_budget { self.grant_fact(name) } else { (GrantFact::NotNeeded, Vec::new()) };
         let Some(job) = self.jobs.get(name) else {
             return Input::SpawnFailed { error: "the job is no longer in the config".into() };
         };
