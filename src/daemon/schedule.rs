@@ -18,7 +18,7 @@ use tracing::{info, warn};
 use crate::config::{Config, JobConfig};
 use crate::job::machine::describe_exit;
 use crate::job::{Exit, Job, Policy, State};
-use crate::protocol::{LastRun, ScheduleStatus};
+use crate::protocol::{JobStatus, LastRun, ScheduleStatus};
 use crate::schedule::decide::{self, RunRecord};
 use crate::schedule::{rfc3339, Action, Activity, Clock, Input, Outcome, ScheduleConfig, Tracker, Wall};
 
@@ -149,15 +149,27 @@ impl Schedules {
     /// The state `status` shows for a scheduled job, when it is not the machine's: `scheduled`
     /// between runs, `stopped` once it no longer follows its schedule and no run lives (the
     /// last run's result is in its `schedule.last_run`).
-    pub fn shown_state(&self, job: &str) -> Option<&'static str> {
+    pub fn shown_state(&self, job: &str) -> Option<State> {
         let e = self.entries.get(job)?;
         if e.t.between_runs() {
-            Some("scheduled")
+            Some(State::Scheduled)
         } else if !e.t.armed() && e.activity == Activity::Idle {
-            Some("stopped")
+            Some(State::Stopped)
         } else {
             None
         }
+    }
+
+    /// A job's `status` line with what its schedule adds (SPEC §4): the shown state, no
+    /// reason between runs (the last run's is in `schedule.last_run`), `next_run`, `schedule`.
+    pub fn annotate(&self, mut s: JobStatus) -> JobStatus {
+        if let Some(state) = self.shown_state(&s.name) {
+            s.state = state;
+            s.reason = None;
+        }
+        s.next_run = self.next_run(&s.name);
+        s.schedule = self.status(&s.name);
+        s
     }
 
     pub fn next_run(&self, job: &str) -> Option<String> {
@@ -310,7 +322,7 @@ fn sleep_for(at: Wall, now: Wall) -> Duration {
 
 fn activity(m: &Job) -> Activity {
     match m.state {
-        State::Stopped | State::Exited | State::Fatal => Activity::Idle,
+        State::Stopped | State::Exited | State::Fatal | State::Scheduled => Activity::Idle,
         State::Backoff => Activity::Retrying,
         State::Waiting => Activity::Pending,
         State::Starting | State::Running | State::Stopping if m.pid.is_some() => Activity::Running,
