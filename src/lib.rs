@@ -13,6 +13,8 @@
 //!              the one connection-string reader, redaction, the PgBouncer admin console.
 //! - `lookup`   users, groups and host names without NSS (the binary is static): /etc/passwd,
 //!              /etc/group, /etc/hosts, DNS from /etc/resolv.conf.
+//! - `schedule` scheduled jobs, pure: cron/`@every` occurrences (croner, chrono-tz) and the
+//!              decisions of a schedule (due, missed, skipped, catch-up, concurrency).
 //! - `protocol` the typed requests and replies shared by daemon and client (SPEC §4's stable
 //!              names come from their serde derives), line framing.
 //! - `daemon`   `corral run`: one actor owns the job table; signals, the socket server,
@@ -37,4 +39,5 @@ pub mod job;
 pub mod lookup;
 pub mod process;
 pub mod protocol;
+pub mod schedule;
 pub mod view;

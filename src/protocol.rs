@@ -191,6 +191,51 @@ pub struct JobStatus {
     /// enough (SPEC §7); `corral logs` still has them.
     #[serde(default)]
     pub output_dropped: u64,
+    /// RFC 3339 time of a scheduled job's next run, else null (SPEC §4).
+    #[serde(default)]
+    pub next_run: Option<String>,
+    /// A scheduled job's schedule, last run and counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<ScheduleStatus>,
+}
+
+/// A scheduled job in `status --json` (SPEC §4): stable names, as for [`JobStatus`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleStatus {
+    pub schedule: String,
+    pub timezone: String,
+    pub concurrency: String,
+    pub starting_deadline_s: Option<f64>,
+    pub catch_up: bool,
+    /// Following the schedule (false after `corral stop`).
+    pub armed: bool,
+    pub next_run: Option<String>,
+    /// The time the run in progress was due (its CORRAL_SCHEDULED_AT).
+    pub scheduled_at: Option<String>,
+    pub last_run: Option<LastRun>,
+    /// Runs that started a process, since corral started.
+    pub runs: u64,
+    pub succeeded: u64,
+    pub failures: u64,
+    /// Due runs that never started: past their starting_deadline, passed while corral was
+    /// down or at once (clock jump), or still waiting when the next was due.
+    pub missed: u64,
+    /// Due runs not started because the previous run still ran (`concurrency = "forbid"`).
+    pub skipped: u64,
+    pub run_seconds_total: f64,
+    pub max_run_s: f64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LastRun {
+    pub scheduled_at: String,
+    pub started_at: Option<String>,
+    /// "succeeded", "failed", "stopped", "missed" or "replaced".
+    pub result: String,
+    pub reason: Option<String>,
+    pub duration_s: Option<f64>,
+    /// Started by `corral start`, not by the schedule.
+    pub manual: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

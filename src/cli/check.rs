@@ -50,7 +50,9 @@ pub fn run(path: &Path, json: bool, online: bool) -> i32 {
         let pooler = reading.as_ref().and_then(|r| r.pooler.as_ref());
         plan::plan(&crate::budget::plan_input(db, server, pooler, 0, crate::budget::own_connections(db)))
     });
-    let minimums: u32 = cfg.jobs.values().filter(|j| j.autostart).filter_map(|j| j.connections).map(|c| c.min).sum();
+    // A scheduled job holds its connections only while a run lives: its run waits for its
+    // minimum like any start, so it is not one of the minimums that must fit at once.
+    let minimums: u32 = cfg.jobs.values().filter(|j| j.autostart && j.schedule.is_none()).filter_map(|j| j.connections).map(|c| c.min).sum();
     render::check(&cfg, plan.as_ref(), minimums, reading.as_ref(), online, json);
     if online && cfg.database.as_ref().is_none_or(|db| db.url.is_none()) {
         eprintln!("error: {}: --online needs a [database] url to connect to", cfg.path.display());

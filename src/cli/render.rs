@@ -26,7 +26,7 @@ fn state_style(state: JobState) -> Option<&'static str> {
         JobState::Running => Some("32"),
         JobState::Starting | JobState::Stopping | JobState::Backoff | JobState::Waiting => Some("33"),
         JobState::Fatal => Some("1;31"),
-        JobState::Stopped | JobState::Exited => None,
+        JobState::Stopped | JobState::Exited | JobState::Scheduled => None,
     }
 }
 
@@ -189,7 +189,7 @@ pub fn status_table_styled(jobs: &[JobStatus], colour: bool) -> String {
                     .unwrap_or_else(|| "-".into()),
                 j.quota.map(|q| q.to_string()).unwrap_or_else(|| "-".into()),
                 j.connections.map(|q| q.to_string()).unwrap_or_else(|| "-".into()),
-                j.reason.clone().unwrap_or_default(),
+                reason_or_schedule(j),
             ]
         })
         .collect();
@@ -220,6 +220,44 @@ pub fn status_table_styled(jobs: &[JobStatus], colour: bool) -> String {
     out
 }
 
+/// The REASON column: the reason, or for a scheduled job its next run, last run and misses.
+pub fn reason_or_schedule(j: &JobStatus) -> String {
+    match (&j.reason, &j.schedule) {
+        (None, Some(s)) => schedule_summary(s),
+        (r, _) => r.clone().unwrap_or_default(),
+    }
+}
+
+/// `next 2026-12-01T14:00:00Z · last succeeded in 1.2s · 2 missed`.
+pub fn schedule_summary(s: &crate::protocol::ScheduleStatus) -> String {
+    let mut parts = Vec::new();
+    match &s.next_run {
+        Some(n) => parts.push(format!("next {n}")),
+        None if !s.armed => parts.push("schedule stopped (corral start follows it again)".to_string()),
+        None => {}
+    }
+    if let Some(l) = &s.last_run {
+        let took = l.duration_s.map(|d| format!(" in {}", short_secs(d))).unwrap_or_default();
+        let why = l.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default();
+        parts.push(format!("last {}{took}{why}", l.result));
+    }
+    if s.missed > 0 {
+        parts.push(format!("{} missed", s.missed));
+    }
+    if s.skipped > 0 {
+        parts.push(format!("{} skipped", s.skipped));
+    }
+    parts.join(" · ")
+}
+
+fn short_secs(s: f64) -> String {
+    if s < 60.0 {
+        format!("{s:.1}s")
+    } else {
+        uptime(s)
+    }
+}
+
 /// `0:01:21`, `2d 3:04:05` — supervisorctl's uptime style.
 pub fn uptime(secs: f64) -> String {
     let s = secs.max(0.0) as u64;
@@ -242,6 +280,7 @@ pub fn check(cfg: &Config, plan: Option<&Plan>, minimums: u32, online: Option<&s
                     "name": j.name, "command": j.command, "autostart": j.autostart,
                     "restart": restart_name(j.restart), "priority": j.priority,
                     "connections": j.connections.map(|c| serde_json::json!({"min": c.min, "max": c.max, "overflow": c.overflow})),
+                    "schedule": j.schedule.as_ref().map(|s| s.spec.text.clone()),
                 })
             })
             .collect();
@@ -259,7 +298,11 @@ pub fn check(cfg: &Config, plan: Option<&Plan>, minimums: u32, online: Option<&s
         .map(|j| {
             [
                 j.name.clone(),
-                if j.autostart { "autostart".into() } else { "manual".into() },
+                match &j.schedule {
+                    Some(s) => format!("schedule \"{}\" {}", s.spec.text, s.spec.tz.name()),
+                    None if j.autostart => "autostart".into(),
+                    None => "manual".into(),
+                },
                 format!("restart={}", restart_name(j.restart)),
                 j.connections.map(|c| format!("conn {}..{}", c.min, c.max)).unwrap_or_else(|| "no db".into()),
                 j.command.join(" "),
@@ -533,6 +576,8 @@ mod tests {
             connections: None,
             reason: None,
             output_dropped: 0,
+            next_run: None,
+            schedule: None,
         }
     }
 

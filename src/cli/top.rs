@@ -453,7 +453,7 @@ fn state_color(state: JobState) -> Color {
     match state {
         JobState::Running => Color::Green,
         JobState::Starting | JobState::Stopping | JobState::Backoff => Color::Yellow,
-        JobState::Waiting => Color::Cyan,
+        JobState::Waiting | JobState::Scheduled => Color::Cyan,
         JobState::Fatal => Color::Red,
         JobState::Stopped | JobState::Exited => Color::DarkGray,
     }
@@ -496,7 +496,7 @@ fn draw_jobs(f: &mut Frame, area: Rect, app: &App) {
             Cell::from(j.restarts.to_string()),
             Cell::from(conn_cell(j)),
             Cell::from(exit_text(j)),
-            Cell::from(j.reason.clone().unwrap_or_default()),
+            Cell::from(super::render::reason_or_schedule(j)),
         ])
     });
     let widths = [
@@ -608,6 +608,8 @@ mod tests {
             connections: conns,
             reason: (state == "fatal").then(|| "exited too quickly 5 times".into()),
             output_dropped: 0,
+            next_run: None,
+            schedule: None,
         }
     }
 

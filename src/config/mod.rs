@@ -176,6 +176,8 @@ pub struct JobConfig {
     pub priority: i32,
     pub connections: Option<Connections>,
     pub quota_signal: Option<Signal>,
+    /// A scheduled job (SPEC §2): runs when its schedule says, `scheduled` in between.
+    pub schedule: Option<crate::schedule::ScheduleConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

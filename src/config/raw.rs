@@ -106,6 +106,12 @@ pub(super) struct RawJob {
     /// An integer, or a table `{ min, max, overflow }`.
     pub connections: Option<Spanned<toml::Value>>,
     pub quota_signal: Option<Str>,
+    // A scheduled job (SPEC §2); validated in validate/schedule.rs.
+    pub schedule: Option<Str>,
+    pub timezone: Option<Str>,
+    pub concurrency: Option<Str>,
+    pub starting_deadline: Option<Str>,
+    pub catch_up: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -271,6 +271,8 @@ pub fn render_metrics(
         dropped,
     );
 
+    schedule_metrics(&mut reg, status);
+
     // The limit that binds, named: "session pooler pool_size", "server max_connections 60 - 3 reserved".
     let limit_reason = budget.map_or_else(|| "unknown".to_string(), |b| b.limit_reason.clone());
     if let Some(b) = budget.map(BudgetView::from_report) {
@@ -334,6 +336,43 @@ pub fn render_metrics(
     out
 }
 
+/// Scheduled jobs (SPEC §2): runs, failures, missed and skipped runs, time spent running, the
+/// last run's duration and the next run's time.
+fn schedule_metrics(reg: &mut Registry, status: &StatusReport) {
+    type F64Counter = Counter<f64, std::sync::atomic::AtomicU64>;
+    type F64Gauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+    let (runs, failures, missed, skipped) = (Family::<JobLabel, Counter>::default(), Family::<JobLabel, Counter>::default(), Family::<JobLabel, Counter>::default(), Family::<JobLabel, Counter>::default());
+    let (seconds, last, longest, next) = (Family::<JobLabel, F64Counter>::default(), Family::<JobLabel, F64Gauge>::default(), Family::<JobLabel, F64Gauge>::default(), Family::<JobLabel, F64Gauge>::default());
+    let mut any = false;
+    for (j, s) in status.jobs.iter().filter_map(|j| j.schedule.as_ref().map(|s| (j, s))) {
+        any = true;
+        let l = JobLabel { job: j.name.clone() };
+        runs.get_or_create(&l).inc_by(s.runs);
+        failures.get_or_create(&l).inc_by(s.failures);
+        missed.get_or_create(&l).inc_by(s.missed);
+        skipped.get_or_create(&l).inc_by(s.skipped);
+        seconds.get_or_create(&l).inc_by(s.run_seconds_total);
+        longest.get_or_create(&l).set(s.max_run_s);
+        if let Some(d) = s.last_run.as_ref().and_then(|r| r.duration_s) {
+            last.get_or_create(&l).set(d);
+        }
+        if let Some(t) = s.next_run.as_deref().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()) {
+            next.get_or_create(&l).set(t.timestamp_millis() as f64 / 1000.0);
+        }
+    }
+    if !any {
+        return;
+    }
+    reg.register("corral_schedule_runs", "Runs of a scheduled job that started a process", runs);
+    reg.register("corral_schedule_failures", "Runs of a scheduled job that failed (retries included in the run)", failures);
+    reg.register("corral_schedule_missed", "Due runs that never started (starting_deadline, corral down, clock jump)", missed);
+    reg.register("corral_schedule_skipped", "Due runs skipped because the previous run still ran (concurrency = forbid)", skipped);
+    reg.register_with_unit("corral_schedule_run_duration", "Time spent in finished runs", Unit::Seconds, seconds);
+    reg.register_with_unit("corral_schedule_last_run_duration", "How long the last run took", Unit::Seconds, last);
+    reg.register_with_unit("corral_schedule_longest_run_duration", "The longest run since corral started", Unit::Seconds, longest);
+    reg.register_with_unit("corral_schedule_next_run_timestamp", "Unix time of the next run", Unit::Seconds, next);
+}
+
 fn json<T: serde::Serialize>(code: StatusCode, value: &T) -> HttpResponse {
     let mut body = serde_json::to_string(value).unwrap_or_else(|_| "null".into());
     body.push('\n');
@@ -379,6 +418,8 @@ mod tests {
                     connections: Some(2),
                     reason: None,
                     output_dropped: 7,
+                    next_run: None,
+                    schedule: None,
                 },
                 JobStatus {
                     name: "b".into(),
@@ -391,6 +432,8 @@ mod tests {
                     connections: None,
                     reason: Some("x".into()),
                     output_dropped: 0,
+                    next_run: None,
+                    schedule: None,
                 },
             ],
             config_error: None,
@@ -469,6 +512,53 @@ mod tests {
         let text = render_metrics(&status, Some(&budget), None, None);
         assert!(text.lines().any(|l| l == "corral_fleet_members 2"), "{text}");
         assert!(text.lines().any(|l| l == "corral_fleet_coordination_up 1"), "{text}");
+    }
+
+    #[test]
+    fn schedule_metrics_count_runs_failures_and_misses() {
+        let sched = crate::protocol::ScheduleStatus {
+            runs: 5,
+            failures: 1,
+            missed: 2,
+            skipped: 3,
+            run_seconds_total: 7.5,
+            max_run_s: 2.5,
+            next_run: Some("2026-12-01T14:00:00Z".into()),
+            last_run: Some(crate::protocol::LastRun { duration_s: Some(1.25), ..Default::default() }),
+            ..Default::default()
+        };
+        let job = JobStatus {
+            name: "nightly".into(),
+            state: crate::protocol::JobState::Scheduled,
+            pid: None,
+            uptime_s: None,
+            restarts: 0,
+            last_exit: None,
+            quota: None,
+            connections: None,
+            reason: None,
+            output_dropped: 0,
+            next_run: sched.next_run.clone(),
+            schedule: Some(sched),
+        };
+        let status = StatusReport { jobs: vec![job], config_error: None, supervisor: SupervisorInfo::default(), budget: None };
+        let text = render_metrics(&status, None, None, None);
+        for line in [
+            "corral_schedule_runs_total{job=\"nightly\"} 5",
+            "corral_schedule_failures_total{job=\"nightly\"} 1",
+            "corral_schedule_missed_total{job=\"nightly\"} 2",
+            "corral_schedule_skipped_total{job=\"nightly\"} 3",
+            "corral_schedule_run_duration_seconds_total{job=\"nightly\"} 7.5",
+            "corral_schedule_last_run_duration_seconds{job=\"nightly\"} 1.25",
+            "corral_schedule_longest_run_duration_seconds{job=\"nightly\"} 2.5",
+            "corral_schedule_next_run_timestamp_seconds{job=\"nightly\"} 1796133600.0",
+            "corral_job_state{job=\"nightly\",state=\"scheduled\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+        }
+        // Without scheduled jobs, no schedule series at all.
+        let none = StatusReport { jobs: vec![], config_error: None, supervisor: SupervisorInfo::default(), budget: None };
+        assert!(!render_metrics(&none, None, None, None).contains("corral_schedule_"));
     }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {

@@ -99,6 +99,9 @@ pub fn job_status(jobs: &JobTable, budget: Option<&Budget>, logs: &LogStore, nam
                 _ => None,
             },
             output_dropped: logs.dropped(name),
+            // Filled in for scheduled jobs by `daemon::schedule::Schedules::annotate`.
+            next_run: None,
+            schedule: None,
         })
     }
 

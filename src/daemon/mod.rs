@@ -17,6 +17,7 @@ mod http;
 mod jobs;
 mod notify;
 mod reload;
+mod schedule;
 mod server;
 mod shutdown;
 mod supervisor;

@@ -244,6 +244,8 @@ mod tests {
             connections: None,
             reason: None,
             output_dropped: 0,
+            next_run: None,
+            schedule: None,
         }
     }
 

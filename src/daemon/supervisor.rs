@@ -25,6 +25,7 @@ use super::health::{self, DbReport, ProbeCmd};
 use super::history::{History, Kind};
 use super::notify::Notifier;
 use crate::config::{self, Config, OnDuplicate, OrphanPolicy};
+use super::schedule::{Do, Schedules};
 use crate::db::fleet::{Coordinator, Identity, LockOutcome, SyncRequest};
 use crate::db::pooler::PgBouncerAdmin;
 use crate::db::{self, Probe};
@@ -96,6 +97,8 @@ pub enum Event {
     FleetCheck,
     /// A `quota_signal` held back for a young process is due.
     QuotaSignalDue { job: String, pid: i32 },
+    /// A scheduled job's wake (SPEC §2): re-check its schedule against the wall clock.
+    ScheduleWake { job: String, gen: u64 },
 }
 
 pub type EventTx = mpsc::UnboundedSender<Event>;
@@ -143,11 +146,14 @@ pub struct Supervisor {
     /// Fleet scope: each job's wants and occupancy as the last sync reported them; a reading
     /// that changes them syncs at once instead of at the next interval.
     fleet_reported: Vec<(String, crate::budget::allocate::Wants, u32)>,
+    /// Scheduled jobs: their trackers and wakes (daemon/schedule.rs).
+    schedules: Schedules,
 }
 
 impl Supervisor {
     pub fn new(config: Config, tx: EventTx, logs: LogStore) -> Supervisor {
         let jobs = config.jobs.values().map(|c| (c.name.clone(), JobRt::new(c.clone()))).collect();
+        let schedules = Schedules::new(&config);
         let mut sup = Supervisor {
             config,
             config_error: None,
@@ -178,6 +184,7 @@ impl Supervisor {
             fleet_schedule: super::fleet::Schedule::default(),
             follow_ups: 0,
             fleet_reported: Vec::new(),
+            schedules,
         };
         sup.setup_budget();
         sup
@@ -278,7 +285,8 @@ impl Supervisor {
                 self.tx.clone(),
             ));
         }
-        let autostart: Vec<String> = self.jobs.iter().filter(|(_, j)| j.cfg.autostart).map(|(n, _)| n.clone()).collect();
+        // A scheduled job's autostart arms its schedule instead (below).
+        let autostart: Vec<String> = self.jobs.iter().filter(|(_, j)| j.cfg.autostart && j.cfg.schedule.is_none()).map(|(n, _)| n.clone()).collect();
         for name in &autostart {
             if let Some(j) = self.jobs.get_mut(name) {
                 j.start_pending = true;
@@ -300,6 +308,11 @@ impl Supervisor {
                 j.start_pending = false;
             }
             self.feed(&name, Input::Start);
+        }
+        let scheduled: Vec<String> = self.jobs.iter().filter(|(_, j)| j.cfg.autostart && j.cfg.schedule.is_some()).map(|(n, _)| n.clone()).collect();
+        for name in scheduled {
+            let dos = self.schedules.arm(&name, true);
+            self.sched_do(dos, false);
         }
         self.arm_sweep();
         ready();
@@ -406,6 +419,10 @@ impl Supervisor {
             }
             Event::Fleet(report) => self.on_fleet(report),
             Event::FleetCheck => self.check_fleet_locks(),
+            Event::ScheduleWake { job, gen } => {
+                let dos = self.schedules.wake(&job, gen);
+                self.sched_do(dos, false);
+            }
             Event::QuotaSignalDue { job, pid } => {
                 let Some(j) = self.jobs.get_mut(&job) else { return };
                 if j.m.pid == Some(pid) && j.signal_due.take() == Some(pid) {
@@ -438,6 +455,10 @@ impl Supervisor {
             }
             for effect in effects {
                 self.execute(&name, effect);
+            }
+            if let (true, Some(job)) = (self.schedules.contains(&name), self.jobs.get(&name)) {
+                let dos = self.schedules.observe(&name, &job.m, &job.policy);
+                self.sched_do(dos, true);
             }
             self.drop_if_removed(&name);
         }
@@ -618,12 +639,15 @@ impl Supervisor {
     }
 
     /// Admitted: write the quota file, spawn, register the pid and the output readers.
-    fn spawn(&mut self, name: &str, quota: Option<u32>, extra_env: Vec<(String, String)>) -> Input {
+    fn spawn(&mut self, name: &str, quota: Option<u32>, mut extra_env: Vec<(String, String)>) -> Input {
         let format = self.config.supervisor.log_format;
         if let (Some(q), Some(budget), Some(job)) = (quota, self.budget.as_mut(), self.jobs.get(name)) {
             if let Err(e) = budget.write_quota(&job.cfg, q) {
                 warn!(job = name, "cannot write quota file: {e}");
             }
+        }
+        if let Some(at) = self.schedules.scheduled_at(name) {
+            extra_env.push(("CORRAL_SCHEDULED_AT".into(), at));
         }
         let Some(job) = self.jobs.get_mut(name) else {
             return Input::SpawnFailed { error: "the job is no longer in the config".into() };
@@ -760,6 +784,28 @@ impl Supervisor {
         }
     }
 
+    /// Execute what a schedule decided. Inside `feed` (`in_feed`), inputs join its queue. A run
+    /// the schedule starts is like a restart: the duplicate scan (a read of every process) ran
+    /// for the job's first start and runs again after `corral start`, not before every run.
+    fn sched_do(&mut self, dos: Vec<Do>, in_feed: bool) {
+        for d in dos {
+            let (job, input) = match d {
+                Do::Wake { job, after, gen } => {
+                    self.after(after, Event::ScheduleWake { job, gen });
+                    continue;
+                }
+                Do::Start(job) => (job, Input::Start),
+                Do::Stop(job) => (job, Input::Stop),
+                Do::Restart(job) => (job, Input::Restart),
+            };
+            if in_feed {
+                self.queue.push_back((job, input));
+            } else {
+                self.feed(&job, input);
+            }
+        }
+    }
+
     fn drop_if_removed(&mut self, name: &str) {
         if matches!(self.jobs.get(name), Some(j) if j.removed && !j.m.state.is_live()) {
             info!(job = name, "removed");
@@ -774,6 +820,7 @@ impl Supervisor {
             return;
         }
         info!("{why}: stopping all jobs");
+        self.schedules.disarm_all();
         self.notify.stopping();
         // Stop inputs signal every group at once, so jobs stop in parallel.
         let names: Vec<String> = self.jobs.keys().cloned().collect();
@@ -939,6 +986,25 @@ impl Supervisor {
         };
         for name in &names {
             self.history.event(now_wall(), Kind::Control, Some(name), format!("{verb} requested"));
+            if self.schedules.contains(name) {
+                // A scheduled job: `start` runs it now, `stop` also stops following the schedule.
+                if let Some(j) = self.jobs.get_mut(name) {
+                    j.check_duplicates = verb != "stop";
+                }
+                let dos = match verb {
+                    "start" => self.schedules.run_now(name),
+                    "stop" => {
+                        self.schedules.disarm(name);
+                        Vec::new()
+                    }
+                    _ => self.schedules.ensure_armed(name),
+                };
+                let starts = dos.iter().any(|d| matches!(d, Do::Start(_)));
+                self.sched_do(dos, false);
+                if starts {
+                    continue;
+                }
+            }
             let (input, check_duplicates) = control::verb_input(verb);
             if let Some(j) = self.jobs.get_mut(name).filter(|_| check_duplicates) {
                 j.check_duplicates = true;
@@ -950,7 +1016,11 @@ impl Supervisor {
 
     fn status(&self, names: &[String]) -> StatusReport {
         StatusReport {
-            jobs: names.iter().filter_map(|n| jobs::job_status(&self.jobs, self.budget.as_ref(), &self.logs, n)).collect(),
+            jobs: names
+                .iter()
+                .filter_map(|n| jobs::job_status(&self.jobs, self.budget.as_ref(), &self.logs, n))
+                .map(|s| self.schedules.annotate(s))
+                .collect(),
             config_error: self.config_error.clone(),
             supervisor: SupervisorInfo {
                 pid: std::process::id(),
@@ -1047,12 +1117,15 @@ impl Supervisor {
         }
         for name in &plan.added {
             let Some(cfg) = self.config.jobs.get(name).cloned() else { continue };
-            let autostart = cfg.autostart;
+            let autostart = cfg.autostart && cfg.schedule.is_none();
             self.jobs.insert(name.clone(), JobRt::new(cfg));
             if autostart {
                 self.feed(name, Input::Start);
             }
         }
+        // New scheduled jobs follow their schedule; changed schedules re-plan (runs go on).
+        let dos = self.schedules.reload(&self.config);
+        self.sched_do(dos, false);
         self.rebalance();
         info!(
             added = plan.added.len(),

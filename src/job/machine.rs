@@ -25,10 +25,14 @@ pub enum State {
     Exited,
     Fatal,
     Waiting,
+    /// A scheduled job between runs (SPEC §4). Shown by `status`; the machine itself never
+    /// enters it (an idle scheduled job's machine is stopped or exited): `daemon::schedule`
+    /// shows it for a job that follows its schedule. The machine treats it as stopped.
+    Scheduled,
 }
 
 impl State {
-    pub const ALL: [State; 8] = [
+    pub const ALL: [State; 9] = [
         State::Stopped,
         State::Starting,
         State::Running,
@@ -37,6 +41,7 @@ impl State {
         State::Exited,
         State::Fatal,
         State::Waiting,
+        State::Scheduled,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -49,6 +54,7 @@ impl State {
             State::Exited => "exited",
             State::Fatal => "fatal",
             State::Waiting => "waiting",
+            State::Scheduled => "scheduled",
         }
     }
 
@@ -187,7 +193,7 @@ pub fn step(job: &mut Job, policy: &Policy, input: Input, jitter: f64) -> Vec<Ef
     let mut fx = Vec::new();
     match input {
         Input::Start => match job.state {
-            State::Stopped | State::Exited | State::Fatal | State::Backoff | State::Waiting => {
+            State::Stopped | State::Exited | State::Fatal | State::Backoff | State::Waiting | State::Scheduled => {
                 job.failures = 0;
                 job.reason = None;
                 begin_start(job, &mut fx);
@@ -213,7 +219,7 @@ pub fn step(job: &mut Job, policy: &Policy, input: Input, jitter: f64) -> Vec<Ef
                     job.reason = None;
                     fx.push(Effect::Release);
                 }
-                State::Stopping | State::Stopped | State::Exited | State::Fatal => {}
+                State::Stopping | State::Stopped | State::Exited | State::Fatal | State::Scheduled => {}
             }
         }
         Input::KillNow => {
@@ -340,7 +346,7 @@ fn on_exit(job: &mut Job, policy: &Policy, exit: Exit, jitter: f64, fx: &mut Vec
             }
         }
         // No process is tracked in these states; nothing to do.
-        State::Stopped | State::Backoff | State::Exited | State::Fatal | State::Waiting => {}
+        State::Stopped | State::Backoff | State::Exited | State::Fatal | State::Waiting | State::Scheduled => {}
     }
 }
 
@@ -581,7 +587,7 @@ mod tests {
                         assert_eq!((j.state, j.pid), (State::Starting, None), "{state:?} {input:?}");
                     }
                     // Non-live states never track a process.
-                    if matches!(j.state, State::Stopped | State::Exited | State::Fatal | State::Backoff | State::Waiting) {
+                    if matches!(j.state, State::Stopped | State::Exited | State::Fatal | State::Backoff | State::Waiting | State::Scheduled) {
                         assert_eq!(j.pid, None, "{state:?} {pid:?} {input:?} -> {j:?}");
                     }
                     // Fatal and waiting always say why.

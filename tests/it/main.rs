@@ -20,5 +20,6 @@ mod pid1;
 mod poolers;
 mod python_examples;
 mod reload;
+mod schedule;
 mod tls;
 mod top;

@@ -283,6 +283,7 @@ mod tests {
                 priority: 0,
                 connections: None,
                 quota_signal: None,
+                schedule: None,
             }
         );
     }

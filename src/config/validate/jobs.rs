@@ -126,6 +126,7 @@ impl Cx<'_> {
                 .map_or(DEFAULT_PRIORITY, |p| p as i32),
             connections,
             quota_signal: raw.quota_signal.as_ref().and_then(|v| self.signal("quota_signal", v)),
+            schedule: self.schedule(name, raw),
         }
     }
 

@@ -20,6 +20,7 @@ mod http;
 mod jobs;
 mod names;
 mod scalars;
+mod schedule;
 mod signals;
 mod supervisor;
 #[cfg(test)]
