@@ -18,6 +18,8 @@
 //!              Only the actor mutates jobs.
 //! - `cli`      the client verbs: clap, socket client, rendering, `corral top`.
 //! - `view`     the budget JSON read into a typed view for `/metrics` and `corral top`.
+//! - `alerts`   `[alerts]`: the actor reports facts through a bounded hook; a router task
+//!              decides (pure) and workers deliver (webhook, command) off the actor.
 //!
 //! `cli` and `daemon` never import each other; both speak `protocol`.
 //!
@@ -25,6 +27,7 @@
 //! through bounded sinks drained by threads of their own (`process::output`), and a reload
 //! is read and validated on a thread of its own.
 
+pub mod alerts;
 pub mod budget;
 pub mod cli;
 pub mod config;

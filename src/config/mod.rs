@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use diff::{diff, ReloadPlan};
+pub use validate::alerts::{AlertsConfig, WebhookUrl};
 
 /// A whole, validated manifest. Built completely before anything is applied,
 /// so a bad reload can never leave a half-applied config behind.
@@ -28,6 +29,8 @@ pub struct Config {
     pub database: Option<DatabaseConfig>,
     pub budget: BudgetConfig,
     pub http: Option<HttpConfig>,
+    /// `[alerts]` (SPEC §9): None without the section.
+    pub alerts: Option<AlertsConfig>,
     /// Jobs by name, in name order (BTreeMap keeps output deterministic).
     pub jobs: BTreeMap<String, JobConfig>,
 }

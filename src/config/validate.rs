@@ -15,6 +15,8 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use toml::{Spanned, Value};
 
+pub(super) mod alerts;
+
 use super::expand::expand;
 use super::raw::{self, Doc, Keys, RawBackoff, RawBudget, RawDatabase, RawHttp, RawJob, RawSupervisor, Str, TOP_KEYS};
 use super::{
@@ -243,7 +245,7 @@ impl<'a> Cx<'a> {
                 self.unknown_key(
                     key,
                     TOP_KEYS,
-                    "the top level holds [supervisor], [database], [budget], [http] and [jobs.NAME] tables",
+                    "the top level holds [supervisor], [database], [budget], [http], [alerts] and [jobs.NAME] tables",
                 );
             }
         }
@@ -272,6 +274,11 @@ impl<'a> Cx<'a> {
             _ => None,
         };
 
+        let alerts = match self.select::<alerts::RawAlerts>(&["alerts"], anchor("alerts")) {
+            Ok(Some(raw)) => self.alerts(&raw, anchor("alerts")),
+            _ => None,
+        };
+
         let mut jobs = BTreeMap::new();
         let names: Keys = self
             .select(&["jobs"], anchor("jobs"))
@@ -297,6 +304,7 @@ impl<'a> Cx<'a> {
             database,
             budget,
             http,
+            alerts,
             jobs,
         })
     }

@@ -86,6 +86,8 @@ pub enum Event {
     FleetCheck,
     /// A `quota_signal` held back for a young process is due.
     QuotaSignalDue { job: String, pid: i32 },
+    /// The alert command worker: spawn or kill an alert command (`alerts::command`).
+    Alert(crate::alerts::ActorCmd),
 }
 
 pub type EventTx = mpsc::UnboundedSender<Event>;
@@ -205,6 +207,10 @@ pub struct Supervisor {
     /// Fleet scope: each job's wants and occupancy as the last sync reported them; a reading
     /// that changes them syncs at once instead of at the next interval.
     fleet_reported: Vec<(String, crate::budget::allocate::Wants, u32)>,
+    /// `[alerts]` (SPEC §9): facts go out through this hook and never wait for delivery.
+    alerts: crate::alerts::Hook,
+    /// Alert commands this actor spawned; the reaper hands them their exit.
+    alert_children: crate::alerts::Children,
 }
 
 impl Supervisor {
@@ -240,6 +246,8 @@ impl Supervisor {
             fleet_cmd: None,
             follow_ups: 0,
             fleet_reported: Vec::new(),
+            alerts: crate::alerts::Hook::disabled(),
+            alert_children: crate::alerts::Children::default(),
         };
         sup.setup_budget();
         sup
@@ -270,6 +278,12 @@ impl Supervisor {
                 fleet.last_error = Some(format!("fleet coordination disabled: {why}"));
             }
         }
+        self
+    }
+
+    /// Send alerts through `hook` (SPEC §9).
+    pub fn with_alerts(mut self, hook: crate::alerts::Hook) -> Supervisor {
+        self.alerts = hook;
         self
     }
 
@@ -483,6 +497,7 @@ impl Supervisor {
             }
             Event::Fleet(report) => self.on_fleet(report),
             Event::FleetCheck => self.check_fleet_locks(),
+            Event::Alert(cmd) => self.alert_children.handle(cmd, &self.logs, self.config.supervisor.log_format),
             Event::QuotaSignalDue { job, pid } => {
                 let Some(j) = self.jobs.get_mut(&job) else { return };
                 if j.m.pid == Some(pid) && j.signal_due.take() == Some(pid) {
@@ -512,6 +527,9 @@ impl Supervisor {
             if before != after {
                 self.log_transition(&name, before, after);
                 self.notify.state_changed();
+                if let Some(j) = self.jobs.get(&name) {
+                    self.alerts.transition(&name, before, after, &j.m);
+                }
             }
             for effect in effects {
                 self.execute(&name, effect);
@@ -745,6 +763,7 @@ impl Supervisor {
                     self.feed(&name, Input::Exited(exit, uptime));
                     self.rebalance();
                 }
+                None if self.alert_children.exited(pid, exit) => {}
                 None => self.zombies_reaped += 1,
             }
         }
@@ -1212,6 +1231,7 @@ impl Supervisor {
             warn!("config change needs a restart of corral to take effect: {item}");
         }
         self.config = new;
+        self.alerts.reconfigure(self.config.alerts.as_ref());
         match (self.budget.as_mut(), self.config.database.clone()) {
             (Some(b), Some(db)) => {
                 // The probe task keeps its connection and timers from startup.
@@ -1316,6 +1336,7 @@ impl Supervisor {
                 Ok((health, limits)) => {
                     if budget.status.healthy != Some(true) {
                         history.event(now_wall(), Kind::DatabaseUp, None, format!("database healthy ({:.1} ms)", health.latency_ms()));
+                        self.alerts.database(true, None, Some(health.latency_ms()));
                         let tls = report.tls.as_ref().map_or_else(|| "none".to_string(), |t| t.describe());
                         info!(latency_ms = format!("{:.1}", health.latency_ms()), max_connections = limits.max_connections, tls = %tls, "database healthy");
                     }
@@ -1335,6 +1356,7 @@ impl Supervisor {
                     // Only the first failure of a streak is an error; jobs are never touched.
                     if budget.status.healthy != Some(false) {
                         history.event(now_wall(), Kind::DatabaseDown, None, format!("database health check failed: {e}"));
+                        self.alerts.database(false, Some(&e.to_string()), None);
                         error!("database health check failed (jobs keep running): {e}");
                     } else {
                         warn!(failures = budget.status.consecutive_failures, "database still unreachable: {e}");
@@ -1390,6 +1412,10 @@ impl Supervisor {
                 }
             }
             budget.observe(usage, now, report.started);
+            if self.alerts.wants_budget() {
+                let b = crate::view::BudgetView::from_json(&budget.report(&job_views(&self.jobs), now));
+                self.alerts.fact(crate::alerts::Fact::Budget { live: b.live, usable: b.usable, granted: b.granted, limit: b.limit, warn_at: budget.cfg.warn_at });
+            }
         }
         self.rebalance();
         // A database that came back may unblock jobs waiting for the budget.
