@@ -283,7 +283,7 @@ mod tests {
         one(&format!("{JOB}[alerts]\nwebhook = \"http://h/\"\nmin_interval = \"soon\"\n"), 5, 16, "invalid duration \"soon\" for \"min_interval\"");
         one(&format!("{JOB}[alerts]\nwebhook = \"http://h/\"\nretries = -1\n"), 5, 11, "\"retries\" must be at least 0");
         one(&format!("{JOB}[alerts]\ncommand = \"page-me --now\"\n"), 4, 11, "\"command\" must be an array of strings");
-        one(&format!("{JOB}[alerts]\nwebhook = \"http://h/\"\nwebhok = \"x\"\n"), 5, 1, "unknown field `webhok`");
+        one(&format!("{JOB}[alerts]\nwebhook = \"http://h/\"\nwebhok = \"x\"\n"), 5, 1, "unknown key \"webhok\" (did you mean \"webhook\"?)");
         one(&format!("{JOB}[alerts]\nwebhook = \"http://h/\"\ncrash_loop = {{ restarts = 0 }}\n"), 5, 27, "\"crash_loop.restarts\" must be at least 1");
     }
 
