@@ -196,7 +196,7 @@ crash_loop = {{ restarts = 3, window = "1m" }}
 [jobs.flapper]
 command = ["sh", "-c", "echo flap >&2; exit 1"]
 restart = "always"
-start_retries = 100000
+start_retries = 10000
 backoff = {{ initial = "20ms", max = "20ms" }}
 healthy_after = "10s"
 "#,
@@ -265,7 +265,7 @@ crash_loop = {{ restarts = 1, window = "1m" }}
 [jobs.flapper]
 command = ["sh", "-c", "exit 1"]
 restart = "always"
-start_retries = 100000
+start_retries = 10000
 backoff = {{ initial = "50ms", max = "50ms" }}
 healthy_after = "10s"
 
@@ -406,6 +406,9 @@ fn check_rejects_a_bad_alerts_section_with_line_and_column() {
     let (_d, config, _s) = setup("[alerts]\nwebhook = \"https://hooks.slack.com/services/T/B/X\"\nmin_interval = \"1m\"\n\n[jobs.a]\ncommand = [\"true\"]\n");
     let out = std::process::Command::new(crate::harness::bin()).args(["check", "-c"]).arg(&config).output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("alerts: to webhook https://hooks.slack.com:443/…") && text.contains("min_interval 1m"), "{text}");
+    assert!(!text.contains("T/B/X"), "the webhook's secret path was printed: {text}");
 }
 
 /// A CA and a certificate for `localhost` it signed (like the TLS cluster's), as a rustls
@@ -545,7 +548,7 @@ backoff = {{ initial = "10ms", max = "10ms" }}
 [jobs.flapper]
 command = ["sh", "-c", "exit 1"]
 restart = "always"
-start_retries = 100000
+start_retries = 10000
 backoff = {{ initial = "200ms", max = "200ms" }}
 healthy_after = "10s"
 
