@@ -122,7 +122,7 @@ fn metric(page: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .filter(|l| l.split(['{', ' ']).next() == Some(name))
         .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
         .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
-        .sum()
+        .fold(0.0, |a, b| a + b)
 }
 
 fn restarts(c: &Corral, job: &str) -> u64 {
@@ -271,6 +271,7 @@ healthy_after = "10s"
 
 [jobs.steady]
 command = ["sleep", "1000"]
+on_duplicate = "ignore"  # other tests run the same command
 "#
     ))
 }
@@ -329,6 +330,7 @@ events = ["database_down"]
 
 [jobs.steady]
 command = ["sleep", "1000"]
+on_duplicate = "ignore"  # other tests run the same command
 "#,
         db = pg.url(),
         url = rx.url()
