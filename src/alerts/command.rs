@@ -16,6 +16,7 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::oneshot;
 
+use super::webhook::PostError;
 use crate::config::LogFormat;
 use crate::job::Exit;
 use crate::process::output::{self, LogStore};
@@ -106,12 +107,14 @@ fn spawn(argv: &[String]) -> Result<(i32, OwnedFd, OwnedFd, OwnedFd), String> {
 
 /// Off the actor: run the command through the actor, feed it `json`, wait for it up to
 /// `timeout` (then have it killed). Ok when it exited 0.
-pub async fn run(send: &dyn Fn(ActorCmd) -> bool, argv: &[String], json: &[u8], timeout: Duration) -> Result<(), String> {
+pub async fn run(send: &dyn Fn(ActorCmd) -> bool, argv: &[String], json: &[u8], timeout: Duration) -> Result<(), PostError> {
     let (reply, started) = oneshot::channel();
+    // Once the actor is gone (corral exits) nobody could reap it: not started, not retried.
+    let gone = || PostError { message: "corral is exiting: the command is not run".into(), retryable: false };
     if !send(ActorCmd::Run { argv: argv.to_vec(), reply }) {
-        return Err("the supervisor is shutting down".into());
+        return Err(gone());
     }
-    let Started { pid, stdin, mut exit } = started.await.map_err(|_| "the supervisor did not start the command".to_string())??;
+    let Started { pid, stdin, mut exit } = started.await.map_err(|_| gone())?.map_err(|message| PostError { message, retryable: true })?;
     let deadline = tokio::time::Instant::now() + timeout;
     let feed = async {
         // A command that does not read stdin (or exits at once) is not an error of ours.
@@ -124,16 +127,16 @@ pub async fn run(send: &dyn Fn(ActorCmd) -> bool, argv: &[String], json: &[u8], 
     let outcome = tokio::time::timeout_at(deadline, &mut exit).await;
     let exit = match outcome {
         Ok(Ok(e)) => e,
-        Ok(Err(_)) => return Err("the command's exit was not reported".into()),
+        Ok(Err(_)) => return Err(PostError { message: "the command's exit was not reported".into(), retryable: true }),
         Err(_) => {
             send(ActorCmd::Kill { pid });
             // Reaped by the actor; wait for that briefly so a retry never overlaps it.
             let _ = tokio::time::timeout(Duration::from_secs(5), exit).await;
-            return Err(format!("the command ran longer than {} and was killed", humantime::format_duration(timeout)));
+            return Err(PostError { message: format!("the command ran longer than {} and was killed", humantime::format_duration(timeout)), retryable: true });
         }
     };
     match exit {
         Exit::Code(0) => Ok(()),
-        e => Err(format!("the command failed: {}", crate::job::machine::describe_exit(e))),
+        e => Err(PostError { message: format!("the command failed: {}", crate::job::machine::describe_exit(e)), retryable: true }),
     }
 }

@@ -39,7 +39,7 @@ use tokio::sync::mpsc;
 pub use command::{ActorCmd, Children};
 pub use decide::{Fact, Transition};
 pub use event::{Alert, EventKind, Origin};
-pub use task::{spawn, test_alert, Context};
+pub use task::{spawn, test_alert, Context, Drain};
 
 use crate::config::AlertsConfig;
 use crate::job::{Job, State};

@@ -50,8 +50,27 @@ pub fn settings(cfg: Option<&AlertsConfig>) -> Settings {
     }
 }
 
+/// At exit, how long alerts still queued get to go out (only when some are queued).
+pub const DRAIN: Duration = Duration::from_secs(2);
+
+/// The delivery tasks, to let queued alerts go out when corral exits.
+pub struct Drain(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drain {
+    /// Wait up to `timeout` for the workers: they finish once the hook (the actor) is gone
+    /// and their queues are empty.
+    pub async fn wait(self, timeout: Duration) {
+        let _ = tokio::time::timeout(timeout, async {
+            for h in self.0 {
+                let _ = h.await;
+            }
+        })
+        .await;
+    }
+}
+
 /// Start the router and the workers on the current `LocalSet`; the actor keeps the [`Hook`].
-pub fn spawn(cfg: Option<AlertsConfig>, cx: Context) -> Hook {
+pub fn spawn(cfg: Option<AlertsConfig>, cx: Context) -> (Hook, Drain) {
     let (tx, rx) = mpsc::channel(HOOK_QUEUE);
     let hook = Hook::new(tx, cfg.as_ref());
     stats::set_configured(cfg.is_some());
@@ -59,8 +78,11 @@ pub fn spawn(cfg: Option<AlertsConfig>, cx: Context) -> Hook {
         let to: Vec<String> = c.webhook.iter().map(|w| format!("webhook {}", w.shown())).chain(c.command.iter().map(|a| format!("command `{}`", a.join(" ")))).collect();
         info!(min_interval = %humantime::format_duration(c.min_interval), "alerts go to {}", to.join(" and "));
     }
-    tokio::task::spawn_local(router(rx, cfg, cx));
-    hook
+    let (web_tx, web_rx) = mpsc::channel::<(Item, WebhookUrl)>(QUEUE);
+    let (cmd_tx, cmd_rx) = mpsc::channel::<(Item, Vec<String>)>(QUEUE);
+    let workers = vec![tokio::task::spawn_local(webhook_worker(web_rx)), tokio::task::spawn_local(command_worker(cmd_rx, cx.actor.clone()))];
+    tokio::task::spawn_local(router(rx, cfg, cx, (web_tx, cmd_tx)));
+    (hook, Drain(workers))
 }
 
 #[derive(Clone)]
@@ -71,15 +93,13 @@ struct Item {
     retries: u32,
 }
 
-async fn router(mut rx: mpsc::Receiver<Msg>, mut cfg: Option<AlertsConfig>, cx: Context) {
+type Queues = (mpsc::Sender<(Item, WebhookUrl)>, mpsc::Sender<(Item, Vec<String>)>);
+
+async fn router(mut rx: mpsc::Receiver<Msg>, mut cfg: Option<AlertsConfig>, cx: Context, queues: Queues) {
     let start = Instant::now();
     let mut decider = Decider::new(settings(cfg.as_ref()));
-    let (web_tx, web_rx) = mpsc::channel::<(Item, WebhookUrl)>(QUEUE);
-    let (cmd_tx, cmd_rx) = mpsc::channel::<(Item, Vec<String>)>(QUEUE);
-    tokio::task::spawn_local(webhook_worker(web_rx));
-    tokio::task::spawn_local(command_worker(cmd_rx, cx.actor.clone()));
     let cx = Rc::new(cx);
-    let queues = Rc::new((web_tx, cmd_tx));
+    let queues = Rc::new(queues);
     loop {
         let due = decider.next_due().map(|d| start + d);
         let msg = tokio::select! {
@@ -148,7 +168,7 @@ fn with_stderr(alert: Alert, cx: &Context) -> Alert {
     alert.detail("stderr_tail", tail)
 }
 
-fn enqueue(alert: &Alert, c: &AlertsConfig, origin: &Origin, queues: &(mpsc::Sender<(Item, WebhookUrl)>, mpsc::Sender<(Item, Vec<String>)>)) {
+fn enqueue(alert: &Alert, c: &AlertsConfig, origin: &Origin, queues: &Queues) {
     let body = Bytes::from(serde_json::to_vec(&payload(alert, origin, SystemTime::now())).unwrap_or_default());
     let item = Item { event: alert.kind, body, timeout: c.timeout, retries: c.retries };
     if let Some(url) = &c.webhook {
@@ -194,7 +214,7 @@ async fn command_worker(mut rx: mpsc::Receiver<(Item, Vec<String>)>, actor: Rc<d
         let shown = format!("`{}`", argv.join(" "));
         deliver("command", &shown, &item, || {
             let (actor, argv, body, timeout) = (actor.clone(), argv.clone(), item.body.clone(), item.timeout);
-            async move { command::run(&*actor, &argv, &body, timeout).await.map_err(|message| PostError { message, retryable: true }) }
+            async move { command::run(&*actor, &argv, &body, timeout).await }
         })
         .await;
         stats::queue("command", rx.len());
