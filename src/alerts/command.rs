@@ -65,7 +65,7 @@ impl Children {
             ActorCmd::Kill { pid } => {
                 if self.by_pid.contains_key(&pid) {
                     tracing::warn!(pid, "the alert command ran past [alerts] timeout: SIGKILL to its process group");
-                    let _ = crate::process::kill::signal_group(pid, libc::SIGKILL);
+                    let _ = crate::process::kill::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
                 }
             }
         }
@@ -99,7 +99,7 @@ fn spawn(argv: &[String]) -> Result<(i32, OwnedFd, OwnedFd, OwnedFd), String> {
     match pipes {
         (Some(i), Some(o), Some(e)) => Ok((pid, OwnedFd::from(i), OwnedFd::from(o), OwnedFd::from(e))),
         _ => {
-            let _ = crate::process::kill::signal_pid(pid, libc::SIGKILL);
+            let _ = crate::process::kill::signal_pid(pid, nix::sys::signal::Signal::SIGKILL);
             Err("the command's pipes were not created".into())
         }
     }

@@ -136,7 +136,7 @@ fn spawn_alerts(config: &Config, tx: &supervisor::EventTx, logs: &LogStore) -> (
         crate::alerts::Context {
             origin: crate::alerts::Origin { service: config.budget.service.clone(), host },
             logs: logs.clone(),
-            database_url: config.database.as_ref().and_then(|d| d.url.clone()),
+            database_url: config.database.as_ref().and_then(|d| d.url.as_ref()).map(|u| u.as_str().to_string()),
             actor: std::rc::Rc::new(move |cmd| actor_tx.send(Event::Alert(cmd)).is_ok()),
         },
     )

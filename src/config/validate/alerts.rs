@@ -13,7 +13,8 @@ use serde::Deserialize;
 use toml::{Spanned, Value};
 
 use super::super::raw::Str;
-use super::{quote, Cx, Span};
+use super::diagnostics::{did_you_mean, quote};
+use super::{Cx, Span};
 use crate::alerts::EventKind;
 
 pub const DEFAULT_MIN_INTERVAL: Duration = Duration::from_secs(300);
@@ -184,7 +185,7 @@ impl Cx<'_> {
                                 "recovered" => " (recovered follows fatal)",
                                 _ => "",
                             };
-                            let message = match super::did_you_mean(&s, &names) {
+                            let message = match did_you_mean(&s, &names) {
                                 Some(m) if recovery.is_empty() => format!("unknown event \"{}\" in \"events\" (did you mean \"{m}\"?)", quote(&s)),
                                 _ => format!("unknown event \"{}\" in \"events\"{recovery}", quote(&s)),
                             };
@@ -212,35 +213,8 @@ impl Cx<'_> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_support::*;
     use super::*;
-    use crate::config::{Config, ConfigError, ConfigErrors};
-    use std::path::Path;
-
-    fn env(_: &str) -> Option<String> {
-        None
-    }
-
-    fn ok(text: &str) -> Config {
-        super::super::build(Path::new("supervisor.toml"), text, &env).unwrap_or_else(|e| panic!("expected a valid config, got:\n{e}"))
-    }
-
-    fn errors(text: &str) -> Vec<ConfigError> {
-        match super::super::build(Path::new("supervisor.toml"), text, &env) {
-            Ok(_) => panic!("expected errors for:\n{text}"),
-            Err(ConfigErrors(errors)) => errors,
-        }
-    }
-
-    #[track_caller]
-    fn one(text: &str, line: usize, column: usize, message: &str) {
-        let errors = errors(text);
-        assert_eq!(errors.len(), 1, "{errors:#?}");
-        let e = &errors[0];
-        assert_eq!((e.line, e.column), (line, column), "{e}");
-        assert!(e.message.starts_with(message), "message {:?} does not start with {message:?}", e.message);
-    }
-
-    const JOB: &str = "[jobs.web]\ncommand = [\"web\"]\n";
 
     #[test]
     fn defaults_and_every_key() {
