@@ -23,6 +23,8 @@
 //!              fleet schedule, budget, shutdown) has its own state and returns decisions.
 //! - `cli`      the client verbs: clap, socket client, rendering, `corral top`.
 //! - `view`     the budget report drawn as bar segments for `/metrics` and `corral top`.
+//! - `alerts`   `[alerts]`: the actor reports facts through a bounded hook; a router task
+//!              decides (pure) and workers deliver (webhook, command) off the actor.
 //!
 //! `cli` and `daemon` never import each other; both speak `protocol`.
 //!
@@ -30,6 +32,7 @@
 //! through bounded sinks drained by threads of their own (`process::output`), and a reload
 //! is read and validated on a thread of its own.
 
+pub mod alerts;
 pub mod budget;
 pub mod cli;
 pub mod config;

@@ -2,6 +2,7 @@
 //! turning arguments into a request and a reply into an exit code; printing
 //! lives in `render`, the socket in `client`.
 
+mod alert_test;
 pub(crate) mod check;
 mod client;
 mod docs;
@@ -138,6 +139,8 @@ pub enum Command {
     },
     /// Live full-screen view of jobs and budget (q quits)
     Top,
+    /// Send one test alert to the [alerts] webhook and command of the config (exit 0 delivered)
+    AlertTest,
 }
 
 /// `--since`: a duration back from now, or an RFC 3339 time. Unix seconds.
@@ -192,6 +195,7 @@ pub fn run_client(cli: &Cli) -> i32 {
         Command::Health => Request::Health,
         Command::Shutdown => Request::Shutdown,
         Command::Top => return top::run(&client_socket(cli.socket.as_deref(), &config_path)),
+        Command::AlertTest => return alert_test::run(&config_path, json),
     };
     let socket = client_socket(cli.socket.as_deref(), &config_path);
     let result = client::call(&socket, &request, |resp| {

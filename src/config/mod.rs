@@ -21,6 +21,7 @@ use nix::sys::signal::Signal;
 use crate::db::conninfo::ConnInfo;
 
 pub use diff::{diff, ReloadPlan};
+pub use validate::alerts::{AlertsConfig, WebhookUrl};
 pub use validate::{parse_signal_name, ConfigErrors, Diagnostic, Severity};
 
 /// A whole, validated manifest. Built completely before anything is applied,
@@ -33,6 +34,8 @@ pub struct Config {
     pub database: Option<DatabaseConfig>,
     pub budget: BudgetConfig,
     pub http: Option<HttpConfig>,
+    /// `[alerts]` (SPEC §9): None without the section.
+    pub alerts: Option<AlertsConfig>,
     /// Jobs by name, in name order (BTreeMap keeps output deterministic).
     pub jobs: BTreeMap<String, JobConfig>,
 }

@@ -29,7 +29,7 @@ pub(super) type Keys = BTreeMap<Str, IgnoredAny>;
 
 /// Top-level keys. Checked by hand against the keys of the document (not
 /// with `deny_unknown_fields`) because `validate` also needs their positions.
-pub(super) const TOP_KEYS: &[&str] = &["supervisor", "database", "budget", "http", "jobs"];
+pub(super) const TOP_KEYS: &[&str] = &["supervisor", "database", "budget", "http", "alerts", "jobs"];
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -324,6 +324,8 @@ pub fn render_metrics(
         }
         reg.register("corral_events", "Events since corral started, by kind (the dashboard's recent events)", events);
     }
+    // `[alerts]` delivery: sent, suppressed, retried, dropped (process-wide counters).
+    crate::alerts::stats::register(&mut reg, &crate::alerts::stats::snapshot());
     let build = Info::new(vec![("version".to_string(), status.supervisor.version.clone())]);
     reg.register("corral_build", "corral's version", build);
     seconds(&mut reg, "corral_start_time", "Unix time corral started", status.supervisor.started_at);

@@ -113,7 +113,8 @@ pub fn run(config: Config, socket: PathBuf) -> i32 {
             env!("CARGO_PKG_VERSION")
         );
         let status_tx = tx.clone();
-        let sup = supervisor::Supervisor::new(config, tx, logs).with_notifier(notifier.clone()).with_fleet_identity(&socket);
+        let (alerts, alerts_drain) = spawn_alerts(&config, &tx, &logs);
+        let sup = supervisor::Supervisor::new(config, tx, logs).with_notifier(notifier.clone()).with_fleet_identity(&socket).with_alerts(alerts);
         let code = sup
             .run(rx, move || {
                 notifier.ready();
@@ -122,10 +123,27 @@ pub fn run(config: Config, socket: PathBuf) -> i32 {
             .await;
         // Let replies in flight (the answer to `corral shutdown`) reach their clients.
         server.finish().await;
+        // Alerts still queued (a job that went fatal just before) get a moment to go out.
+        alerts_drain.wait(crate::alerts::task::DRAIN).await;
         if let Some(h) = http_server {
             h.abort();
         }
         let _ = std::fs::remove_file(&socket);
         code
     })
+}
+
+/// The alert router and workers (SPEC §9), on this LocalSet; the actor keeps the hook.
+fn spawn_alerts(config: &Config, tx: &supervisor::EventTx, logs: &LogStore) -> (crate::alerts::Hook, crate::alerts::Drain) {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "unknown-host".into());
+    let actor_tx = tx.clone();
+    crate::alerts::spawn(
+        config.alerts.clone(),
+        crate::alerts::Context {
+            origin: crate::alerts::Origin { service: config.budget.service.clone(), host },
+            logs: logs.clone(),
+            database_url: config.database.as_ref().and_then(|d| d.url.as_ref()).map(|u| u.as_str().to_string()),
+            actor: std::rc::Rc::new(move |cmd| actor_tx.send(Event::Alert(cmd)).is_ok()),
+        },
+    )
 }

@@ -99,6 +99,8 @@ pub enum Event {
     QuotaSignalDue { job: String, pid: i32 },
     /// A scheduled job's wake (SPEC §2): re-check its schedule against the wall clock.
     ScheduleWake { job: String, gen: u64 },
+    /// The alert command worker: spawn or kill an alert command (`alerts::command`).
+    Alert(crate::alerts::ActorCmd),
 }
 
 pub type EventTx = mpsc::UnboundedSender<Event>;
@@ -148,6 +150,10 @@ pub struct Supervisor {
     fleet_reported: Vec<(String, crate::budget::allocate::Wants, u32)>,
     /// Scheduled jobs: their trackers and wakes (daemon/schedule.rs).
     schedules: Schedules,
+    /// `[alerts]` (SPEC §9): facts go out through this hook and never wait for delivery.
+    alerts: crate::alerts::Hook,
+    /// Alert commands this actor spawned; the reaper hands them their exit.
+    alert_children: crate::alerts::Children,
 }
 
 impl Supervisor {
@@ -185,6 +191,8 @@ impl Supervisor {
             follow_ups: 0,
             fleet_reported: Vec::new(),
             schedules,
+            alerts: crate::alerts::Hook::disabled(),
+            alert_children: crate::alerts::Children::default(),
         };
         sup.setup_budget();
         sup
@@ -215,6 +223,12 @@ impl Supervisor {
                 fleet.last_error = Some(format!("fleet coordination disabled: {why}"));
             }
         }
+        self
+    }
+
+    /// Send alerts through `hook` (SPEC §9).
+    pub fn with_alerts(mut self, hook: crate::alerts::Hook) -> Supervisor {
+        self.alerts = hook;
         self
     }
 
@@ -423,6 +437,7 @@ impl Supervisor {
                 let dos = self.schedules.wake(&job, gen);
                 self.sched_do(dos, false);
             }
+            Event::Alert(cmd) => self.alert_children.handle(cmd, &self.logs, self.config.supervisor.log_format),
             Event::QuotaSignalDue { job, pid } => {
                 let Some(j) = self.jobs.get_mut(&job) else { return };
                 if j.m.pid == Some(pid) && j.signal_due.take() == Some(pid) {
@@ -452,6 +467,9 @@ impl Supervisor {
             if before != after {
                 self.log_transition(&name, before, after);
                 self.notify.state_changed();
+                if let Some(j) = self.jobs.get(&name) {
+                    self.alerts.transition(&name, before, after, &j.m);
+                }
             }
             for effect in effects {
                 self.execute(&name, effect);
@@ -718,6 +736,7 @@ impl Supervisor {
                     self.feed(&name, Input::Exited(exit, uptime));
                     self.rebalance();
                 }
+                None if self.alert_children.exited(pid, exit) => {}
                 None => self.zombies_reaped += 1,
             }
         }
@@ -1087,6 +1106,7 @@ impl Supervisor {
             warn!("config change needs a restart of corral to take effect: {item}");
         }
         self.config = new;
+        self.alerts.reconfigure(self.config.alerts.as_ref());
         match (self.budget.as_mut(), self.config.database.clone()) {
             (Some(b), Some(db)) => b.reconfigure(db, self.config.budget.clone(), self.config.jobs.values().any(|j| j.user.is_some())),
             (None, None) => {}
@@ -1148,6 +1168,8 @@ impl Supervisor {
             j.awaiting = Awaiting::Nothing;
         }
         let Some(budget) = self.budget.as_mut() else { return };
+        let was_healthy = budget.status.healthy;
+        let has_usage = report.usage.is_ok();
         // The jobs whose connections a reading judges: with `connections`, a process live.
         let observed: Vec<Observed<'_>> = self
             .jobs
@@ -1156,6 +1178,18 @@ impl Supervisor {
             .map(|(name, j)| Observed { name, stopping: j.m.state == State::Stopping })
             .collect();
         let over = budget.apply_reading(report, &observed, &mut self.history, Instant::now());
+        // [alerts] (SPEC §9): the health edges, and the reading against warn_at.
+        if budget.status.healthy != was_healthy {
+            match budget.status.healthy {
+                Some(true) => self.alerts.database(true, None, budget.status.latency_ms),
+                Some(false) => self.alerts.database(false, budget.status.error.as_deref(), None),
+                None => {}
+            }
+        }
+        if has_usage && self.alerts.wants_budget() {
+            let b = budget.report(&job_views(&self.jobs), Instant::now());
+            self.alerts.fact(crate::alerts::Fact::Budget { live: b.live, usable: b.usable, granted: b.granted, limit: b.limit, warn_at: budget.cfg.warn_at });
+        }
         // Through a pooler the server's backends are the pooler's: there `terminate` only warns.
         if let Some(probe) = self.probe.clone() {
             for t in over {

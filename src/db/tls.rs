@@ -144,20 +144,26 @@ fn resolve(p: &Path, base_dir: &Path) -> PathBuf {
     }
 }
 
+/// The system's trusted roots (`SSL_CERT_FILE`/`SSL_CERT_DIR` respected), or Mozilla's built-in
+/// ones when the image has no CA bundle; with how messages name them. Also used by the alert
+/// webhook client (`alerts::webhook`). Reads files: call it off the actor.
+pub fn system_roots() -> (RootCertStore, String) {
+    let mut store = RootCertStore::empty();
+    let found = rustls_native_certs::load_native_certs();
+    let (added, _) = store.add_parsable_certificates(found.certs);
+    if added == 0 {
+        // A distroless or scratch image has no CA bundle: Mozilla's roots, built in.
+        store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        return (store, "the built-in Mozilla roots (no system CA bundle found)".into());
+    }
+    (store, "the system's trusted roots".into())
+}
+
 /// The trust anchors and how messages name them.
 fn root_store(root: Option<&RootCert>, base_dir: &Path) -> Result<(RootCertStore, String), Handshake> {
     let mut store = RootCertStore::empty();
     match root {
-        Some(RootCert::System) => {
-            let found = rustls_native_certs::load_native_certs();
-            let (added, _) = store.add_parsable_certificates(found.certs);
-            if added == 0 {
-                // A distroless or scratch image has no CA bundle: Mozilla's roots, built in.
-                store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-                return Ok((store, "the built-in Mozilla roots (no system CA bundle found)".into()));
-            }
-            Ok((store, "the system's trusted roots".into()))
-        }
+        Some(RootCert::System) => Ok(system_roots()),
         Some(RootCert::File(path)) => {
             let path = resolve(path, base_dir);
             for cert in read_certs(&path, "sslrootcert")? {

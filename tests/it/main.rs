@@ -5,6 +5,7 @@ mod harness;
 mod pg;
 mod pgbouncer;
 
+mod alerts;
 mod browser;
 mod budget;
 mod config_errors;

@@ -7,11 +7,12 @@
 //! checking goes on; the config is returned only when no error was found.
 //! Every error has the file, line and column of the key or value at fault.
 //!
-//! One file per section (`supervisor`, `database`, `budget`, `http`, `jobs`) holding its
+//! One file per section (`supervisor`, `database`, `budget`, `http`, `alerts`, `jobs`) holding its
 //! defaults, ranges and checks; one per kind of value (`durations`, `signals`, `names`,
 //! `scalars`); and `diagnostics`, the one type every finding is reported as. All of them add
 //! methods to [`Cx`], the state of one build; the arrows run section → value kind → diagnostics.
 
+pub(super) mod alerts;
 mod budget;
 mod database;
 mod diagnostics;
@@ -118,7 +119,7 @@ impl<'a> Cx<'a> {
                 self.unknown_key(
                     key,
                     TOP_KEYS,
-                    "the top level holds [supervisor], [database], [budget], [http] and [jobs.NAME] tables",
+                    "the top level holds [supervisor], [database], [budget], [http], [alerts] and [jobs.NAME] tables",
                 );
             }
         }
@@ -147,6 +148,11 @@ impl<'a> Cx<'a> {
             _ => None,
         };
 
+        let alerts = match self.select::<alerts::RawAlerts>(&["alerts"], anchor("alerts")) {
+            Ok(Some(raw)) => self.alerts(&raw, anchor("alerts")),
+            _ => None,
+        };
+
         let mut jobs = BTreeMap::new();
         let names: Keys = self
             .select(&["jobs"], anchor("jobs"))
@@ -172,6 +178,7 @@ impl<'a> Cx<'a> {
             database,
             budget,
             http,
+            alerts,
             jobs,
         })
     }
