@@ -36,6 +36,8 @@ pub enum Do {
     Restart(String),
     /// Send `Event::ScheduleWake { job, gen }` after `after`.
     Wake { job: String, after: Duration, gen: u64 },
+    /// Due runs that never started: the `schedule_missed` alert (SPEC §9).
+    Missed { job: String, count: u64, why: String },
 }
 
 struct Entry {
@@ -260,6 +262,7 @@ impl Schedules {
                 Action::Persist(at) => persist = Some(at),
                 Action::Missed { count, latest, why } => {
                     warn!(job, count, latest = %rfc3339(latest), "schedule_missed: {count} scheduled run(s) missed: {why}");
+                    dos.push(Do::Missed { job: job.to_string(), count: count as u64, why: why.to_string() });
                 }
                 Action::Skipped { scheduled_at } => {
                     info!(job, scheduled_at = %rfc3339(scheduled_at), "scheduled run skipped: the previous run is still running (concurrency = \"forbid\")");

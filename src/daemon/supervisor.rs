@@ -813,6 +813,12 @@ impl Supervisor {
                     self.after(after, Event::ScheduleWake { job, gen });
                     continue;
                 }
+                Do::Missed { job, count, why } => {
+                    use crate::alerts::{Alert, EventKind};
+                    let text = format!("{count} scheduled run(s) missed: {why}");
+                    self.alerts.alert(Alert::new(EventKind::ScheduleMissed, Some(&job), text).detail("missed", count));
+                    continue;
+                }
                 Do::Start(job) => (job, Input::Start),
                 Do::Stop(job) => (job, Input::Stop),
                 Do::Restart(job) => (job, Input::Restart),
