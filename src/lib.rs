@@ -35,3 +35,4 @@ pub mod lookup;
 pub mod process;
 pub mod protocol;
 pub mod view;
+pub mod watchdog;

@@ -184,6 +184,15 @@ pub struct JobStatus {
     /// enough (SPEC §7); `corral logs` still has them.
     #[serde(default)]
     pub output_dropped: u64,
+    /// The current process is ready (its `ready` probe passed, or `healthy_after`).
+    #[serde(default)]
+    pub ready: bool,
+    /// The cause of the last restart the watchdog forced: "unhealthy", "stalled", "memory".
+    #[serde(default)]
+    pub restart_reason: Option<String>,
+    /// RSS of the job's whole process tree, sampled while some job has `memory_max`.
+    #[serde(default)]
+    pub rss_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -198,7 +198,7 @@ pub fn status_table_styled(jobs: &[JobStatus], colour: bool) -> String {
                     .unwrap_or_else(|| "-".into()),
                 j.quota.map(|q| q.to_string()).unwrap_or_else(|| "-".into()),
                 j.connections.map(|q| q.to_string()).unwrap_or_else(|| "-".into()),
-                j.reason.clone().unwrap_or_default(),
+                j.reason.clone().unwrap_or_else(|| watch_note(j)),
             ]
         })
         .collect();
@@ -227,6 +227,16 @@ pub fn status_table_styled(jobs: &[JobStatus], colour: bool) -> String {
         out.push_str(&line(r, state_style(&j.state)));
     }
     out
+}
+
+/// The watchdog's word on a job without a reason: a running process that is not ready yet,
+/// or what the last forced restart was for (SPEC §4).
+fn watch_note(j: &JobStatus) -> String {
+    match (j.state.as_str(), j.ready, &j.restart_reason) {
+        ("running", false, _) => "not ready".into(),
+        (_, _, Some(r)) => format!("last restart: {r}"),
+        _ => String::new(),
+    }
 }
 
 /// `0:01:21`, `2d 3:04:05` — supervisorctl's uptime style.
@@ -558,6 +568,9 @@ mod tests {
             connections: None,
             reason: None,
             output_dropped: 0,
+            ready: false,
+            restart_reason: None,
+            rss_bytes: None,
         }
     }
 

@@ -608,6 +608,9 @@ mod tests {
             connections: conns,
             reason: (state == "fatal").then(|| "exited too quickly 5 times".into()),
             output_dropped: 0,
+            ready: false,
+            restart_reason: None,
+            rss_bytes: None,
         }
     }
 

@@ -11,6 +11,7 @@ mod expand;
 mod raw;
 mod secrets;
 mod validate;
+pub mod watch;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -171,6 +172,8 @@ pub struct JobConfig {
     pub priority: i32,
     pub connections: Option<Connections>,
     pub quota_signal: Option<i32>,
+    /// Probes, stall and memory limits, dependencies, instance (config::watch).
+    pub watch: watch::Watch,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -16,6 +16,8 @@ use serde::de::DeserializeOwned;
 use toml::{Spanned, Value};
 
 use super::expand::expand;
+
+mod watchdog;
 use super::raw::{self, Doc, Keys, RawBackoff, RawBudget, RawDatabase, RawHttp, RawJob, RawSupervisor, Str, TOP_KEYS};
 use super::{
     name_problem, Backoff, BudgetConfig, Config, ConfigError, ConfigErrors, Connections, DatabaseConfig, Enforce,
@@ -284,13 +286,17 @@ impl<'a> Cx<'a> {
             return None;
         }
         // Each job on its own, from the one parse: every broken job gets its own error.
+        let mut watch_spans = BTreeMap::new();
         for name in names.keys() {
             let raw = self.select::<RawJob>(&["jobs", name.get_ref()], Some(name.span())).ok().flatten();
             if let Some(raw) = raw {
-                let job = self.job(name, &raw, &supervisor, has_database, &budget.service);
+                let (job, instances) = self.job(name, &raw, &supervisor, has_database, &budget.service);
+                let spans = (raw.depends_on.as_ref().map(|v| v.span()), raw.instances.as_ref().map(|v| v.span()), instances);
+                watch_spans.insert(job.name.clone(), spans);
                 jobs.insert(job.name.clone(), job);
             }
         }
+        let jobs = self.finish_watch(jobs, &watch_spans);
         Some(Config {
             path: self.file.to_path_buf(),
             supervisor,
@@ -472,7 +478,7 @@ impl<'a> Cx<'a> {
         Some(HttpConfig { listen, token })
     }
 
-    fn job(&mut self, name: &Str, raw: &RawJob, supervisor: &SupervisorConfig, has_database: bool, service: &str) -> JobConfig {
+    fn job(&mut self, name: &Str, raw: &RawJob, supervisor: &SupervisorConfig, has_database: bool, service: &str) -> (JobConfig, Option<u32>) {
         let job_name = name.get_ref();
         if let Some(problem) = name_problem(job_name) {
             let hint = format!("{NAME_RULE} (the name becomes a lock file name)");
@@ -505,7 +511,8 @@ impl<'a> Cx<'a> {
                 Vec::new()
             }
         };
-        let mut env = BTreeMap::new();
+        // env_file first: `env` overrides it.
+        let mut env = self.env_file(raw);
         for (key, value) in &raw.env {
             let k = key.get_ref();
             if k.is_empty() || k.contains(['=', '\0']) {
@@ -528,7 +535,8 @@ impl<'a> Cx<'a> {
             }
             self.connections(v)
         });
-        JobConfig {
+        let (watch, instances) = self.watch(name, raw);
+        let job = JobConfig {
             name: job_name.clone(),
             command,
             cwd: raw.cwd.as_ref().and_then(|v| self.path("cwd", v)),
@@ -568,7 +576,9 @@ impl<'a> Cx<'a> {
                 .map_or(DEFAULT_PRIORITY, |p| p as i32),
             connections,
             quota_signal: raw.quota_signal.as_ref().and_then(|v| self.signal("quota_signal", v)),
-        }
+            watch,
+        };
+        (job, instances)
     }
 
     // ---- values with more than one form ----
@@ -1336,6 +1346,7 @@ mod tests {
                 priority: 0,
                 connections: None,
                 quota_signal: None,
+                watch: Default::default(),
             }
         );
     }

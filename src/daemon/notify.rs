@@ -275,6 +275,9 @@ mod tests {
             connections: None,
             reason: None,
             output_dropped: 0,
+            ready: false,
+            restart_reason: None,
+            rss_bytes: None,
         }
     }
 

@@ -15,6 +15,8 @@ use tracing::{debug, error, info, warn};
 
 use std::sync::Arc;
 
+mod watchdog;
+
 use super::budget::{Budget, JobView};
 use super::fleet::{FleetCmd, FleetReport};
 use super::health::{self, DbReport, ProbeCmd};
@@ -30,7 +32,7 @@ use crate::job::{Effect, Exit, Input, Job, Policy, State, TimerKind};
 use crate::process::lock::{JobLock, LockError};
 use crate::process::output::{self, LogStore};
 use crate::process::scan::Snapshot;
-use crate::process::{init, kill, reaper, spawn};
+use crate::process::{init, kill, spawn};
 use crate::protocol::{
     ErrorKind, ExitInfo, HealthReport, JobStatus, ReloadReport, Reply, Request, Response, StatusReport, SupervisorInfo,
 };
@@ -86,6 +88,8 @@ pub enum Event {
     FleetCheck,
     /// A `quota_signal` held back for a young process is due.
     QuotaSignalDue { job: String, pid: i32 },
+    /// A run's watch (probes, stall timer, memory sampler) found something.
+    Watch { job: String, pid: i32, msg: watchdog::WatchMsg },
 }
 
 pub type EventTx = mpsc::UnboundedSender<Event>;
@@ -205,6 +209,9 @@ pub struct Supervisor {
     /// Fleet scope: each job's wants and occupancy as the last sync reported them; a reading
     /// that changes them syncs at once instead of at the next interval.
     fleet_reported: Vec<(String, crate::budget::allocate::Wants, u32)>,
+    /// Probes, stall timers, tree memory (`crate::watchdog`), and the dependency bookkeeping.
+    watchdog: crate::watchdog::Watchdog,
+    deps: watchdog::DepState,
 }
 
 impl Supervisor {
@@ -240,6 +247,8 @@ impl Supervisor {
             fleet_cmd: None,
             follow_ups: 0,
             fleet_reported: Vec::new(),
+            watchdog: Default::default(),
+            deps: Default::default(),
         };
         sup.setup_budget();
         sup
@@ -482,6 +491,7 @@ impl Supervisor {
                 let _ = reply.send(self.fleet_request());
             }
             Event::Fleet(report) => self.on_fleet(report),
+            Event::Watch { job, pid, msg } => self.on_watch(job, pid, msg),
             Event::FleetCheck => self.check_fleet_locks(),
             Event::QuotaSignalDue { job, pid } => {
                 let Some(j) = self.jobs.get_mut(&job) else { return };
@@ -518,6 +528,7 @@ impl Supervisor {
             }
             self.drop_if_removed(&name);
         }
+        self.after_feed();
     }
 
     fn execute(&mut self, name: &str, effect: Effect) {
@@ -558,6 +569,9 @@ impl Supervisor {
     fn try_spawn(&mut self, name: &str) -> Input {
         if self.shutting_down {
             return Input::Blocked { reason: "supervisor is shutting down".into() };
+        }
+        if let Some(reason) = self.dependency_hold(name) {
+            return Input::Blocked { reason };
         }
         let lock_dir = self.config.supervisor.lock_dir.clone();
         // The job exists from here on: nothing in try_spawn removes jobs.
@@ -703,8 +717,9 @@ impl Supervisor {
                 }
                 job.dup_termed.clear();
                 self.by_pid.insert(child.pid, name.to_string());
-                output::start_reader(child.stdout, name.to_string(), "stdout", format, self.logs.clone());
-                output::start_reader(child.stderr, name.to_string(), "stderr", format, self.logs.clone());
+                let lines = self.watch_spawned(name, child.pid, &extra_env);
+                output::start_reader(child.stdout, name.to_string(), "stdout", format, self.logs.clone(), lines.clone());
+                output::start_reader(child.stderr, name.to_string(), "stderr", format, self.logs.clone(), lines);
                 Input::Spawned { pid: child.pid }
             }
             Err(e) => {
@@ -727,9 +742,11 @@ impl Supervisor {
     }
 
     fn reap(&mut self) {
-        for (pid, exit) in reaper::reap() {
+        // Probe commands' exits go to their probes; the rest are ours.
+        for (pid, exit) in self.watchdog.procs.reap() {
             match self.by_pid.remove(&pid) {
                 Some(name) => {
+                    self.watchdog.end_run(&name);
                     let uptime = self.jobs.get(&name).and_then(|j| j.started_at).map(|t| t.elapsed()).unwrap_or_default();
                     info!(job = %name, pid, uptime_s = format!("{:.1}", uptime.as_secs_f64()), "exited: {}", describe_exit(exit));
                     self.history.event(now_wall(), Kind::Exit, Some(&name), format!("exited: {} after {:.1}s", describe_exit(exit), uptime.as_secs_f64()));
@@ -827,11 +844,9 @@ impl Supervisor {
         info!("{why}: stopping all jobs");
         self.shutting_down = true;
         self.notify.stopping();
-        // Stop inputs signal every group at once, so jobs stop in parallel.
+        // Stop inputs signal every group at once, so jobs stop in parallel (dependents first).
         let names: Vec<String> = self.jobs.keys().cloned().collect();
-        for name in names {
-            self.feed(&name, Input::Stop);
-        }
+        self.stop_in_order(&names);
     }
 
     fn kill_all_now(&mut self) {
@@ -996,9 +1011,10 @@ impl Supervisor {
         if jobs.is_empty() || jobs.iter().any(|j| j == "all") {
             return Ok(self.jobs.keys().cloned().collect());
         }
+        let jobs = self.expand_instances(jobs);
         let unknown: Vec<String> = jobs.iter().filter(|j| !self.jobs.contains_key(*j)).cloned().collect();
         if unknown.is_empty() {
-            Ok(jobs.to_vec())
+            Ok(jobs)
         } else {
             Err(unknown_job(&unknown))
         }
@@ -1020,7 +1036,13 @@ impl Supervisor {
                 return;
             }
         };
-        for name in &names {
+        if verb == "stop" {
+            for name in &names {
+                self.history.event(now_wall(), Kind::Control, Some(name), "stop requested");
+            }
+            self.stop_in_order(&names);
+        }
+        for name in names.iter().filter(|_| verb != "stop") {
             self.history.event(now_wall(), Kind::Control, Some(name), format!("{verb} requested"));
             let input = match verb {
                 "start" => {
@@ -1049,7 +1071,7 @@ impl Supervisor {
             let WaitFor::Settled(names) = &self.waiters[i].what;
             let patient = self.waiters[i].verb != "stop" && self.waiters[i].since.elapsed() < QUEUED_START_WAIT;
             let pending = names.iter().any(|n| {
-                self.jobs.get(n).is_some_and(|j| {
+                self.deps.stop_pending.contains(n) || self.jobs.get(n).is_some_and(|j| {
                     j.m.state == State::Stopping
                         || (j.m.state == State::Waiting && (j.awaiting != Awaiting::Nothing || (j.queued && patient)))
                 })
@@ -1118,9 +1140,13 @@ impl Supervisor {
             connections: self.budget.as_ref().filter(|_| j.cfg.connections.is_some()).and_then(|b| b.jobs.get(name)).and_then(|b| b.live),
             reason: match j.m.state {
                 State::Fatal | State::Waiting | State::Backoff => j.m.reason.clone(),
+                State::Stopping if j.m.forced.is_some() => j.m.reason.clone(),
                 _ => None,
             },
             output_dropped: self.logs.dropped(name),
+            ready: j.m.ready,
+            restart_reason: j.m.cause.map(|c| c.as_str().to_string()),
+            rss_bytes: self.watchdog.rss(name, j.m.pid),
         })
     }
 
@@ -1232,7 +1258,9 @@ impl Supervisor {
             (None, None) => {}
             _ => warn!("adding or removing [database] takes effect after a restart of corral"),
         }
-        for name in &plan.removed {
+        let mut removed = plan.removed.clone();
+        crate::watchdog::deps::highest_index_first(&mut removed);
+        for name in &removed {
             if let Some(j) = self.jobs.get_mut(name) {
                 j.removed = true;
             }

@@ -22,3 +22,4 @@ mod python_examples;
 mod reload;
 mod tls;
 mod top;
+mod watchdog;
