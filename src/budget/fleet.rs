@@ -33,8 +33,9 @@ use crate::db::usage::{APP_PREFIX, OWN_JOB};
 pub struct Member {
     pub id: String,
     pub service: String,
-    /// `limit - provider - adhoc - external` as this member computes it.
-    pub base: u32,
+    /// `limit - provider - adhoc - external` as this member computes it; `None` while it
+    /// knows no limit yet (no server reading, no preset): it has no say in `min(base)`.
+    pub base: Option<u32>,
     /// Its own connections (one: health, readings and coordination share it).
     pub own: u32,
 }
@@ -101,8 +102,10 @@ pub fn unclaimed(members: &[Member], rows: &[Row], corral_backends: &[(String, u
 }
 
 pub fn plan(input: &FleetInput) -> FleetPlan {
-    let base = input.members.iter().map(|m| m.base).min().unwrap_or(0);
-    let disagree = input.members.iter().any(|m| m.base != base);
+    // A member that cannot read the server yet (they all start at once) would otherwise
+    // pull the fleet down to 0 and evict everyone's jobs.
+    let base = input.members.iter().filter_map(|m| m.base).min().unwrap_or(0);
+    let disagree = input.members.iter().any(|m| m.base.is_some_and(|b| b != base));
     let own: u32 = input.members.iter().map(|m| m.own).sum();
     let unclaimed = unclaimed(&input.members, &input.rows, &input.corral_backends);
     let usable = (base as u64)
@@ -166,7 +169,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn member(id: &str, base: u32) -> Member {
-        Member { id: id.into(), service: format!("svc-{id}"), base, own: 2 }
+        Member { id: id.into(), service: format!("svc-{id}"), base: Some(base), own: 2 }
     }
 
     fn row(m: &str, job: &str, min: u32, max: u32, wants: Wants) -> Row {
@@ -181,6 +184,17 @@ mod tests {
             grant: 0,
             process: None,
         }
+    }
+
+    #[test]
+    fn a_member_that_knows_no_limit_yet_has_no_say_in_the_base() {
+        let unknown = Member { base: None, ..member("c", 0) };
+        let input = FleetInput { members: vec![member("a", 50), unknown.clone()], ..Default::default() };
+        let p = plan(&input);
+        assert_eq!((p.base, p.disagree, p.own, p.usable), (50, false, 4, 46));
+        // Nobody knows: nothing is usable (the safe side).
+        let p = plan(&FleetInput { members: vec![unknown], ..Default::default() });
+        assert_eq!((p.base, p.usable), (0, 0));
     }
 
     #[test]
@@ -255,7 +269,7 @@ mod tests {
             stray in 0u32..6,
         ) {
             let members: Vec<Member> = bases.iter().enumerate().map(|(i, b)| Member {
-                id: format!("m{i}"), service: format!("s{i}"), base: *b, own: 2 }).collect();
+                id: format!("m{i}"), service: format!("s{i}"), base: Some(*b), own: 2 }).collect();
             let mut seen = BTreeSet::new();
             let rows: Vec<Row> = rows.into_iter()
                 .filter(|r| members.iter().any(|m| m.id == r.member))

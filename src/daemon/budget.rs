@@ -157,9 +157,10 @@ impl Budget {
 
     /// This member's base for the fleet: `limit` minus the configured reserves, before
     /// reservations and own connections (which the fleet deducts once, for everyone).
-    pub fn fleet_base(&self) -> u32 {
+    pub fn fleet_base(&self) -> Option<u32> {
         let server = self.limits.map(|l| (l.max_connections, l.superuser_reserved_connections, l.reserved_connections));
-        plan::plan(&crate::budget::plan_input(&self.db, server, self.pooler.as_ref(), 0, 0)).usable
+        let p = plan::plan(&crate::budget::plan_input(&self.db, server, self.pooler.as_ref(), 0, 0));
+        (p.limit_source != plan::LimitSource::Unknown).then_some(p.usable)
     }
 
     /// No url: the plan comes from the preset or an integer, nothing is measured.

@@ -1555,7 +1555,7 @@ impl Supervisor {
             Some(budget) => budget.fleet_request(&views, Instant::now()),
             // Only fleet scope asks, and fleet scope has a budget.
             None => SyncRequest {
-                base: 0,
+                base: None,
                 own: 0,
                 interval: self.config.budget.rebalance_interval,
                 hold: Duration::ZERO,

@@ -131,7 +131,8 @@ pub struct LocalJob {
 
 #[derive(Debug, Clone)]
 pub struct SyncRequest {
-    pub base: u32,
+    /// `None` while this member knows no limit (stored as -1).
+    pub base: Option<u32>,
     pub own: u32,
     pub interval: Duration,
     /// How long we keep running a single-instance job without its lock confirmed
@@ -181,7 +182,7 @@ pub struct MemberView {
     pub pid: i32,
     pub heartbeat_age_s: f64,
     pub own: u32,
-    pub base: u32,
+    pub base: Option<u32>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -249,7 +250,11 @@ impl Coordinator {
         self.forget_locks();
     }
 
+    /// The connection that held our session locks is gone or unknown, so are the locks.
     fn forget_locks(&mut self) {
+        if !self.locks.is_empty() {
+            tracing::warn!(target = %self.probe.target(), locks = ?self.locks, "corral's database connection was lost: its fleet-wide locks are gone");
+        }
         self.locks.clear();
         self.generation = None;
     }
@@ -428,6 +433,11 @@ fn u(n: i32) -> u32 {
     n.max(0) as u32
 }
 
+/// A stored base: negative means the member knew no limit.
+fn known(n: i32) -> Option<u32> {
+    (n >= 0).then_some(n as u32)
+}
+
 fn i(n: u32) -> i32 {
     n.min(i32::MAX as u32) as i32
 }
@@ -468,7 +478,7 @@ struct Beat {
 
 /// Renew our lease, or (re-)register with a new one. Time is the database's.
 async fn heartbeat(tx: &Transaction<'_>, me: &Identity, lease: Option<i64>, req: &SyncRequest) -> Result<Beat, tokio_postgres::Error> {
-    let (base, own, interval) = (i(req.base), i(req.own), ms(req.interval));
+    let (base, own, interval) = (req.base.map_or(-1, i), i(req.own), ms(req.interval));
     if let Some(l) = lease {
         let renewed = tx
             .query_opt(
@@ -685,7 +695,7 @@ async fn read_fleet(tx: &Transaction<'_>) -> Result<FleetRows, tokio_postgres::E
         .await?
         .iter()
         .map(|r| {
-            let m = Member { id: r.get(0), service: r.get(1), base: u(r.get(4)), own: u(r.get(5)) };
+            let m = Member { id: r.get(0), service: r.get(1), base: known(r.get(4)), own: u(r.get(5)) };
             let v = MemberView {
                 id: m.id.clone(),
                 service: m.service.clone(),
