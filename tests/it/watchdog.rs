@@ -350,3 +350,36 @@ backoff = { initial = "100ms", max = "1s" }
 
 #[allow(dead_code)]
 fn unused(_: Instant) {}
+
+// ----- (e) instances on a real PostgreSQL: connections are per instance -----
+
+#[test]
+fn each_instance_gets_its_own_quota_and_application_name_on_postgres() {
+    let pg = crate::pg::TestPg::start(40);
+    let body = format!(
+        "[supervisor]\nsocket = \"{{dir}}/corral.sock\"\nlock_dir = \"{{dir}}/locks\"\n\n\
+         [database]\nurl = \"{url}\"\nprovider_reserve = 0\nadhoc_reserve = 2\nhealth_interval = \"2s\"\n\n\
+         [budget]\nservice = \"scraper\"\nrebalance_interval = \"300ms\"\n\n\
+         [jobs.w]\ncommand = [\"{w}\"]\ninstances = 3\nconnections = {{ min = 2, max = 3 }}\non_duplicate = \"ignore\"\n\
+         env = {{ WORKER_LOG = \"{{dir}}/w.log\" }}\n",
+        url = pg.url(),
+        w = crate::budget::worker(),
+    );
+    let c = Corral::start(&body);
+    for i in 0..3 {
+        c.wait_job(&format!("w.{i}"), Duration::from_secs(30), "running with a quota", |j| j["state"] == "running" && j["quota"] == 3);
+    }
+    // Each instance holds its own quota of connections, told apart by application_name.
+    let per_app = || {
+        pg.admin_sql("SELECT string_agg(application_name || '=' || n, ',' ORDER BY application_name) FROM (SELECT application_name, count(*) AS n FROM pg_stat_activity WHERE application_name LIKE 'corral/scraper/w.%' GROUP BY 1) t")
+    };
+    let want = "corral/scraper/w.0=3,corral/scraper/w.1=3,corral/scraper/w.2=3";
+    assert!(poll(Duration::from_secs(30), || per_app().trim() == want), "{} {}", per_app(), c.output());
+    let out = c.ctl(&["budget", "--json"]);
+    let b: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = b["jobs"].as_array().unwrap().iter().filter_map(|j| j["name"].as_str()).collect();
+    assert_eq!(names, vec!["w.0", "w.1", "w.2"], "{b}");
+    // Stopping one instance gives back its connections only.
+    assert!(c.ctl(&["stop", "w.2"]).status.success());
+    assert!(poll(Duration::from_secs(30), || per_app().trim() == "corral/scraper/w.0=3,corral/scraper/w.1=3"), "{}", per_app());
+}
