@@ -51,8 +51,7 @@ pub fn own_connections(db: &DatabaseConfig) -> u32 {
 pub fn pooler_limit(db: &DatabaseConfig, reading: Option<&PgBouncerReading>) -> Option<PoolerLimit> {
     let (host, port) = db
         .url
-        .as_deref()
-        .and_then(|u| crate::db::conninfo::ConnInfo::parse(u).ok())
+        .as_ref()
         .map(|c| c.first_host_port())
         .unwrap_or((None, 5432));
     let supavisor = host.as_deref().is_some_and(pooler::is_supavisor);

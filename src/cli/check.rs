@@ -98,7 +98,7 @@ fn read(cfg: &Config, db: &config::DatabaseConfig) -> Online {
     };
     let service = &cfg.budget.service;
     rt.block_on(async {
-        let probe = match Probe::new(url, service, &db.base_dir) {
+        let probe = match Probe::new(url.as_str(), service, &db.base_dir) {
             Ok(p) => p,
             Err(e) => {
                 out.error = Some(e.to_string());
@@ -123,9 +123,9 @@ fn read(cfg: &Config, db: &config::DatabaseConfig) -> Online {
             Err(e) => out.error = Some(e.to_string()),
         }
         if let Some(admin_url) = &db.pooler_admin_url {
-            let dbname = crate::db::conninfo::ConnInfo::parse(url).ok().and_then(|c| c.get("dbname").or(c.get("user")).map(str::to_string));
+            let dbname = url.get("dbname").or(url.get("user")).map(str::to_string);
             let app = Attribution::corral_application_name(service);
-            match PgBouncerAdmin::new(admin_url, &app, &db.base_dir, dbname) {
+            match PgBouncerAdmin::new(admin_url.as_str(), &app, &db.base_dir, dbname) {
                 Ok(a) => match a.read(timeout).await {
                     Ok(r) => out.pooler = Some(r),
                     Err(e) => out.pooler_error = Some(e.to_string()),

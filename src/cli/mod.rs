@@ -169,7 +169,7 @@ pub fn run_client(cli: &Cli) -> i32 {
         Command::Stop { jobs } => Request::Stop { jobs: jobs.clone() },
         Command::Restart { jobs } => Request::Restart { jobs: jobs.clone() },
         Command::Signal { jobs, signal } => match crate::job::machine::parse_signal(signal) {
-            Some(sig) => Request::Signal { jobs: jobs.clone(), signal: crate::job::machine::signal_name(sig) },
+            Some(sig) => Request::Signal { jobs: jobs.clone(), signal: sig.as_str().to_string() },
             None => {
                 eprintln!("error: unknown signal {signal:?}");
                 eprintln!("  hint: use a name like HUP, SIGUSR1, TERM or a number (`kill -l` lists them)");

@@ -17,7 +17,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
+
+use crate::db::conninfo::ConnInfo;
+
 pub use diff::{diff, ReloadPlan};
+pub use validate::{parse_signal_name, ConfigErrors, Diagnostic, Severity};
 
 /// A whole, validated manifest. Built completely before anything is applied,
 /// so a bad reload can never leave a half-applied config behind.
@@ -59,10 +64,11 @@ pub enum OrphanPolicy {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct DatabaseConfig {
-    /// Expanded URL, checked by `db::conninfo`. Contains the password: never print it, use
-    /// `db::redact`. None: no database to connect to; the budget is planned offline from
-    /// `preset` or an integer `max_connections` (validation makes sure one is set).
-    pub url: Option<String>,
+    /// Expanded URL, parsed by `db::conninfo` (its `Debug` shows it redacted). Holds the
+    /// password: print it only through `redacted()`. None: no database to connect to; the budget
+    /// is planned offline from `preset` or an integer `max_connections` (validation makes sure
+    /// one is set).
+    pub url: Option<ConnInfo>,
     /// The manifest's directory: relative `sslrootcert`/`sslcert`/`sslkey` paths start here.
     pub base_dir: PathBuf,
     pub max_connections: MaxConnections,
@@ -78,7 +84,7 @@ pub struct DatabaseConfig {
     pub pooler: PoolerSetting,
     pub pool_size: PoolSize,
     /// PgBouncer's admin console (`SHOW CONFIG/DATABASES/CLIENTS`). Holds a password.
-    pub pooler_admin_url: Option<String>,
+    pub pooler_admin_url: Option<ConnInfo>,
 }
 
 /// `pooler`: what sits between the jobs and PostgreSQL.
@@ -164,14 +170,13 @@ pub struct JobConfig {
     pub backoff: Backoff,
     pub healthy_after: Duration,
     pub start_retries: u32,
-    /// Signal number (e.g. libc::SIGTERM).
-    pub stop_signal: i32,
+    pub stop_signal: Signal,
     pub stop_timeout: Duration,
     pub single_instance: bool,
     pub on_duplicate: OnDuplicate,
     pub priority: i32,
     pub connections: Option<Connections>,
-    pub quota_signal: Option<i32>,
+    pub quota_signal: Option<Signal>,
     /// Probes, stall and memory limits, dependencies, instance (config::watch).
     pub watch: watch::Watch,
 }
@@ -218,49 +223,8 @@ impl JobConfig {
     }
 }
 
-/// One problem found in a manifest, located in its file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub file: PathBuf,
-    /// 1-based; 0 when the problem has no position (missing file).
-    pub line: usize,
-    pub column: usize,
-    pub message: String,
-    /// What to do about it, when we know.
-    pub hint: Option<String>,
-}
-
-impl std::fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.line > 0 {
-            write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.column, self.message)?;
-        } else {
-            write!(f, "{}: {}", self.file.display(), self.message)?;
-        }
-        if let Some(hint) = &self.hint {
-            write!(f, "\n  hint: {hint}")?;
-        }
-        Ok(())
-    }
-}
-
-/// Every error found in one file (we report all of them, not just the first).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigErrors(pub Vec<ConfigError>);
-
-impl std::fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "error: {e}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ConfigErrors {}
+/// One problem found in a manifest: the one diagnostics type (see `validate::diagnostics`).
+pub type ConfigError = Diagnostic;
 
 /// The largest manifest corral reads (SPEC §7: a file of any size gets an error, not a stall).
 /// 20,000 jobs of a few lines each fit.
@@ -277,7 +241,7 @@ fn too_large_message(len: u64) -> String {
 /// Read, expand and validate a manifest file using the process environment.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let text = read(path).map_err(|(message, hint)| {
-        ConfigErrors(vec![ConfigError { file: path.to_path_buf(), line: 0, column: 0, message, hint: Some(hint) }])
+        ConfigErrors(vec![Diagnostic::error(path, message, Some(hint))])
     })?;
     // `${NAME}` falls back to the file named by `NAME_FILE` (Docker secrets).
     let lookup = secrets::Lookup::default();
@@ -285,13 +249,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let unreadable: Vec<ConfigError> = lookup
         .failures()
         .into_iter()
-        .map(|message| ConfigError {
-            file: path.to_path_buf(),
-            line: 0,
-            column: 0,
-            message,
-            hint: Some("mount the secret there, or set the variable itself".into()),
-        })
+        .map(|message| Diagnostic::error(path, message, Some("mount the secret there, or set the variable itself".into())))
         .collect();
     match (parsed, unreadable.is_empty()) {
         (parsed, true) => parsed,

@@ -487,7 +487,7 @@ impl Budget {
     pub fn env_for(&self, cfg: &JobConfig, quota: u32) -> Vec<(String, String)> {
         // Only jobs with connections get a quota; without, there is no overflow to hand out.
         let overflow = cfg.connections.map_or(0, |c| c.overflow);
-        let mut env = crate::budget::env::job_env(&self.cfg.service, &cfg.name, quota, overflow, self.db.url.as_deref(), &cfg.env);
+        let mut env = crate::budget::env::job_env(&self.cfg.service, &cfg.name, quota, overflow, self.db.url.as_ref().map(|u| u.as_str()), &cfg.env);
         env.push((crate::budget::env::QUOTA_FILE_VAR.to_string(), self.quota_file(&cfg.name).display().to_string()));
         env
     }
@@ -742,7 +742,7 @@ impl Budget {
             "latency_ms": s.latency_ms,
             "checked_at": s.checked_at.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()).map(|d| d.as_secs_f64()),
             "error": s.error,
-            "target": self.db.url.as_deref().map(crate::db::redact),
+            "target": self.db.url.as_ref().map(|u| crate::db::redact(u.as_str())),
             "tls": s.tls,
             "offline": self.offline(),
             // The server's own setting as last read (the dashboard and /metrics show it).

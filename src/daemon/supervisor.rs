@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::Signal;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
@@ -296,7 +297,7 @@ impl Supervisor {
         budget.quota_dir_shared = self.config.jobs.values().any(|j| j.user.is_some());
         let service = &self.config.budget.service;
         if let Some(url) = &db_cfg.url {
-            match Probe::new(url, service, &db_cfg.base_dir) {
+            match Probe::new(url.as_str(), service, &db_cfg.base_dir) {
                 Ok(p) => self.probe = Some(Arc::new(p)),
                 Err(e) => {
                     error!("database url rejected: {e}");
@@ -308,9 +309,9 @@ impl Supervisor {
             info!("no database url: the connection budget is planned offline (nothing is measured)");
         }
         if let Some(admin_url) = &db_cfg.pooler_admin_url {
-            let dbname = db_cfg.url.as_deref().and_then(|u| db::conninfo::ConnInfo::parse(u).ok()).and_then(|c| c.get("dbname").or(c.get("user")).map(str::to_string));
+            let dbname = db_cfg.url.as_ref().and_then(|c| c.get("dbname").or(c.get("user")).map(str::to_string));
             let app = db::Attribution::corral_application_name(service);
-            match PgBouncerAdmin::new(admin_url, &app, &db_cfg.base_dir, dbname) {
+            match PgBouncerAdmin::new(admin_url.as_str(), &app, &db_cfg.base_dir, dbname) {
                 Ok(a) => self.pooler_admin = Some(Arc::new(a)),
                 Err(e) => {
                     error!("pooler_admin_url rejected: {e}");
@@ -448,13 +449,13 @@ impl Supervisor {
                 let live_group = self.jobs.values().any(|j| j.m.pid == Some(pgid));
                 if !live_group && kill::group_alive(pgid) {
                     warn!(pgid, "process group outlived its job's stop grace: SIGKILL");
-                    let _ = kill::signal_group(pgid, libc::SIGKILL);
+                    let _ = kill::signal_group(pgid, Signal::SIGKILL);
                 }
             }
             Event::KillPids { pids } => {
                 for pid in pids {
                     if !self.by_pid.contains_key(&pid) {
-                        let _ = kill::signal_pid(pid, libc::SIGKILL);
+                        let _ = kill::signal_pid(pid, Signal::SIGKILL);
                     }
                 }
             }
@@ -541,7 +542,7 @@ impl Supervisor {
                 if let Err(e) = kill::signal_group(pgid, signal) {
                     warn!(job = name, pgid, "cannot signal process group: {e}");
                 }
-                if signal == libc::SIGKILL {
+                if signal == Signal::SIGKILL {
                     warn!(job = name, "stop_timeout passed: sent SIGKILL to process group {pgid}");
                 }
             }
@@ -558,7 +559,7 @@ impl Supervisor {
             Effect::ReapGroup { pgid } => {
                 if self.config.supervisor.orphans == OrphanPolicy::Kill && kill::group_alive(pgid) {
                     info!(job = name, "terminating what is left of process group {pgid}");
-                    let _ = kill::signal_group(pgid, libc::SIGTERM);
+                    let _ = kill::signal_group(pgid, Signal::SIGTERM);
                     self.after(ORPHAN_GRACE, Event::KillGroup { pgid });
                 }
             }
@@ -609,7 +610,7 @@ impl Supervisor {
                 }
                 OnDuplicate::Kill => {
                     for pid in &dups {
-                        let sig = if job.dup_termed.contains(pid) { libc::SIGKILL } else { libc::SIGTERM };
+                        let sig = if job.dup_termed.contains(pid) { Signal::SIGKILL } else { Signal::SIGTERM };
                         warn!(job = name, pid, "killing duplicate running outside corral");
                         let _ = kill::signal_pid(*pid, sig);
                         job.dup_termed.insert(*pid);
@@ -780,7 +781,7 @@ impl Supervisor {
         let mut killed = 0;
         if self.config.supervisor.orphans == OrphanPolicy::Kill && !strays.is_empty() {
             for pid in &strays {
-                let _ = kill::signal_pid(*pid, libc::SIGTERM);
+                let _ = kill::signal_pid(*pid, Signal::SIGTERM);
             }
             killed = strays.len();
             self.orphans_killed += killed as u64;
@@ -987,7 +988,7 @@ impl Supervisor {
         for name in &names {
             match self.jobs[name].m.pid {
                 Some(pid) => match kill::signal_pid(pid, sig) {
-                    Ok(()) => info!(job = %name, pid, "sent {}", machine::signal_name(sig)),
+                    Ok(()) => info!(job = %name, pid, "sent {}", sig.as_str()),
                     Err(e) => failed.push(format!("{name}: {e}")),
                 },
                 None if everyone => {}

@@ -8,6 +8,8 @@
 
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
+
 use super::backoff;
 use crate::config::{Backoff, JobConfig, RestartPolicy};
 
@@ -104,7 +106,7 @@ pub struct Policy {
     pub backoff: Backoff,
     pub healthy_after: Duration,
     pub start_retries: u32,
-    pub stop_signal: i32,
+    pub stop_signal: Signal,
     pub stop_timeout: Duration,
     /// A `ready` probe decides readiness; without one, `healthy_after` does.
     pub ready_probe: bool,
@@ -169,7 +171,7 @@ pub enum Effect {
     /// Acquire lock/budget, check duplicates, spawn; answer with Spawned, SpawnFailed or Blocked.
     Spawn,
     /// Send a signal to the process group `pgid`.
-    Signal { pgid: i32, signal: i32 },
+    Signal { pgid: i32, signal: Signal },
     ArmTimer { kind: TimerKind, after: Duration, epoch: u64 },
     /// The job no longer needs its lock and connection grant.
     Release,
@@ -269,7 +271,7 @@ fn transition(job: &mut Job, policy: &Policy, input: Input, jitter: f64) -> Vec<
         }
         Input::KillNow => {
             if let (State::Stopping | State::Starting | State::Running, Some(pid)) = (job.state, job.pid) {
-                fx.push(Effect::Signal { pgid: pid, signal: libc::SIGKILL });
+                fx.push(Effect::Signal { pgid: pid, signal: Signal::SIGKILL });
             }
         }
         Input::Spawned { pid } => {
@@ -321,7 +323,7 @@ fn transition(job: &mut Job, policy: &Policy, input: Input, jitter: f64) -> Vec<
                 }
                 (TimerKind::StopTimeout, State::Stopping) => {
                     if let Some(pid) = job.pid {
-                        fx.push(Effect::Signal { pgid: pid, signal: libc::SIGKILL });
+                        fx.push(Effect::Signal { pgid: pid, signal: Signal::SIGKILL });
                     }
                 }
                 _ => {}
@@ -363,8 +365,8 @@ fn begin_stop(job: &mut Job, policy: &Policy, fx: &mut Vec<Effect>) {
     fx.push(Effect::Signal { pgid: pid, signal: policy.stop_signal });
     // A stopped (SIGSTOP, Ctrl-Z) group would only act on the stop signal when continued:
     // continue it, or every stop of a paused job waits for SIGKILL.
-    if !matches!(policy.stop_signal, libc::SIGKILL | libc::SIGCONT) {
-        fx.push(Effect::Signal { pgid: pid, signal: libc::SIGCONT });
+    if !matches!(policy.stop_signal, Signal::SIGKILL | Signal::SIGCONT) {
+        fx.push(Effect::Signal { pgid: pid, signal: Signal::SIGCONT });
     }
     fx.push(Effect::ArmTimer { kind: TimerKind::StopTimeout, after: policy.stop_timeout, epoch: job.epoch });
 }
@@ -452,18 +454,16 @@ pub fn describe_exit(exit: Exit) -> String {
 }
 
 pub fn signal_name(sig: i32) -> String {
-    nix::sys::signal::Signal::try_from(sig).map(|s| s.as_str().to_string()).unwrap_or_else(|_| format!("signal {sig}"))
+    Signal::try_from(sig).map(|s| s.as_str().to_string()).unwrap_or_else(|_| format!("signal {sig}"))
 }
 
 /// `HUP`, `SIGHUP`, `sighup` or `1`, as `kill` takes them.
-pub fn parse_signal(s: &str) -> Option<i32> {
+pub fn parse_signal(s: &str) -> Option<Signal> {
     let s = s.trim();
     if let Ok(n) = s.parse::<i32>() {
-        return nix::sys::signal::Signal::try_from(n).ok().map(|sig| sig as i32);
+        return Signal::try_from(n).ok();
     }
-    let upper = s.to_ascii_uppercase();
-    let name = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
-    name.parse::<nix::sys::signal::Signal>().ok().map(|sig| sig as i32)
+    crate::config::parse_signal_name(s)
 }
 
 #[cfg(test)]
@@ -473,14 +473,14 @@ mod tests {
     #[test]
     fn signals_parse_as_kill_takes_them() {
         for s in ["HUP", "SIGHUP", "sighup", "1", " hup "] {
-            assert_eq!(parse_signal(s), Some(libc::SIGHUP), "{s}");
+            assert_eq!(parse_signal(s), Some(Signal::SIGHUP), "{s}");
         }
-        assert_eq!(parse_signal("USR1"), Some(libc::SIGUSR1));
-        assert_eq!(parse_signal("9"), Some(libc::SIGKILL));
+        assert_eq!(parse_signal("USR1"), Some(Signal::SIGUSR1));
+        assert_eq!(parse_signal("9"), Some(Signal::SIGKILL));
         for s in ["", "SIG", "HUPP", "0", "999", "-1", "SIGRTMIN+1"] {
             assert_eq!(parse_signal(s), None, "{s}");
         }
-        assert_eq!(parse_signal(&signal_name(libc::SIGTERM)), Some(libc::SIGTERM));
+        assert_eq!(parse_signal(&signal_name(libc::SIGTERM)), Some(Signal::SIGTERM));
     }
 
     fn policy() -> Policy {
@@ -490,7 +490,7 @@ mod tests {
             backoff: Backoff { initial: Duration::from_secs(1), max: Duration::from_secs(60) },
             healthy_after: Duration::from_secs(10),
             start_retries: 2,
-            stop_signal: libc::SIGTERM,
+            stop_signal: Signal::SIGTERM,
             stop_timeout: Duration::from_secs(5),
             ready_probe: false,
         }
@@ -580,10 +580,10 @@ mod tests {
 
     #[test]
     fn no_sigcont_after_sigkill_as_the_stop_signal() {
-        let p = Policy { stop_signal: libc::SIGKILL, ..policy() };
+        let p = Policy { stop_signal: Signal::SIGKILL, ..policy() };
         let mut j = started(&p);
         let fx = step(&mut j, &p, Input::Stop, 0.0);
-        assert!(!fx.contains(&Effect::Signal { pgid: 42, signal: libc::SIGCONT }), "{fx:?}");
+        assert!(!fx.contains(&Effect::Signal { pgid: 42, signal: Signal::SIGCONT }), "{fx:?}");
     }
 
     #[test]
@@ -591,12 +591,12 @@ mod tests {
         let p = policy();
         let mut j = started(&p);
         let fx = step(&mut j, &p, Input::Stop, 0.0);
-        assert_eq!(fx[0], Effect::Signal { pgid: 42, signal: libc::SIGTERM });
+        assert_eq!(fx[0], Effect::Signal { pgid: 42, signal: Signal::SIGTERM });
         // A group paused with SIGSTOP acts on the stop signal only once continued.
-        assert_eq!(fx[1], Effect::Signal { pgid: 42, signal: libc::SIGCONT });
+        assert_eq!(fx[1], Effect::Signal { pgid: 42, signal: Signal::SIGCONT });
         let e = j.epoch;
         let fx = step(&mut j, &p, Input::Timer { kind: TimerKind::StopTimeout, epoch: e }, 0.0);
-        assert_eq!(fx, vec![Effect::Signal { pgid: 42, signal: libc::SIGKILL }]);
+        assert_eq!(fx, vec![Effect::Signal { pgid: 42, signal: Signal::SIGKILL }]);
         step(&mut j, &p, Input::Exited(Exit::Signal(libc::SIGKILL), Duration::ZERO), 0.0);
         assert_eq!(j.state, State::Stopped);
     }
@@ -628,7 +628,7 @@ mod tests {
         let p = policy();
         let mut j = started(&p);
         let fx = step(&mut j, &p, Input::Force { cause: Cause::Stalled, detail: "no output for 10m".into() }, 0.0);
-        assert_eq!(fx[0], Effect::Signal { pgid: 42, signal: libc::SIGTERM });
+        assert_eq!(fx[0], Effect::Signal { pgid: 42, signal: Signal::SIGTERM });
         assert!(fx.iter().any(|e| matches!(e, Effect::ArmTimer { kind: TimerKind::StopTimeout, .. })));
         assert_eq!(j.state, State::Stopping);
         let fx = step(&mut j, &p, Input::Exited(Exit::Signal(libc::SIGTERM), Duration::from_secs(700)), 0.0);

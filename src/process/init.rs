@@ -14,13 +14,7 @@ pub fn is_pid1() -> bool {
 }
 
 pub fn become_subreaper() -> std::io::Result<()> {
-    // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes plain integer arguments.
-    let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    nix::sys::prctl::set_child_subreaper(true).map_err(std::io::Error::from)
 }
 
 /// The last act of PID 1: SIGTERM every process left in the namespace, wait
@@ -54,7 +48,7 @@ pub fn final_sweep(grace: Duration) -> (usize, bool) {
 /// rest. Returns whether SIGKILL was needed.
 pub fn terminate_pids(pids: &[i32], grace: Duration) -> bool {
     for &p in pids {
-        let _ = super::kill::signal_pid(p, libc::SIGTERM);
+        let _ = super::kill::signal_pid(p, Signal::SIGTERM);
     }
     let deadline = Instant::now() + grace;
     loop {
@@ -65,7 +59,7 @@ pub fn terminate_pids(pids: &[i32], grace: Duration) -> bool {
         }
         if Instant::now() >= deadline {
             for p in alive {
-                let _ = super::kill::signal_pid(p, libc::SIGKILL);
+                let _ = super::kill::signal_pid(p, Signal::SIGKILL);
             }
             super::reaper::reap();
             return true;

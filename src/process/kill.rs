@@ -5,24 +5,22 @@ use nix::errno::Errno;
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 
-pub fn signal_group(pgid: i32, signal: i32) -> std::io::Result<()> {
+pub fn signal_group(pgid: i32, signal: Signal) -> std::io::Result<()> {
     if pgid <= 1 {
         // Never let a bookkeeping bug turn into kill(-1) or kill(0).
         return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("refusing to signal pgid {pgid}")));
     }
-    let sig = Signal::try_from(signal).map_err(std::io::Error::from)?;
-    match killpg(Pid::from_raw(pgid), sig) {
+    match killpg(Pid::from_raw(pgid), signal) {
         Ok(()) | Err(Errno::ESRCH) => Ok(()),
         Err(e) => Err(e.into()),
     }
 }
 
-pub fn signal_pid(pid: i32, signal: i32) -> std::io::Result<()> {
+pub fn signal_pid(pid: i32, signal: Signal) -> std::io::Result<()> {
     if pid <= 1 {
         return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("refusing to signal pid {pid}")));
     }
-    let sig = Signal::try_from(signal).map_err(std::io::Error::from)?;
-    match kill(Pid::from_raw(pid), sig) {
+    match kill(Pid::from_raw(pid), signal) {
         Ok(()) | Err(Errno::ESRCH) => Ok(()),
         Err(e) => Err(e.into()),
     }

@@ -17,8 +17,6 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use nix::errno::Errno;
-
 #[derive(Debug)]
 pub struct JobLock {
     file: File,
@@ -79,18 +77,18 @@ impl JobLock {
             .open(&path)
             .map_err(io)?;
         private_file(&file, &path)?;
-        // SAFETY: plain flock(2) on a descriptor we own.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        match if rc == 0 { Ok(()) } else { Err(Errno::last()) } {
+        // flock(2) on Linux (LOCK_EX | LOCK_NB): the lock belongs to the open file, so the job's
+        // inherited descriptor keeps it after ours is closed.
+        match file.try_lock() {
             Ok(()) => Ok(JobLock { file, path }),
-            Err(Errno::EWOULDBLOCK) => {
+            Err(std::fs::TryLockError::WouldBlock) => {
                 let mut s = String::new();
                 let _ = file.read_to_string(&mut s);
                 let recorded = s.trim().parse::<i32>().ok().filter(|p| *p > 0);
                 let (holder, recorded_gone) = find_holder(&file, recorded);
                 Err(LockError::Held { path, holder, recorded_gone })
             }
-            Err(e) => Err(io(e.into())),
+            Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
         }
     }
 

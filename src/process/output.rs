@@ -152,8 +152,9 @@ pub fn start_reader(fd: OwnedFd, job: String, stream: &'static str, format: LogF
             if let Some(w) = &watch {
                 w.line(&text);
             }
-            let line = LogLine { job: job.clone(), stream: stream.to_string(), ts: unix_now(), line: text };
-            if stdout_sink().push(format_line(&line, format)) {
+            let now = std::time::SystemTime::now();
+            let line = LogLine { job: job.clone(), stream: stream.to_string(), ts: unix_seconds(now), line: text };
+            if stdout_sink().push(format_line(&line, now, format)) {
                 stalled = false;
             } else {
                 store.count_dropped(&job);
@@ -190,17 +191,47 @@ async fn read_line_capped<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R, buf: &m
     }
 }
 
-/// One line as it appears on corral's stdout.
-fn format_line(line: &LogLine, format: LogFormat) -> Vec<u8> {
+/// One line as it appears on corral's stdout, read at `at`.
+fn format_line(line: &LogLine, at: std::time::SystemTime, format: LogFormat) -> Vec<u8> {
     let mut out = Vec::with_capacity(line.job.len() + line.line.len() + 4);
     let _ = match format {
         LogFormat::Text => writeln!(out, "[{}] {}", line.job, line.line),
         LogFormat::Json => {
-            let v = serde_json::json!({"ts": line.ts, "job": line.job, "stream": line.stream, "line": line.line});
-            writeln!(out, "{v}")
+            let event = JsonEvent {
+                timestamp: humantime::format_rfc3339_micros(at).to_string(),
+                level: "INFO",
+                fields: JsonFields { message: &line.line, job: &line.job, stream: &line.stream },
+                target: JOB_TARGET,
+            };
+            match serde_json::to_writer(&mut out, &event) {
+                Ok(()) => writeln!(out),
+                Err(e) => writeln!(out, "{{\"error\":\"{e}\"}}"),
+            }
         }
     };
     out
+}
+
+/// The `target` of a job's line in JSON: corral's own events carry their module path there.
+const JOB_TARGET: &str = "corral::job";
+
+/// A job's line in tracing-subscriber's JSON schema, the one corral's own log on stderr uses, so
+/// one parser reads both streams: `{"timestamp":"2026-12-01T11:40:00.827312Z","level":"INFO",
+/// "fields":{"message":LINE,"job":JOB,"stream":"stdout"|"stderr"},"target":"corral::job"}`.
+#[derive(serde::Serialize)]
+struct JsonEvent<'a> {
+    /// RFC 3339 in UTC with microseconds, as tracing-subscriber's default timer writes it.
+    timestamp: String,
+    level: &'static str,
+    fields: JsonFields<'a>,
+    target: &'static str,
+}
+
+#[derive(serde::Serialize)]
+struct JsonFields<'a> {
+    message: &'a str,
+    job: &'a str,
+    stream: &'a str,
 }
 
 /// Job output's way to corral's stdout.
@@ -350,13 +381,58 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for SinkWriter {
 }
 
 pub fn unix_now() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    unix_seconds(std::time::SystemTime::now())
+}
+
+fn unix_seconds(t: std::time::SystemTime) -> f64 {
+    t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Read;
+
+    #[test]
+    fn json_job_lines_have_the_schema_of_corrals_own_json_log() {
+        let line = LogLine { job: "web".into(), stream: "stderr".into(), ts: 0.0, line: "boom \"quoted\"".into() };
+        let at = std::time::UNIX_EPOCH + Duration::from_micros(1_795_450_359_530_526);
+        let ours: serde_json::Value = serde_json::from_slice(&format_line(&line, at, LogFormat::Json)).unwrap();
+        assert_eq!(
+            ours,
+            serde_json::json!({
+                "timestamp": "2026-11-23T16:12:39.530526Z",
+                "level": "INFO",
+                "fields": {"message": "boom \"quoted\"", "job": "web", "stream": "stderr"},
+                "target": "corral::job",
+            })
+        );
+        assert_eq!(format_line(&line, at, LogFormat::Text), b"[web] boom \"quoted\"\n");
+
+        // What tracing-subscriber's JSON (corral's own log with log_format = "json") writes.
+        #[derive(Clone, Default)]
+        struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt().json().with_writer(move || writer.clone()).finish();
+        tracing::subscriber::with_default(subscriber, || tracing::info!(job = "web", stream = "stderr", "boom"));
+        let theirs: serde_json::Value = serde_json::from_slice(&buf.0.lock().unwrap()).unwrap();
+        let keys = |v: &serde_json::Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+        assert_eq!(keys(&ours), keys(&theirs), "{theirs}");
+        assert_eq!(keys(&ours["fields"]), keys(&theirs["fields"]), "{theirs}");
+        let stamp = theirs["timestamp"].as_str().unwrap();
+        assert!(humantime::parse_rfc3339(stamp).is_ok() && stamp.len() == 27 && stamp.ends_with('Z'), "{stamp}");
+        assert_eq!(theirs["level"], "INFO");
+    }
 
     fn pipe() -> (std::fs::File, OwnedFd) {
         let (r, w) = nix::unistd::pipe().unwrap();
@@ -367,8 +443,7 @@ mod tests {
     fn a_reader_that_stops_reading_costs_dropped_lines_never_a_blocked_push() {
         let (mut r, w) = pipe();
         // The smallest pipe (a page), so the writer surely blocks on what the queue holds.
-        // SAFETY: fcntl on a descriptor we own.
-        unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&w), libc::F_SETPIPE_SZ, 4096) };
+        let _ = nix::fcntl::fcntl(std::os::fd::AsRawFd::as_raw_fd(&w), nix::fcntl::FcntlArg::F_SETPIPE_SZ(4096));
         let sink = Sink::spawn("test-sink", Some(w), 8 * 1000);
         let line = [vec![b'x'; 999], vec![b'\n']].concat();
         // Far more than the pipe and the queue hold: every push returns at once.

@@ -72,7 +72,7 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> std::io::Result<Spawned> {
     let (Some(stdout), Some(stderr)) = (child.stdout.take().map(OwnedFd::from), child.stderr.take().map(OwnedFd::from)) else {
         // Both were set to piped above, so std always returns them; never leave an untracked
         // child behind if it did not (the reaper collects it).
-        let _ = crate::process::kill::signal_pid(pid, libc::SIGKILL);
+        let _ = crate::process::kill::signal_pid(pid, nix::sys::signal::Signal::SIGKILL);
         return Err(std::io::Error::other("the job's output pipes were not created"));
     };
     // Dropping `Child` neither waits nor kills: the reaper owns the exit.
@@ -105,13 +105,9 @@ impl Drop for InheritGuard {
 }
 
 fn set_cloexec(fd: RawFd, on: bool) -> std::io::Result<()> {
-    // SAFETY: fcntl on a descriptor the caller owns.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFD);
-        let new = if on { flags | libc::FD_CLOEXEC } else { flags & !libc::FD_CLOEXEC };
-        if flags < 0 || libc::fcntl(fd, libc::F_SETFD, new) < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    let mut flags = FdFlag::from_bits_retain(fcntl(fd, FcntlArg::F_GETFD)?);
+    flags.set(FdFlag::FD_CLOEXEC, on);
+    fcntl(fd, FcntlArg::F_SETFD(flags))?;
     Ok(())
 }

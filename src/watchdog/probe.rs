@@ -151,7 +151,7 @@ async fn command(argv: &[String], timeout: Duration, procs: &ProbeProcs, penv: &
     let mut output = tokio::task::spawn_local(read_tail(child.stdout, child.stderr));
     let result = tokio::time::timeout(timeout, exited).await;
     // Whatever it forked goes with it (its exit is collected by the reaper all the same).
-    let _ = kill::signal_group(pid, libc::SIGKILL);
+    let _ = kill::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
     let tail = match tokio::time::timeout(Duration::from_millis(100), &mut output).await {
         Ok(Ok(t)) => t,
         _ => {

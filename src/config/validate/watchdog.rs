@@ -13,7 +13,8 @@ use toml::{Spanned, Value};
 use super::super::raw::{RawJob, RawProbe, Str};
 use super::super::watch::{self, Check, Condition, GraphError, Instance, Probe, Watch};
 use super::super::{name_problem, JobConfig};
-use super::{quote, Cx};
+use super::diagnostics::{did_you_mean, quote};
+use super::Cx;
 
 const MS: Duration = Duration::from_millis(1);
 const DAY: Duration = Duration::from_secs(86_400);
@@ -209,7 +210,7 @@ impl Cx<'_> {
                 GraphError::Unknown { job, name } => {
                     let span = spans.get(&job).and_then(|s| s.0.clone());
                     let known: Vec<&str> = jobs.keys().map(String::as_str).filter(|k| *k != job).collect();
-                    let hint = match super::did_you_mean(&name, &known) {
+                    let hint = match did_you_mean(&name, &known) {
                         Some(s) => format!("did you mean \"{s}\"?"),
                         None => format!("depend on one of the jobs in this file: {}", known.join(", ")),
                     };
