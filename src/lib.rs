@@ -1,5 +1,6 @@
 //! corral: a PID-1-capable supervisor for worker fleets that share one
-//! PostgreSQL connection budget. The contract is SPEC.md; the architecture:
+//! PostgreSQL connection budget. The contract is SPEC.md; ARCHITECTURE.md is the map (tasks,
+//! channels, owners, concerns, where each SPEC section lives). In short:
 //!
 //! - `config`   parse → expand `${VAR}` → validate into a typed `Config`; diff two configs.
 //! - `job`      the pure job state machine (`step(state, input) -> effects`) and backoff.
@@ -12,12 +13,14 @@
 //!              the one connection-string reader, redaction, the PgBouncer admin console.
 //! - `lookup`   users, groups and host names without NSS (the binary is static): /etc/passwd,
 //!              /etc/group, /etc/hosts, DNS from /etc/resolv.conf.
-//! - `protocol` request/response types shared by daemon and client, line framing.
+//! - `protocol` the typed requests and replies shared by daemon and client (SPEC §4's stable
+//!              names come from their serde derives), line framing.
 //! - `daemon`   `corral run`: one actor owns the job table; signals, the socket server,
 //!              the file watcher, timers, the probe task and the fleet task send it events.
-//!              Only the actor mutates jobs.
+//!              Only the actor mutates jobs; each concern (admission, control verbs, reload,
+//!              fleet schedule, budget, shutdown) has its own state and returns decisions.
 //! - `cli`      the client verbs: clap, socket client, rendering, `corral top`.
-//! - `view`     the budget JSON read into a typed view for `/metrics` and `corral top`.
+//! - `view`     the budget report drawn as bar segments for `/metrics` and `corral top`.
 //!
 //! `cli` and `daemon` never import each other; both speak `protocol`.
 //!

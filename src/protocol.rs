@@ -7,6 +7,13 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::budget::allocate::Wants;
+pub use crate::budget::plan::{LimitSource, PoolerLimit};
+pub use crate::config::ReloadPlan;
+/// A job's state (SPEC §4): `stopped`, `starting`, `running`, `backoff`, `stopping`,
+/// `exited`, `fatal`, `waiting`. The state machine's own type, so the names cannot drift.
+pub use crate::job::State as JobState;
+
 /// Default socket when neither config, `-s` nor `$CORRAL_SOCKET` names one.
 pub const DEFAULT_SOCKET: &str = "/run/corral/corral.sock";
 
@@ -137,7 +144,7 @@ pub enum Reply {
     Reload(ReloadReport),
     Logs { lines: Vec<LogLine> },
     Log(LogLine),
-    Budget(serde_json::Value),
+    Budget(Box<BudgetReport>),
     Health(HealthReport),
     Done { message: String },
     History(serde_json::Value),
@@ -153,7 +160,7 @@ pub struct StatusReport {
     /// With a `[database]`: the limit that binds and why, usable, granted, and the database's
     /// state with its last error (also before any check succeeded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub budget: Option<serde_json::Value>,
+    pub budget: Option<BudgetSummary>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -172,7 +179,7 @@ pub struct SupervisorInfo {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobStatus {
     pub name: String,
-    pub state: String,
+    pub state: JobState,
     pub pid: Option<i32>,
     pub uptime_s: Option<f64>,
     pub restarts: u32,
@@ -204,7 +211,7 @@ pub struct ExitInfo {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReloadReport {
     pub applied: bool,
-    pub plan: serde_json::Value,
+    pub plan: ReloadPlan,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -220,8 +227,262 @@ pub struct LogLine {
 pub struct HealthReport {
     pub healthy: bool,
     pub supervisor: bool,
-    pub database: Option<serde_json::Value>,
+    pub database: Option<DbHealth>,
     pub message: String,
+}
+
+/// Why a job waits (state `waiting`, SPEC §4). The kind decides what can release it (a
+/// database reading, a fleet sync, the next retry); the text is the job's `reason`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WaitReason {
+    /// `lock: ...`: its lock file, or in fleet scope its fleet-wide lock, is held elsewhere.
+    Lock(String),
+    /// `duplicate: ...`: the same command runs outside corral.
+    Duplicate(String),
+    /// `budget...: ...`: no grant yet (the budget, connections still being given back, the fleet).
+    Budget(String),
+    /// corral is stopping: nothing starts any more.
+    ShuttingDown,
+    /// `dependency <name>: ...`: a `depends_on` condition does not hold yet.
+    Dependency(String),
+}
+
+impl WaitReason {
+    /// A database reading or a fleet sync may release it.
+    pub fn is_budget(&self) -> bool {
+        matches!(self, WaitReason::Budget(_))
+    }
+
+    pub fn is_lock(&self) -> bool {
+        matches!(self, WaitReason::Lock(_))
+    }
+
+    /// Read a reason back from its text (a client reading `reason`).
+    pub fn parse(text: &str) -> WaitReason {
+        if text.starts_with("lock: ") {
+            WaitReason::Lock(text.to_string())
+        } else if text.starts_with("duplicate: ") {
+            WaitReason::Duplicate(text.to_string())
+        } else if text.starts_with("dependency ") {
+            WaitReason::Dependency(text.to_string())
+        } else if text == SHUTTING_DOWN {
+            WaitReason::ShuttingDown
+        } else {
+            WaitReason::Budget(text.to_string())
+        }
+    }
+}
+
+const SHUTTING_DOWN: &str = "supervisor is shutting down";
+
+impl std::fmt::Display for WaitReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WaitReason::Lock(t) | WaitReason::Duplicate(t) | WaitReason::Budget(t) | WaitReason::Dependency(t) => f.write_str(t),
+            WaitReason::ShuttingDown => f.write_str(SHUTTING_DOWN),
+        }
+    }
+}
+
+impl Serialize for WaitReason {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for WaitReason {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(WaitReason::parse(&String::deserialize(d)?))
+    }
+}
+
+/// `local` or `fleet` (`[budget] scope`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BudgetScope {
+    #[default]
+    Local,
+    Fleet,
+}
+
+/// `corral budget --json` and `/budget` (SPEC §4, §5): the plan's arithmetic, every grant,
+/// live use and the database. In fleet scope the fleet-only fields are present (`member`,
+/// `base`, `reserved`, `unclaimed`, `services`, `members`, `coordination`) and `jobs` holds
+/// every member's jobs. Missing fields read as zero or empty, so an older corral's JSON reads.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BudgetReport {
+    pub scope: BudgetScope,
+    pub service: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub member: Option<String>,
+    pub limit: u32,
+    pub limit_source: LimitSource,
+    /// What binds, in words: "session pooler pool_size", "server max_connections 60 - 3 reserved".
+    pub limit_reason: String,
+    pub pooler: Option<PoolerLimit>,
+    pub offline: bool,
+    pub provider_reserve: u32,
+    pub adhoc_reserve: u32,
+    pub external_reserve: u32,
+    /// Fleet: the smallest member base.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base: Option<u32>,
+    pub reservations: Vec<ReservationRow>,
+    /// Fleet: connections held by fleet-wide reservations.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reserved: Option<u32>,
+    pub own: u32,
+    /// Fleet: corral connections no live member claims; never handed out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unclaimed: Option<u32>,
+    pub usable: u32,
+    pub granted: u32,
+    pub headroom: u32,
+    pub live: u32,
+    pub external_live: u32,
+    pub external: Vec<ExternalGroup>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub services: Option<Vec<ServiceRow>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub members: Option<Vec<MemberRow>>,
+    pub jobs: Vec<BudgetJob>,
+    pub warnings: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub coordination: Option<Coordination>,
+    pub database: DbHealth,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ReservationRow {
+    pub name: String,
+    pub count: u32,
+    /// Fleet: the member that made it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
+    pub expires_in_s: Option<f64>,
+}
+
+/// Connections outside corral, by role and application_name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ExternalGroup {
+    pub role: String,
+    pub application_name: String,
+    pub connections: u32,
+}
+
+/// One job's grant. Fleet scope adds `member`, `host` (null when the member is unknown) and `wants`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BudgetJob {
+    pub name: String,
+    pub service: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub member: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<Option<String>>,
+    pub quota: u32,
+    pub min: u32,
+    pub max: u32,
+    pub priority: i32,
+    pub connections: u32,
+    pub idle: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wants: Option<Wants>,
+    /// Why it has no grant (the allocator's or the fleet's words).
+    pub state_waiting: Option<String>,
+}
+
+/// Fleet: one service's share.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ServiceRow {
+    pub service: String,
+    pub corrals: u32,
+    pub jobs: u32,
+    pub granted: u32,
+    pub live: u32,
+    /// Of the fleet's usable, rounded to 0.001.
+    pub share: f64,
+}
+
+/// Fleet: one corral of the fleet.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MemberRow {
+    pub id: String,
+    pub service: String,
+    pub host: String,
+    pub pid: i32,
+    pub heartbeat_age_s: f64,
+    pub own: u32,
+    pub base: Option<u32>,
+}
+
+/// Fleet: the health of the coordination. The budget report adds the counters.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Coordination {
+    pub healthy: bool,
+    pub member: String,
+    pub last_sync_age_s: Option<f64>,
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub syncs: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_losses: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expired: Option<Vec<String>>,
+}
+
+/// The database as corral's own connection last saw it (SPEC §6): in `health`, `budget`
+/// and `status`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DbHealth {
+    pub healthy: bool,
+    pub latency_ms: Option<f64>,
+    /// Unix seconds of the last check.
+    pub checked_at: Option<f64>,
+    /// The last connection or check error, also before any check succeeded.
+    pub error: Option<String>,
+    /// The connection string, password redacted.
+    pub target: Option<String>,
+    pub tls: Option<TlsReport>,
+    pub offline: bool,
+    /// The server's own setting as last read.
+    pub max_connections: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub coordination: Option<Coordination>,
+}
+
+/// The TLS of corral's connection at the last check.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TlsReport {
+    /// e.g. "TLSv1.3".
+    pub version: String,
+    pub cipher: String,
+    /// The effective sslmode.
+    pub sslmode: String,
+    /// What was checked: "certificate and host name", "certificate chain", "nothing".
+    pub verified: String,
+}
+
+/// What `status` shows of the budget: the limit that binds and why, and the database.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BudgetSummary {
+    pub limit: u32,
+    pub limit_source: LimitSource,
+    pub limit_reason: String,
+    pub usable: u32,
+    pub granted: u32,
+    pub offline: bool,
+    pub scope: BudgetScope,
+    pub database: DbHealth,
 }
 
 /// Parse one request line, mapping every failure to an error response.
@@ -340,7 +601,7 @@ mod tests {
         /// Every response corral can build encodes to one line of JSON that reads back.
         #[test]
         fn responses_always_encode_to_one_line(message in "\\PC{0,200}", value in any_json()) {
-            for resp in [Response::err(ErrorKind::Refused, message.clone()), Response::ok(Reply::Budget(value.clone())), Response::ok(Reply::Done { message: message.clone() })] {
+            for resp in [Response::err(ErrorKind::Refused, message.clone()), Response::ok(Reply::History(value.clone())), Response::ok(Reply::Done { message: message.clone() })] {
                 let line = encode_response(&resp);
                 proptest::prop_assert!(line.ends_with('\n') && !line.trim_end().contains('\n'));
                 let back: Response = serde_json::from_str(&line).unwrap();

@@ -1,14 +1,14 @@
 //! The budget JSON of SPEC §4 (`corral budget --json`, `/budget`) read into a typed view for
-//! the Rust clients that draw it: `/metrics` and `corral top`. This is the one place that
-//! reads that JSON by key (the dashboard page reads it in JavaScript); the typed protocol
-//! replaces it later. Missing keys read as zero or none, so an older or newer corral's
-//! JSON still draws.
+//! the Rust clients that draw it: `/metrics` and `corral top`, from the typed
+//! [`BudgetReport`] of the protocol (the dashboard page reads the same JSON in JavaScript).
 //!
 //! [`BudgetView::segments`] splits the limit into the parts the bar shows, in order: the
 //! reserves, corral's own connections, each job's grant (with its live use), headroom.
 //! [`HistoryView`] reads the `history` reply (recent events) the same way.
 
 use serde_json::Value;
+
+use crate::protocol::{BudgetReport, BudgetScope};
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct BudgetView {
@@ -93,103 +93,67 @@ pub struct Segment {
     pub live: u32,
 }
 
-fn count(v: &Value, key: &str) -> u32 {
-    v.get(key).and_then(Value::as_u64).map_or(0, |n| n.min(u32::MAX as u64) as u32)
-}
-
-fn text(v: &Value, key: &str) -> Option<String> {
-    v.get(key).and_then(Value::as_str).map(str::to_string)
-}
-
-/// `limit_source` as a user reads it: a string as is; an object by its label or as JSON.
-fn source_text(v: &Value) -> Option<String> {
-    match v {
-        Value::Null => None,
-        Value::String(s) => Some(s.clone()),
-        Value::Object(o) => ["label", "text", "description", "name", "kind"]
-            .iter()
-            .find_map(|k| o.get(*k).and_then(Value::as_str).map(str::to_string))
-            .or_else(|| Some(v.to_string())),
-        other => Some(other.to_string()),
-    }
-}
-
 impl BudgetView {
+    /// Read a budget reply's JSON (`/budget`, `corral budget --json`); what does not read is empty.
     pub fn from_json(v: &Value) -> BudgetView {
-        let fleet = v.get("scope").and_then(Value::as_str) == Some("fleet");
-        let reservations: Vec<(String, u32)> = v
-            .get("reservations")
-            .and_then(Value::as_array)
-            .map(|rs| rs.iter().map(|r| (text(r, "name").unwrap_or_default(), count(r, "count"))).collect())
-            .unwrap_or_default();
-        let jobs = v
-            .get("jobs")
-            .and_then(Value::as_array)
-            .map(|js| {
-                js.iter()
-                    .map(|j| JobGrant {
-                        name: text(j, "name").unwrap_or_default(),
-                        service: text(j, "service").unwrap_or_default(),
-                        member: text(j, "member"),
-                        quota: count(j, "quota"),
-                        min: count(j, "min"),
-                        max: count(j, "max"),
-                        connections: count(j, "connections"),
-                        idle: j.get("idle").and_then(Value::as_bool).unwrap_or(false),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let members = v
-            .get("members")
-            .and_then(Value::as_array)
-            .map(|ms| {
-                ms.iter()
-                    .map(|m| Member {
-                        id: text(m, "id").unwrap_or_default(),
-                        host: text(m, "host").unwrap_or_default(),
-                        service: text(m, "service").unwrap_or_default(),
-                        pid: m.get("pid").and_then(Value::as_i64).unwrap_or(0),
-                        heartbeat_age_s: m.get("heartbeat_age_s").and_then(Value::as_f64).unwrap_or(0.0),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let db = v.get("database").cloned().unwrap_or(Value::Null);
-        let coordination = v.get("coordination").filter(|c| c.is_object()).map(|c| {
-            (c.get("healthy").and_then(Value::as_bool).unwrap_or(false), text(c, "error"))
-        });
+        let mut view = BudgetView::from_report(&serde_json::from_value(v.clone()).unwrap_or_default());
+        // What an older corral left out is not known, rather than zero.
+        if v.get("limit_source").is_none() {
+            view.limit_source = None;
+        }
+        if v.get("headroom").is_none() {
+            view.headroom = view.usable.saturating_sub(view.granted);
+        }
+        view
+    }
+
+    pub fn from_report(b: &BudgetReport) -> BudgetView {
+        let fleet = b.scope == BudgetScope::Fleet;
         BudgetView {
-            scope: text(v, "scope").unwrap_or_else(|| "local".into()),
-            service: text(v, "service").unwrap_or_default(),
-            limit: count(v, "limit"),
-            limit_source: v.get("limit_source").and_then(source_text),
-            provider_reserve: count(v, "provider_reserve"),
-            adhoc_reserve: count(v, "adhoc_reserve"),
-            external_reserve: count(v, "external_reserve"),
-            reservations,
-            own: count(v, "own"),
-            unclaimed: if fleet { count(v, "unclaimed") } else { 0 },
-            usable: count(v, "usable"),
-            granted: count(v, "granted"),
-            headroom: v.get("headroom").map_or_else(|| count(v, "usable").saturating_sub(count(v, "granted")), |_| count(v, "headroom")),
-            live: count(v, "live"),
-            external_live: count(v, "external_live"),
-            jobs,
-            members,
-            warnings: v
-                .get("warnings")
-                .and_then(Value::as_array)
-                .map(|ws| ws.iter().filter_map(|w| w.as_str().map(str::to_string)).collect())
-                .unwrap_or_default(),
+            scope: if fleet { "fleet".into() } else { "local".into() },
+            service: b.service.clone(),
+            limit: b.limit,
+            limit_source: serde_json::to_value(b.limit_source).ok().and_then(|v| v.as_str().map(str::to_string)),
+            provider_reserve: b.provider_reserve,
+            adhoc_reserve: b.adhoc_reserve,
+            external_reserve: b.external_reserve,
+            reservations: b.reservations.iter().map(|r| (r.name.clone(), r.count)).collect(),
+            own: b.own,
+            unclaimed: if fleet { b.unclaimed.unwrap_or(0) } else { 0 },
+            usable: b.usable,
+            granted: b.granted,
+            headroom: b.headroom,
+            live: b.live,
+            external_live: b.external_live,
+            jobs: b
+                .jobs
+                .iter()
+                .map(|j| JobGrant {
+                    name: j.name.clone(),
+                    service: j.service.clone(),
+                    member: j.member.clone(),
+                    quota: j.quota,
+                    min: j.min,
+                    max: j.max,
+                    connections: j.connections,
+                    idle: j.idle,
+                })
+                .collect(),
+            members: b
+                .members
+                .iter()
+                .flatten()
+                .map(|m| Member { id: m.id.clone(), host: m.host.clone(), service: m.service.clone(), pid: i64::from(m.pid), heartbeat_age_s: m.heartbeat_age_s })
+                .collect(),
+            warnings: b.warnings.clone(),
             database: Database {
-                healthy: db.get("healthy").and_then(Value::as_bool).unwrap_or(false),
-                latency_ms: db.get("latency_ms").and_then(Value::as_f64),
-                error: text(&db, "error"),
-                max_connections: db.get("max_connections").and_then(Value::as_u64).map(|n| n.min(u32::MAX as u64) as u32),
-                target: text(&db, "target"),
+                healthy: b.database.healthy,
+                latency_ms: b.database.latency_ms,
+                error: b.database.error.clone(),
+                max_connections: b.database.max_connections,
+                target: b.database.target.clone(),
             },
-            coordination,
+            coordination: b.coordination.as_ref().map(|c| (c.healthy, c.error.clone())),
         }
     }
 
@@ -239,6 +203,10 @@ pub struct EventView {
 pub struct HistoryView {
     /// Oldest first.
     pub events: Vec<EventView>,
+}
+
+fn text(v: &Value, key: &str) -> Option<String> {
+    v.get(key).and_then(Value::as_str).map(str::to_string)
 }
 
 impl HistoryView {
@@ -323,13 +291,8 @@ mod tests {
     }
 
     #[test]
-    fn limit_source_is_rendered_whatever_its_shape() {
-        for (v, want) in [
-            (json!("preset"), Some("preset")),
-            (json!({"label": "session pooler pool_size", "value": 15}), Some("session pooler pool_size")),
-            (json!({"value": 15}), Some("{\"value\":15}")),
-            (Value::Null, None),
-        ] {
+    fn limit_source_is_rendered_by_its_stable_name() {
+        for (v, want) in [(json!("preset"), Some("preset")), (json!("pooler"), Some("pooler")), (json!("unknown"), Some("unknown"))] {
             let b = BudgetView::from_json(&json!({ "limit_source": v }));
             assert_eq!(b.limit_source.as_deref(), want);
         }

@@ -77,7 +77,7 @@ use std::cmp::Ordering;
 use std::fmt;
 
 /// What a job wants from the budget right now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Wants {
     /// Stopped, exited, fatal or stopping: gets 0.

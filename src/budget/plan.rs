@@ -33,7 +33,7 @@ pub enum ReserveSetting {
 }
 
 /// How a pooler between the jobs and the server hands out server connections (SPEC §5.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PoolerMode {
     /// Every client holds one server connection: the pool size caps the jobs' connections.
@@ -43,7 +43,7 @@ pub enum PoolerMode {
 }
 
 /// The pooler on the jobs' path, with what is known of its sizes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct PoolerLimit {
     /// None: a pooler whose mode is not known yet (its admin console was not read).
     pub mode: Option<PoolerMode>,
@@ -54,7 +54,7 @@ pub struct PoolerLimit {
     /// Clients the pooler accepts.
     pub client_limit: Option<u32>,
     /// What to set when a size that binds is unknown.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub missing: Option<String>,
 }
 
@@ -83,7 +83,7 @@ pub struct PlanInput {
 }
 
 /// Where `limit` came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LimitSource {
     /// The server's reading, minus its reserved slots.
@@ -95,6 +95,7 @@ pub enum LimitSource {
     /// The pooler on the jobs' path (session pool size or transaction client limit).
     Pooler,
     /// Nothing known: `limit` and `usable` are 0 (see [`plan`]).
+    #[default]
     Unknown,
 }
 

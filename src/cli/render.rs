@@ -4,7 +4,7 @@
 use crate::budget::plan::{LimitSource, Plan};
 use crate::config::Config;
 use crate::job::machine::signal_name;
-use crate::protocol::{JobStatus, LogLine, Reply, Request, Response, StatusReport};
+use crate::protocol::{BudgetReport, BudgetScope, DbHealth, JobState, JobStatus, LogLine, Reply, Request, Response, StatusReport};
 
 /// Colour in human output (states as systemctl colours them): only when stdout is a terminal,
 /// and never when `NO_COLOR` is set to anything but the empty string (no-color.org).
@@ -21,12 +21,12 @@ fn colour() -> bool {
 }
 
 /// The SGR code systemctl would use for a job state: green running, yellow on the way, red failed.
-fn state_style(state: &str) -> Option<&'static str> {
+fn state_style(state: JobState) -> Option<&'static str> {
     match state {
-        "running" => Some("32"),
-        "starting" | "stopping" | "backoff" | "waiting" => Some("33"),
-        "fatal" => Some("1;31"),
-        _ => None,
+        JobState::Running => Some("32"),
+        JobState::Starting | JobState::Stopping | JobState::Backoff | JobState::Waiting => Some("33"),
+        JobState::Fatal => Some("1;31"),
+        JobState::Stopped | JobState::Exited => None,
     }
 }
 
@@ -67,7 +67,8 @@ pub fn response(request: &Request, resp: &Response, json: bool) {
             Reply::Reload(r) => serde_json::to_value(r),
             Reply::Logs { lines } => serde_json::to_value(serde_json::json!({ "lines": lines })),
             Reply::Log(l) => serde_json::to_value(l),
-            Reply::Budget(b) | Reply::History(b) => Ok(b.clone()),
+            Reply::Budget(b) => serde_json::to_value(b),
+            Reply::History(h) => Ok(h.clone()),
             Reply::Health(h) => serde_json::to_value(h),
             Reply::Done { message } => Ok(serde_json::json!({ "message": message })),
         };
@@ -88,27 +89,24 @@ pub fn response(request: &Request, resp: &Response, json: bool) {
                 _ => "done",
             };
             for j in jobs {
-                match (&j.reason, j.state.as_str()) {
+                match (&j.reason, j.state) {
                     // Answered while still held back: it starts by itself once the budget frees up.
-                    (Some(reason), "waiting") => println!("{}: queued (waiting: {reason})", j.name),
-                    _ => println!("{}: {verb} ({})", j.name, paint(&j.state, state_style(&j.state), colour())),
+                    (Some(reason), JobState::Waiting) => println!("{}: queued (waiting: {reason})", j.name),
+                    _ => println!("{}: {verb} ({})", j.name, paint(j.state.as_str(), state_style(j.state), colour())),
                 }
             }
         }
         Reply::Reload(r) => {
             let applied = if r.applied { "applied" } else { "dry run, nothing applied" };
             println!("reload: {applied}");
-            for (key, label) in [("added", "add"), ("removed", "remove"), ("restart", "restart"), ("update", "update (no restart)")] {
-                if let Some(list) = r.plan.get(key).and_then(|v| v.as_array()) {
-                    for name in list {
-                        println!("  {label}: {}", name.as_str().unwrap_or_default());
-                    }
+            let p = &r.plan;
+            for (list, label) in [(&p.added, "add"), (&p.removed, "remove"), (&p.restart, "restart"), (&p.update, "update (no restart)")] {
+                for name in list {
+                    println!("  {label}: {name}");
                 }
             }
-            if let Some(list) = r.plan.get("needs_restart").and_then(|v| v.as_array()) {
-                for item in list {
-                    println!("  needs a corral restart: {}", item.as_str().unwrap_or_default());
-                }
+            for item in &p.needs_restart {
+                println!("  needs a corral restart: {item}");
             }
         }
         Reply::Logs { lines } => {
@@ -155,16 +153,9 @@ pub fn log_line(request: &Request, l: &LogLine, colour: bool) -> String {
 fn status(s: &StatusReport) -> String {
     let mut out = status_table_styled(&s.jobs, colour());
     if let Some(b) = &s.budget {
-        let n = |k: &str| b[k].as_u64().map_or("?".to_string(), |v| v.to_string());
-        let offline = if b["offline"] == true { ", planned offline" } else { "" };
-        out.push_str(&format!(
-            "\nbudget: limit {} ({}), usable {}, granted {}{offline}\n",
-            n("limit"),
-            b["limit_reason"].as_str().unwrap_or("?"),
-            n("usable"),
-            n("granted")
-        ));
-        out.push_str(&database_line(&b["database"]));
+        let offline = if b.offline { ", planned offline" } else { "" };
+        out.push_str(&format!("\nbudget: limit {} ({}), usable {}, granted {}{offline}\n", b.limit, b.limit_reason, b.usable, b.granted));
+        out.push_str(&database_line(&b.database));
     }
     if let Some(err) = &s.config_error {
         out.push_str(&format!("\nconfig error (running config kept):\n{err}\n"));
@@ -185,7 +176,7 @@ pub fn status_table_styled(jobs: &[JobStatus], colour: bool) -> String {
         .map(|j| {
             [
                 j.name.clone(),
-                j.state.to_uppercase(),
+                j.state.as_str().to_uppercase(),
                 j.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
                 j.uptime_s.map(uptime).unwrap_or_else(|| "-".into()),
                 j.restarts.to_string(),
@@ -224,7 +215,7 @@ pub fn status_table_styled(jobs: &[JobStatus], colour: bool) -> String {
     };
     let mut out = line(&header.map(String::from), None);
     for (r, j) in rows.iter().zip(jobs) {
-        out.push_str(&line(r, state_style(&j.state)));
+        out.push_str(&line(r, state_style(j.state)));
     }
     out
 }
@@ -387,73 +378,60 @@ fn restart_name(r: crate::config::RestartPolicy) -> &'static str {
 }
 
 /// `corral budget`: the SPEC §5 arithmetic, then one line per job.
-pub fn budget(b: &serde_json::Value) -> String {
-    let n = |k: &str| b[k].as_u64().map(|v| v.to_string()).unwrap_or_else(|| "?".into());
-    let reserved: u64 = b["reservations"].as_array().map(|r| r.iter().filter_map(|x| x["count"].as_u64()).sum()).unwrap_or(0);
+pub fn budget(b: &BudgetReport) -> String {
+    let reserved: u32 = b.reservations.iter().map(|r| r.count).sum();
     let mut out = String::new();
-    let fleet = b["scope"] == "fleet";
-    let reason = b["limit_reason"].as_str().or(b["limit_source"].as_str()).unwrap_or("?").to_string();
-    if b["offline"] == true {
+    let fleet = b.scope == BudgetScope::Fleet;
+    let reason = if b.limit_reason.is_empty() { serde_json::to_value(b.limit_source).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_else(|| "?".into()) } else { b.limit_reason.clone() };
+    let opt = |n: Option<u32>| n.map_or_else(|| "?".to_string(), |n| n.to_string());
+    if b.offline {
         out.push_str("budget planned offline (no database url): nothing is measured, jobs get their grants from the preset\n");
     }
     if fleet {
-        let c = &b["coordination"];
-        let health = match (c["healthy"].as_bool(), c["error"].as_str()) {
+        let c = b.coordination.clone().unwrap_or_default();
+        let health = match (b.coordination.as_ref().map(|c| c.healthy), &c.error) {
             (_, Some(e)) => format!("coordination FAILING: {e}"),
-            (Some(true), _) => format!("coordination healthy (last sync {:.1}s ago)", c["last_sync_age_s"].as_f64().unwrap_or(0.0)),
+            (Some(true), _) => format!("coordination healthy (last sync {:.1}s ago)", c.last_sync_age_s.unwrap_or(0.0)),
             _ => "coordination not synced yet".into(),
         };
         out.push_str(&format!(
             "fleet: {} corral(s); this one is {}; {health}\n",
-            b["members"].as_array().map_or(0, |m| m.len()),
-            b["member"].as_str().unwrap_or("?")
+            b.members.as_ref().map_or(0, |m| m.len()),
+            b.member.as_deref().unwrap_or("?")
         ));
         out.push_str(&format!(
             "limit {} ({})  - provider {}  - ad hoc {}  - external {}  = base {}  - reserved {}  - corrals {}  - unclaimed {}  = usable {}\n",
-            n("limit"),
+            b.limit,
             reason,
-            n("provider_reserve"),
-            n("adhoc_reserve"),
-            n("external_reserve"),
-            n("base"),
+            b.provider_reserve,
+            b.adhoc_reserve,
+            b.external_reserve,
+            opt(b.base),
             reserved,
-            n("own"),
-            n("unclaimed"),
-            n("usable")
+            b.own,
+            opt(b.unclaimed),
+            b.usable
         ));
     } else {
         out.push_str(&format!(
-        "limit {} ({})  - provider {}  - ad hoc {}  - external {}  - reserved {}  - corral {}  = usable {}\n",
-        n("limit"),
-        reason,
-        n("provider_reserve"),
-        n("adhoc_reserve"),
-        n("external_reserve"),
-        reserved,
-        n("own"),
-        n("usable")
-    ));
+            "limit {} ({})  - provider {}  - ad hoc {}  - external {}  - reserved {}  - corral {}  = usable {}\n",
+            b.limit, reason, b.provider_reserve, b.adhoc_reserve, b.external_reserve, reserved, b.own, b.usable
+        ));
     }
-    out.push_str(&format!(
-        "granted {}  headroom {}  live {}  external live {}\n",
-        n("granted"),
-        n("headroom"),
-        n("live"),
-        n("external_live")
-    ));
+    out.push_str(&format!("granted {}  headroom {}  live {}  external live {}\n", b.granted, b.headroom, b.live, b.external_live));
     if fleet {
-        let srows: Vec<Vec<String>> = b["services"]
-            .as_array()
-            .into_iter()
+        let srows: Vec<Vec<String>> = b
+            .services
+            .iter()
             .flatten()
             .map(|s| {
                 vec![
-                    s["service"].as_str().unwrap_or("?").to_string(),
-                    s["corrals"].to_string(),
-                    s["jobs"].to_string(),
-                    s["granted"].to_string(),
-                    s["live"].to_string(),
-                    format!("{:.0}%", s["share"].as_f64().unwrap_or(0.0) * 100.0),
+                    s.service.clone(),
+                    s.corrals.to_string(),
+                    s.jobs.to_string(),
+                    s.granted.to_string(),
+                    s.live.to_string(),
+                    format!("{:.0}%", s.share * 100.0),
                 ]
             })
             .collect();
@@ -464,46 +442,43 @@ pub fn budget(b: &serde_json::Value) -> String {
         header.insert(1, "SERVICE");
         header.insert(2, "HOST");
     }
-    let rows: Vec<Vec<String>> = b["jobs"]
-        .as_array()
-        .map(|jobs| {
-            jobs.iter()
-                .map(|j| {
-                    let mut row = vec![
-                        j["name"].as_str().unwrap_or("?").to_string(),
-                        j["priority"].to_string(),
-                        j["min"].to_string(),
-                        j["max"].to_string(),
-                        j["quota"].to_string(),
-                        j["connections"].to_string(),
-                        if j["idle"].as_bool() == Some(true) { "idle".into() } else { "-".into() },
-                        j["state_waiting"].as_str().unwrap_or("").to_string(),
-                    ];
-                    if fleet {
-                        row.insert(1, j["service"].as_str().unwrap_or("?").to_string());
-                        row.insert(2, j["host"].as_str().unwrap_or("?").to_string());
-                    }
-                    row
-                })
-                .collect()
+    let rows: Vec<Vec<String>> = b
+        .jobs
+        .iter()
+        .map(|j| {
+            let mut row = vec![
+                j.name.clone(),
+                j.priority.to_string(),
+                j.min.to_string(),
+                j.max.to_string(),
+                j.quota.to_string(),
+                j.connections.to_string(),
+                if j.idle { "idle".into() } else { "-".into() },
+                j.state_waiting.clone().unwrap_or_default(),
+            ];
+            if fleet {
+                row.insert(1, j.service.clone());
+                row.insert(2, j.host.clone().flatten().unwrap_or_else(|| "?".into()));
+            }
+            row
         })
-        .unwrap_or_default();
+        .collect();
     out.push_str(&table(&header, &rows));
-    for r in b["reservations"].as_array().into_iter().flatten() {
-        let ttl = r["expires_in_s"].as_f64().map(|s| format!(", expires in {:.0}s", s)).unwrap_or_default();
-        out.push_str(&format!("reservation {}: {}{ttl}\n", r["name"].as_str().unwrap_or("?"), r["count"]));
+    for r in &b.reservations {
+        let ttl = r.expires_in_s.map(|s| format!(", expires in {:.0}s", s)).unwrap_or_default();
+        out.push_str(&format!("reservation {}: {}{ttl}\n", r.name, r.count));
     }
-    for e in b["external"].as_array().into_iter().flatten() {
+    for e in &b.external {
         out.push_str(&format!(
             "external: {} connection(s) as role {} ({})\n",
-            e["connections"],
-            e["role"].as_str().unwrap_or("?"),
-            e["application_name"].as_str().filter(|a| !a.is_empty()).unwrap_or("no application_name")
+            e.connections,
+            e.role,
+            Some(e.application_name.as_str()).filter(|a| !a.is_empty()).unwrap_or("no application_name")
         ));
     }
-    out.push_str(&database_line(&b["database"]));
-    for w in b["warnings"].as_array().into_iter().flatten() {
-        out.push_str(&format!("warning: {}\n", w.as_str().unwrap_or_default()));
+    out.push_str(&database_line(&b.database));
+    for w in &b.warnings {
+        out.push_str(&format!("warning: {w}\n"));
     }
     out
 }
@@ -518,15 +493,15 @@ fn pad(c: &str, width: usize) -> String {
 }
 
 /// The database's state in one line, the same in `budget` and `status`.
-pub fn database_line(db: &serde_json::Value) -> String {
-    let tls = match &db["tls"] {
-        serde_json::Value::Null => String::new(),
-        t => format!(", {} {}", t["version"].as_str().unwrap_or("TLS"), t["sslmode"].as_str().unwrap_or("")),
+pub fn database_line(db: &DbHealth) -> String {
+    let tls = match &db.tls {
+        None => String::new(),
+        Some(t) => format!(", {} {}", t.version, t.sslmode),
     };
-    match (db["healthy"].as_bool(), db["error"].as_str()) {
+    match (db.healthy, &db.error) {
         (_, Some(e)) => format!("database UNHEALTHY: {e}\n"),
-        (Some(true), None) => format!("database healthy ({:.1} ms{tls})\n", db["latency_ms"].as_f64().unwrap_or(0.0)),
-        _ if db["offline"] == true => "database: none (no url; budget planned offline)\n".to_string(),
+        (true, None) => format!("database healthy ({:.1} ms{tls})\n", db.latency_ms.unwrap_or(0.0)),
+        _ if db.offline => "database: none (no url; budget planned offline)\n".to_string(),
         _ => "database not checked yet\n".to_string(),
     }
 }
@@ -559,7 +534,7 @@ mod tests {
     fn job(name: &str, state: &str) -> JobStatus {
         JobStatus {
             name: name.into(),
-            state: state.into(),
+            state: JobState::parse(state).unwrap(),
             pid: Some(7),
             uptime_s: Some(61.0),
             restarts: 0,

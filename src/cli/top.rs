@@ -21,7 +21,7 @@ use ratatui::widgets::{Block, Borders, Cell, Paragraph, Row, Table, TableState};
 use ratatui::Frame;
 
 use super::client;
-use crate::protocol::{JobStatus, LogLine, Reply, Request, Response, StatusReport};
+use crate::protocol::{JobState, JobStatus, LogLine, Reply, Request, Response, StatusReport};
 use crate::view::{BudgetView, EventView, HistoryView, Segment, SegmentKind};
 
 const REFRESH: Duration = Duration::from_secs(1);
@@ -293,7 +293,7 @@ pub fn fetch(socket: &Path, logs_of: Option<&str>) -> Snapshot {
         return snap;
     }
     if let Ok(Response { result: Some(Reply::Budget(b)), .. }) = client::ask(socket, &Request::Budget, ASK_TIMEOUT) {
-        snap.budget = Some(BudgetView::from_json(&b));
+        snap.budget = Some(BudgetView::from_report(&b));
     }
     if let Ok(Response { result: Some(Reply::History(h)), .. }) = client::ask(socket, &Request::History, ASK_TIMEOUT) {
         snap.events = HistoryView::from_json(&h).events;
@@ -340,7 +340,7 @@ fn draw_header(f: &mut Frame, area: Rect, app: &App) {
     if let Some(s) = &app.snap.status {
         let sup = &s.supervisor;
         spans.push(Span::raw(format!("  v{} · pid {} · up {}", sup.version, sup.pid, duration(sup.uptime_s))));
-        let running = s.jobs.iter().filter(|j| j.state == "running").count();
+        let running = s.jobs.iter().filter(|j| j.state == JobState::Running).count();
         spans.push(Span::raw(format!(" · {running}/{} running", s.jobs.len())));
     }
     if let Some(b) = &app.snap.budget {
@@ -449,13 +449,13 @@ fn draw_budget(f: &mut Frame, area: Rect, b: &BudgetView) {
     f.render_widget(Paragraph::new(lines), inner);
 }
 
-fn state_color(state: &str) -> Color {
+fn state_color(state: JobState) -> Color {
     match state {
-        "running" => Color::Green,
-        "starting" | "stopping" | "backoff" => Color::Yellow,
-        "waiting" | "scheduled" => Color::Cyan,
-        "fatal" => Color::Red,
-        _ => Color::DarkGray,
+        JobState::Running => Color::Green,
+        JobState::Starting | JobState::Stopping | JobState::Backoff => Color::Yellow,
+        JobState::Waiting => Color::Cyan,
+        JobState::Fatal => Color::Red,
+        JobState::Stopped | JobState::Exited => Color::DarkGray,
     }
 }
 
@@ -490,7 +490,7 @@ fn draw_jobs(f: &mut Frame, area: Rect, app: &App) {
     let rows = jobs.iter().map(|j| {
         Row::new(vec![
             Cell::from(j.name.clone()),
-            Cell::from(Span::styled(j.state.clone(), Style::new().fg(state_color(&j.state)))),
+            Cell::from(Span::styled(j.state.as_str(), Style::new().fg(state_color(j.state)))),
             Cell::from(j.pid.map(|p| p.to_string()).unwrap_or_default()),
             Cell::from(j.uptime_s.map(duration).unwrap_or_default()),
             Cell::from(j.restarts.to_string()),
@@ -509,7 +509,7 @@ fn draw_jobs(f: &mut Frame, area: Rect, app: &App) {
         Constraint::Length(10),
         Constraint::Fill(1),
     ];
-    let running = jobs.iter().filter(|j| j.state == "running").count();
+    let running = jobs.iter().filter(|j| j.state == JobState::Running).count();
     let table = Table::new(rows, widths)
         .header(header)
         .block(Block::default().borders(Borders::ALL).title(format!(" jobs: {} ({running} running) ", jobs.len())))
@@ -599,7 +599,7 @@ mod tests {
     fn job(name: &str, state: &str, quota: Option<u32>, conns: Option<u32>) -> JobStatus {
         JobStatus {
             name: name.into(),
-            state: state.into(),
+            state: JobState::parse(state).unwrap(),
             pid: (state == "running").then_some(4242),
             uptime_s: (state == "running").then_some(75.0),
             restarts: 2,

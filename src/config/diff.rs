@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::{Config, HttpConfig};
 
 /// The effect of replacing one config by another. Every list is sorted.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ReloadPlan {
     /// Jobs only in the new config: start them (if autostart).
     pub added: Vec<String>,

@@ -8,16 +8,20 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Instant, SystemTime};
 
-use serde_json::json;
-
 use crate::budget::allocate::{self, Allocation, Demand, Process, Wants};
 use crate::budget::fleet::{reported_process, FleetPlan};
 use crate::budget::plan::{self, Plan};
-use crate::config::{BudgetConfig, DatabaseConfig, JobConfig, Scope};
+use tracing::{error, info, warn};
+
+use super::health::DbReport;
+use super::history::{History, Kind, Reading};
+use crate::config::{self, BudgetConfig, DatabaseConfig, Enforce, JobConfig, Scope};
+use crate::db;
 use crate::db::fleet::{FleetView, LocalJob, LockOutcome, SyncRequest, SyncResult};
 use crate::db::pooler::PgBouncerReading;
 use crate::db::tls::TlsInfo;
 use crate::db::{ServerLimits, Usage};
+use crate::protocol::{ErrorKind, HealthReport, Response, BudgetJob, BudgetReport, BudgetScope, BudgetSummary, Coordination, DbHealth, ExternalGroup, MemberRow, ReservationRow, ServiceRow, TlsReport};
 
 /// How long an exited job's connections count as occupied without a reading.
 const DRAIN_FALLBACK: std::time::Duration = std::time::Duration::from_secs(5);
@@ -115,6 +119,22 @@ pub struct Changes {
     pub tell: Vec<(String, u32)>,
     /// Live jobs that lost their grant.
     pub evict: Vec<String>,
+}
+
+/// A job with `connections` and a live process, as a reading judges it.
+pub struct Observed<'a> {
+    pub name: &'a str,
+    /// Its connections are on their way out (its quota is already 0).
+    pub stopping: bool,
+}
+
+/// Connections over quota to terminate, newest idle first, keeping `keep`.
+#[derive(Debug, Clone)]
+pub struct Terminate {
+    pub job: String,
+    pub application_name: String,
+    pub keep: u32,
+    pub timeout: std::time::Duration,
 }
 
 /// A job as the budget needs to see it.
@@ -483,15 +503,6 @@ impl Budget {
         self.quota_dir.join(format!("{job}.json"))
     }
 
-    /// Environment for a job spawned with `quota` (SPEC §3).
-    pub fn env_for(&self, cfg: &JobConfig, quota: u32) -> Vec<(String, String)> {
-        // Only jobs with connections get a quota; without, there is no overflow to hand out.
-        let overflow = cfg.connections.map_or(0, |c| c.overflow);
-        let mut env = crate::budget::env::job_env(&self.cfg.service, &cfg.name, quota, overflow, self.db.url.as_ref().map(|u| u.as_str()), &cfg.env);
-        env.push((crate::budget::env::QUOTA_FILE_VAR.to_string(), self.quota_file(&cfg.name).display().to_string()));
-        env
-    }
-
     /// Write the job's quota file (SPEC §3), private to corral and the job (SPEC §10): the
     /// directory is 0700, or 0711 when some job runs as another `user` (it reaches its own
     /// file by name but cannot list or change the directory); the file is 0600, owned by the
@@ -514,8 +525,172 @@ impl Budget {
         crate::budget::env::write_quota_file_owned(&self.quota_file(&cfg.name), &json, owner)
     }
 
+    /// Take in a database reading (SPEC §5, §6): health, limits, the pooler's sizes, live use
+    /// per job. Records what the dashboard shows in `history`; returns the jobs whose
+    /// connections over quota should be terminated (`enforce = "terminate"`, no pooler).
+    pub fn apply_reading(&mut self, report: DbReport, jobs: &[Observed<'_>], history: &mut History, now: Instant) -> Vec<Terminate> {
+        let mut terminate = Vec::new();
+        match (&report.health, &report.usage) {
+            (Some(Ok((h, _))), _) => history.reading(SystemTime::now(), Reading::Health, Some(h.latency_ms())),
+            (Some(Err(_)), _) | (None, Err(_)) => history.reading(SystemTime::now(), Reading::Usage, None),
+            (None, Ok(_)) => history.reading(SystemTime::now(), Reading::Usage, Some(report.started.elapsed().as_secs_f64() * 1000.0)),
+        }
+        match report.pooler {
+            Some(Ok(reading)) => {
+                if self.pooler.as_ref().is_none_or(|r| (r.mode, r.pool_size, r.max_client_conn) != (reading.mode, reading.pool_size, reading.max_client_conn)) {
+                    info!(mode = reading.mode.as_str(), pool_size = reading.pool_size, max_client_conn = reading.max_client_conn, "PgBouncer admin console read");
+                }
+                self.pooler = Some(reading);
+                self.pooler_error = None;
+            }
+            Some(Err(e)) => {
+                if self.pooler_error.is_none() {
+                    warn!("cannot read the PgBouncer admin console: {e}");
+                }
+                self.pooler_error = Some(e);
+            }
+            None => {}
+        }
+        if report.health.as_ref().is_some_and(|h| h.is_ok()) {
+            self.status.tls = report.tls.clone();
+        }
+        if let Some(h) = &report.health {
+            match h {
+                Ok((health, limits)) => {
+                    if self.status.healthy != Some(true) {
+                        history.event(SystemTime::now(), Kind::DatabaseUp, None, format!("database healthy ({:.1} ms)", health.latency_ms()));
+                        let tls = report.tls.as_ref().map_or_else(|| "none".to_string(), |t| t.describe());
+                        info!(latency_ms = format!("{:.1}", health.latency_ms()), max_connections = limits.max_connections, tls = %tls, "database healthy");
+                    }
+                    if let Some(preset) = self.db.preset.as_deref().and_then(config::preset_limit) {
+                        if preset != limits.max_connections && self.limits.is_none() {
+                            warn!(preset, server = limits.max_connections, "preset disagrees with the server's max_connections; using the server's");
+                        }
+                    }
+                    self.limits = Some(*limits);
+                    self.status.healthy = Some(true);
+                    self.status.latency_ms = Some(health.latency_ms());
+                    self.status.error = None;
+                    self.status.consecutive_failures = 0;
+                }
+                Err(e) => {
+                    self.status.consecutive_failures += 1;
+                    // Only the first failure of a streak is an error; jobs are never touched.
+                    if self.status.healthy != Some(false) {
+                        history.event(SystemTime::now(), Kind::DatabaseDown, None, format!("database health check failed: {e}"));
+                        error!("database health check failed (jobs keep running): {e}");
+                    } else {
+                        warn!(failures = self.status.consecutive_failures, "database still unreachable: {e}");
+                    }
+                    self.status.healthy = Some(false);
+                    self.status.error = Some(e.clone());
+                }
+            }
+            self.status.checked_at = Some(std::time::SystemTime::now());
+        }
+        if let Ok(usage) = report.usage {
+            let service = self.cfg.service.clone();
+            for job in jobs {
+                let name = &job.name.to_string();
+                if !self.jobs.contains_key(name) {
+                    continue;
+                }
+                let live = usage.job(&service, name);
+                let quota = self.quota_of_application(name);
+                // A job told a lower quota gets one rebalance_interval to close what it gave back
+                // (readings now come sooner than that; they must not count it as over quota).
+                let shrinking = self.jobs.get(name).and_then(|b| b.told_at).is_some_and(|t| now.duration_since(t) < self.cfg.rebalance_interval);
+                // A stopping job's connections are on their way out (its quota is already 0).
+                let stopping = job.stopping;
+                if self.db.enforce != Enforce::Off && !shrinking && !stopping {
+                    history.usage(SystemTime::now(), name, live, quota);
+                }
+                if live > quota && !shrinking && !stopping && self.db.enforce != Enforce::Off {
+                    warn!(job = %name, live, quota, "job uses more connections than its quota");
+                    // Through a pooler the server's backends are the pooler's: terminating them
+                    // would cut other clients. There `terminate` only warns.
+                    if self.db.enforce == Enforce::Terminate && crate::budget::pooler_limit(&self.db, self.pooler.as_ref()).is_none() {
+                        terminate.push(Terminate {
+                            application_name: crate::budget::env::application_name(&service, name),
+                            keep: quota,
+                            timeout: self.db.health_timeout,
+                            job: name.clone(),
+                        });
+                    }
+                }
+                for g in usage.groups.iter().filter(|g| matches!(&g.attribution, db::Attribution::Job { service: s, job } if *s == service && job == name)) {
+                    if g.state == db::BackendState::IdleInTransaction && g.max_idle_secs.unwrap_or(0.0) > 60.0 {
+                        warn!(job = %name, sessions = g.count, idle_s = g.max_idle_secs, "sessions stuck idle in transaction");
+                    }
+                }
+            }
+            self.observe(usage, now, report.started);
+        }
+        terminate
+    }
+
+    /// A reload's new `[database]` and `[budget]` (SPEC §8). The probe and fleet tasks keep
+    /// their connection and timers from startup: changes to those settings wait for a restart.
+    pub fn reconfigure(&mut self, db: DatabaseConfig, cfg: BudgetConfig, quota_dir_shared: bool) {
+        if self.db.url != db.url
+            || self.db.pooler_admin_url != db.pooler_admin_url
+            || self.db.health_interval != db.health_interval
+            || self.db.health_timeout != db.health_timeout
+            || self.cfg.rebalance_interval != cfg.rebalance_interval
+            || self.cfg.service != cfg.service
+            || self.cfg.scope != cfg.scope
+        {
+            warn!("changes to [database] url, pooler_admin_url, health_interval, health_timeout or [budget] scope, service, rebalance_interval take effect after a restart of corral");
+        }
+        self.db = db;
+        self.cfg = cfg;
+        self.quota_dir_shared = quota_dir_shared;
+    }
+
+    /// A local reservation of `count` for `ttl_s` (SPEC §5): it must fit beside what jobs
+    /// already hold, never over-commit. Returns when it expires, or the refusal.
+    // The error is the reply itself, as in `protocol::decode_request`: boxing it buys nothing.
+    #[allow(clippy::result_large_err)]
+    pub fn reserve(&mut self, name: &str, count: u32, ttl_s: Option<f64>, now: Instant) -> Result<Option<std::time::Duration>, Response> {
+        let ttl = match ttl_s {
+            Some(t) if !(t.is_finite() && t > 0.0) => return Err(Response::err(ErrorKind::BadRequest, "ttl must be positive")),
+            Some(t) => Some(std::time::Duration::from_secs_f64(t.min(1e9))),
+            None => None,
+        };
+        let previous = self.reservations.remove(name);
+        let plan = self.plan(now);
+        let occupied: u32 = self.jobs.values().map(|b| b.process.map(|p| p.held.max(p.told)).unwrap_or(0)).sum();
+        let free = plan.usable.saturating_sub(occupied);
+        if count > free {
+            if let Some(p) = previous {
+                self.reservations.insert(name.to_string(), p);
+            }
+            return Err(Response::err(
+                ErrorKind::Refused,
+                format!("cannot reserve {count}: only {free} of {} usable connections are not held by jobs", plan.usable),
+            ));
+        }
+        self.reservations.insert(name.to_string(), Reservation { count, expires: ttl.map(|t| now + t) });
+        Ok(ttl)
+    }
+
+    /// `corral health` with a `[database]` (SPEC §6): healthy when the last check passed and
+    /// the fleet coordination (if any) works; planned offline there is nothing to check.
+    pub fn health(&self, supervisor: bool) -> HealthReport {
+        let fleet_error = self.fleet.as_ref().and_then(|f| f.last_error.clone());
+        let ok = self.status.healthy == Some(true) && fleet_error.is_none();
+        let message = match (&self.status.error, self.status.latency_ms) {
+            (Some(e), _) => format!("database unhealthy: {e}"),
+            (None, _) if fleet_error.is_some() => format!("fleet coordination failing: {}", fleet_error.clone().unwrap_or_default()),
+            (None, Some(l)) => format!("supervisor running; database healthy ({l:.1} ms)"),
+            (None, None) if self.offline() => "supervisor running; no database url (budget planned offline)".to_string(),
+            (None, None) => "database not checked yet".to_string(),
+        };
+        HealthReport { healthy: ok || (self.offline() && fleet_error.is_none()), supervisor, database: Some(self.db_health()), message }
+    }
+
     /// Connections outside corral, grouped by role and application_name (SPEC §5).
-    fn external_groups(&self) -> Vec<serde_json::Value> {
+    fn external_groups(&self) -> Vec<ExternalGroup> {
         let Some(u) = self.usage.as_ref() else { return Vec::new() };
         let mut m: BTreeMap<(String, String), u32> = BTreeMap::new();
         for g in &u.groups {
@@ -523,11 +698,11 @@ impl Budget {
                 *m.entry((role.clone(), application_name.clone())).or_default() += g.count;
             }
         }
-        m.into_iter().map(|((role, app), n)| json!({"role": role, "application_name": app, "connections": n})).collect()
+        m.into_iter().map(|((role, application_name), connections)| ExternalGroup { role, application_name, connections }).collect()
     }
 
     /// `corral budget --json` (SPEC §4); in fleet scope, the whole fleet.
-    pub fn report(&self, jobs: &[JobView<'_>], now: Instant) -> serde_json::Value {
+    pub fn report(&self, jobs: &[JobView<'_>], now: Instant) -> BudgetReport {
         if let Some(f) = &self.fleet {
             return self.fleet_report(f, jobs, now);
         }
@@ -538,14 +713,18 @@ impl Budget {
             .filter_map(|j| {
                 let c = j.cfg.connections?;
                 let b = self.jobs.get(&j.cfg.name).cloned().unwrap_or_default();
-                Some(json!({
-                    "name": j.cfg.name, "service": service,
-                    "quota": if j.live || j.wants_to_run { b.grant } else { 0 },
-                    "min": c.min, "max": c.max, "priority": j.cfg.priority,
-                    "connections": b.live.unwrap_or(0),
-                    "idle": j.live && self.is_idle(&b, now),
-                    "state_waiting": b.waiting,
-                }))
+                Some(BudgetJob {
+                    name: j.cfg.name.clone(),
+                    service: service.clone(),
+                    quota: if j.live || j.wants_to_run { b.grant } else { 0 },
+                    min: c.min,
+                    max: c.max,
+                    priority: j.cfg.priority,
+                    connections: b.live.unwrap_or(0),
+                    idle: j.live && self.is_idle(&b, now),
+                    state_waiting: b.waiting,
+                    ..BudgetJob::default()
+                })
             })
             .collect();
         let granted: u32 = jobs
@@ -555,13 +734,14 @@ impl Budget {
             .sum();
         let live = self.usage.as_ref().map(|u| u.sum(|a| matches!(a, crate::db::Attribution::Job { service: s, .. } if s == service)));
         let external_live = self.usage.as_ref().map(|u| u.external());
-        let external = self.external_groups();
         let reservations: Vec<_> = self
             .reservations
             .iter()
-            .map(|(name, r)| {
-                json!({"name": name, "count": r.count,
-                       "expires_in_s": r.expires.map(|e| e.saturating_duration_since(now).as_secs_f64())})
+            .map(|(name, r)| ReservationRow {
+                name: name.clone(),
+                count: r.count,
+                created_by: None,
+                expires_in_s: r.expires.map(|e| e.saturating_duration_since(now).as_secs_f64()),
             })
             .collect();
         let usable_f = p.usable.max(1) as f64;
@@ -577,34 +757,41 @@ impl Budget {
         if let Some(e) = &self.pooler_error {
             warnings.push(format!("the PgBouncer admin console did not answer (sizes from its last answer, live use from pg_stat_activity): {e}"));
         }
-        json!({
-            "limit": p.limit,
-            "limit_source": p.limit_source,
-            "limit_reason": p.limit_reason,
-            "pooler": p.pooler,
-            "offline": self.offline(),
-            "provider_reserve": p.provider_reserve,
-            "adhoc_reserve": p.adhoc_reserve,
-            "external_reserve": p.external_reserve,
-            "reservations": reservations,
-            "own": p.own,
-            "usable": p.usable,
-            "granted": granted,
-            "headroom": p.usable.saturating_sub(granted),
-            "live": live.unwrap_or(0),
-            "external_live": external_live.unwrap_or(0),
-            "external": external,
-            "service": service,
-            "scope": "local",
-            "jobs": job_rows,
-            "warnings": warnings,
-            "database": self.db_json(),
-        })
+        BudgetReport {
+            scope: BudgetScope::Local,
+            service: service.clone(),
+            member: None,
+            limit: p.limit,
+            limit_source: p.limit_source,
+            limit_reason: p.limit_reason,
+            pooler: p.pooler,
+            offline: self.offline(),
+            provider_reserve: p.provider_reserve,
+            adhoc_reserve: p.adhoc_reserve,
+            external_reserve: p.external_reserve,
+            base: None,
+            reservations,
+            reserved: None,
+            own: p.own,
+            unclaimed: None,
+            usable: p.usable,
+            granted,
+            headroom: p.usable.saturating_sub(granted),
+            live: live.unwrap_or(0),
+            external_live: external_live.unwrap_or(0),
+            external: self.external_groups(),
+            services: None,
+            members: None,
+            jobs: job_rows,
+            warnings,
+            coordination: None,
+            database: self.db_health(),
+        }
     }
 
     /// The fleet as the last sync saw it: every member's jobs, per-service totals,
     /// fleet-wide reservations and the health of the coordination.
-    fn fleet_report(&self, f: &FleetState, jobs: &[JobView<'_>], now: Instant) -> serde_json::Value {
+    fn fleet_report(&self, f: &FleetState, jobs: &[JobView<'_>], now: Instant) -> BudgetReport {
         let local = self.plan(now);
         let fp = f.plan.clone().unwrap_or_default();
         let empty = FleetView::default();
@@ -617,16 +804,21 @@ impl Budget {
                 let mine = j.member == f.member;
                 let local_job = jobs.iter().find(|v| mine && v.cfg.name == j.name);
                 let b = local_job.and_then(|v| self.jobs.get(&v.cfg.name));
-                json!({
-                    "name": j.name, "service": j.service, "member": j.member, "host": host_of(&j.member),
-                    "quota": if j.wants == Wants::Off { 0 } else { j.quota },
-                    "min": j.min, "max": j.max, "priority": j.priority,
+                BudgetJob {
+                    name: j.name.clone(),
+                    service: j.service.clone(),
+                    member: Some(j.member.clone()),
+                    host: Some(host_of(&j.member)),
+                    quota: if j.wants == Wants::Off { 0 } else { j.quota },
+                    min: j.min,
+                    max: j.max,
+                    priority: j.priority,
                     // Our own jobs: the freshest reading; others': what their corral reported.
-                    "connections": b.and_then(|b| b.live).or(j.connections).unwrap_or(0),
-                    "idle": j.wants == Wants::Idle,
-                    "wants": j.wants,
-                    "state_waiting": j.waiting,
-                })
+                    connections: b.and_then(|b| b.live).or(j.connections).unwrap_or(0),
+                    idle: j.wants == Wants::Idle,
+                    wants: Some(j.wants),
+                    state_waiting: j.waiting.clone(),
+                }
             })
             .collect();
         let granted: u32 = view.jobs.iter().filter(|j| j.wants != Wants::Off).map(|j| j.quota).sum();
@@ -643,14 +835,14 @@ impl Budget {
             .keys()
             .map(|svc| {
                 let g: u32 = view.jobs.iter().filter(|j| j.service == *svc && j.wants != Wants::Off).map(|j| j.quota).sum();
-                json!({
-                    "service": svc,
-                    "corrals": view.members.iter().filter(|m| m.service == *svc).count(),
-                    "jobs": view.jobs.iter().filter(|j| j.service == *svc).count(),
-                    "granted": g,
-                    "live": live_of_service(svc),
-                    "share": ((g as f64 / usable_f) * 1000.0).round() / 1000.0,
-                })
+                ServiceRow {
+                    service: svc.to_string(),
+                    corrals: view.members.iter().filter(|m| m.service == *svc).count() as u32,
+                    jobs: view.jobs.iter().filter(|j| j.service == *svc).count() as u32,
+                    granted: g,
+                    live: live_of_service(svc),
+                    share: ((g as f64 / usable_f) * 1000.0).round() / 1000.0,
+                }
             })
             .collect();
         let live: u32 = services.keys().map(|s| live_of_service(s)).sum();
@@ -675,82 +867,109 @@ impl Budget {
                 fp.unclaimed
             ));
         }
-        let healthy = f.last_error.is_none() && f.last_ok.is_some();
-        json!({
-            "scope": "fleet",
-            "service": self.cfg.service,
-            "member": f.member,
-            "limit": local.limit,
-            "limit_source": local.limit_source,
-            "limit_reason": local.limit_reason,
-            "pooler": local.pooler,
-            "offline": false,
-            "provider_reserve": local.provider_reserve,
-            "adhoc_reserve": local.adhoc_reserve,
-            "external_reserve": local.external_reserve,
-            "base": fp.base,
-            "reservations": view.reservations,
-            "reserved": fp.reserved,
-            "own": fp.own,
-            "unclaimed": fp.unclaimed,
-            "usable": fp.usable,
-            "granted": granted,
-            "headroom": fp.usable.saturating_sub(granted),
-            "live": live,
-            "external_live": self.usage.as_ref().map(|u| u.external()).unwrap_or(0),
-            "external": self.external_groups(),
-            "services": service_rows,
-            "members": view.members,
-            "jobs": job_rows,
-            "warnings": warnings,
-            "coordination": {
-                "healthy": healthy,
-                "member": f.member,
-                "last_sync_age_s": f.last_ok.map(|t| now.duration_since(t).as_secs_f64()),
-                "error": f.last_error,
-                "syncs": f.syncs,
-                "lease_losses": f.lease_losses,
-                "expired": view.expired,
-            },
-            "database": self.db_json(),
-        })
+        let reservations = view
+            .reservations
+            .iter()
+            .map(|r| ReservationRow { name: r.name.clone(), count: r.count, created_by: Some(r.created_by.clone()), expires_in_s: r.expires_in_s })
+            .collect();
+        let members = view
+            .members
+            .iter()
+            .map(|m| MemberRow {
+                id: m.id.clone(),
+                service: m.service.clone(),
+                host: m.host.clone(),
+                pid: m.pid,
+                heartbeat_age_s: m.heartbeat_age_s,
+                own: m.own,
+                base: m.base,
+            })
+            .collect();
+        BudgetReport {
+            scope: BudgetScope::Fleet,
+            service: self.cfg.service.clone(),
+            member: Some(f.member.clone()),
+            limit: local.limit,
+            limit_source: local.limit_source,
+            limit_reason: local.limit_reason,
+            pooler: local.pooler,
+            offline: false,
+            provider_reserve: local.provider_reserve,
+            adhoc_reserve: local.adhoc_reserve,
+            external_reserve: local.external_reserve,
+            base: Some(fp.base),
+            reservations,
+            reserved: Some(fp.reserved),
+            own: fp.own,
+            unclaimed: Some(fp.unclaimed),
+            usable: fp.usable,
+            granted,
+            headroom: fp.usable.saturating_sub(granted),
+            live,
+            external_live: self.usage.as_ref().map(|u| u.external()).unwrap_or(0),
+            external: self.external_groups(),
+            services: Some(service_rows),
+            members: Some(members),
+            jobs: job_rows,
+            warnings,
+            coordination: Some(Coordination {
+                syncs: Some(f.syncs),
+                lease_losses: Some(f.lease_losses),
+                expired: Some(view.expired.clone()),
+                ..coordination(f, now)
+            }),
+            database: self.db_health(),
+        }
     }
 
     /// What `status` shows of the budget: the limit that binds and why, and the database.
-    pub fn summary(&self, now: Instant) -> serde_json::Value {
+    pub fn summary(&self, now: Instant) -> BudgetSummary {
         let p = self.plan(now);
         let (usable, granted) = match self.fleet.as_ref().and_then(|f| f.plan.as_ref().map(|fp| (f, fp))) {
             Some((f, fp)) => (fp.usable, f.view.as_ref().map_or(0, |v| v.jobs.iter().filter(|j| j.wants != Wants::Off).map(|j| j.quota).sum())),
             None => (p.usable, self.jobs.values().map(|b| b.grant).sum()),
         };
-        json!({
-            "limit": p.limit, "limit_source": p.limit_source, "limit_reason": p.limit_reason,
-            "usable": usable, "granted": granted, "offline": self.offline(),
-            "scope": if self.fleet.is_some() { "fleet" } else { "local" },
-            "database": self.db_json(),
-        })
+        BudgetSummary {
+            limit: p.limit,
+            limit_source: p.limit_source,
+            limit_reason: p.limit_reason,
+            usable,
+            granted,
+            offline: self.offline(),
+            scope: if self.fleet.is_some() { BudgetScope::Fleet } else { BudgetScope::Local },
+            database: self.db_health(),
+        }
     }
 
-    pub fn db_json(&self) -> serde_json::Value {
+    pub fn db_health(&self) -> DbHealth {
         let s = &self.status;
-        let coordination = self.fleet.as_ref().map(|f| {
-            json!({"healthy": f.last_error.is_none() && f.last_ok.is_some(), "member": f.member,
-                   "last_sync_age_s": f.last_ok.map(|t| t.elapsed().as_secs_f64()), "error": f.last_error})
-        });
-        let mut v = json!({
-            "healthy": s.healthy.unwrap_or(false),
-            "latency_ms": s.latency_ms,
-            "checked_at": s.checked_at.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()).map(|d| d.as_secs_f64()),
-            "error": s.error,
-            "target": self.db.url.as_ref().map(|u| crate::db::redact(u.as_str())),
-            "tls": s.tls,
-            "offline": self.offline(),
+        DbHealth {
+            healthy: s.healthy.unwrap_or(false),
+            latency_ms: s.latency_ms,
+            checked_at: s.checked_at.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()).map(|d| d.as_secs_f64()),
+            error: s.error.clone(),
+            target: self.db.url.as_ref().map(|u| crate::db::redact(u.as_str())),
+            tls: s.tls.as_ref().map(|t| TlsReport {
+                version: t.version.clone(),
+                cipher: t.cipher.clone(),
+                sslmode: t.sslmode.as_str().to_string(),
+                verified: t.verified.to_string(),
+            }),
+            offline: self.offline(),
             // The server's own setting as last read (the dashboard and /metrics show it).
-            "max_connections": self.limits.map(|l| l.max_connections),
-        });
-        if let Some(c) = coordination {
-            v["coordination"] = c;
+            max_connections: self.limits.map(|l| l.max_connections),
+            coordination: self.fleet.as_ref().map(|f| coordination(f, Instant::now())),
         }
-        v
+    }
+}
+
+/// The coordination's health as `database` and `budget` show it.
+fn coordination(f: &FleetState, now: Instant) -> Coordination {
+    Coordination {
+        healthy: f.last_error.is_none() && f.last_ok.is_some(),
+        member: f.member.clone(),
+        last_sync_age_s: f.last_ok.map(|t| now.duration_since(t).as_secs_f64()),
+        error: f.last_error.clone(),
+        ..Coordination::default()
     }
 }

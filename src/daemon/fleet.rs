@@ -1,27 +1,31 @@
 //! The fleet coordination task (`[budget] scope = "fleet"`, SPEC §5, §7).
 //!
-//! Owns the [`Coordinator`] (corral's second own connection). Every
-//! `rebalance_interval`, or sooner when the actor asks, it asks the actor for a
-//! snapshot of the local jobs, runs one fleet sync (heartbeat, expiry, the
-//! fleet-wide allocation, single-instance locks) and sends the outcome back as
-//! an event. It also carries out fleet-wide `reserve` and `release`. It never
-//! touches jobs: the actor applies what a sync decided.
+//! Two halves. The task owns the [`Coordinator`] (sharing corral's one own connection):
+//! it runs one fleet sync (heartbeat, expiry, the fleet-wide allocation, single-instance
+//! locks) for each [`FleetCmd::Sync`] the actor pushes, with the local jobs' request in
+//! the command, and sends the outcome back as an event. It also carries out fleet-wide
+//! `reserve` and `release` (each followed by a sync with the request that came with it).
+//! It never touches jobs and never asks the actor anything.
+//!
+//! [`Schedule`] is the actor's side: when the next sync is due (every
+//! `rebalance_interval`, sooner while failing or when a job waits for the fleet), at most
+//! one in flight, back-to-back syncs spaced by [`MIN_SPACING`]. Pure: it is told the time.
 
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
-use tracing::{info, warn};
+use tracing::info;
 
 use super::supervisor::{Event, EventTx};
 use crate::db::fleet::{Coordinator, SyncRequest, SyncResult};
 use crate::protocol::{ErrorKind, Reply, Response};
 
-/// Requests from the actor.
+/// Requests from the actor. Every one that syncs carries the request to sync with.
 pub enum FleetCmd {
-    /// Sync as soon as possible (a job waits for a grant or a lock).
-    SyncNow,
-    Reserve { name: String, count: u32, ttl: Option<Duration>, reply: oneshot::Sender<Response> },
-    Release { name: String, reply: oneshot::Sender<Response> },
+    /// Sync now with the local jobs as the actor sees them.
+    Sync(Box<SyncRequest>),
+    Reserve { name: String, count: u32, ttl: Option<Duration>, reply: oneshot::Sender<Response>, then: Box<SyncRequest> },
+    Release { name: String, reply: oneshot::Sender<Response>, then: Box<SyncRequest> },
     /// Shutdown: give our grants and locks back, then end.
     Leave { done: oneshot::Sender<()> },
 }
@@ -35,7 +39,76 @@ pub struct FleetReport {
 }
 
 /// Back-to-back syncs requested by waiting jobs are spaced at least this much.
-const MIN_SPACING: Duration = Duration::from_millis(100);
+pub const MIN_SPACING: Duration = Duration::from_millis(100);
+
+/// When the actor sends the next sync (the fleet concern's own state).
+#[derive(Debug, Default)]
+pub struct Schedule {
+    /// A sync was sent and its report has not come back.
+    in_flight: bool,
+    /// Asked for while one was in flight: send right after its report.
+    wanted: bool,
+    /// Failed syncs in a row (retried sooner, backing off to the interval).
+    failures: u32,
+    last_done: Option<Instant>,
+    /// Bumped by every sync sent: a due timer from before is stale.
+    pub epoch: u64,
+}
+
+/// What the actor does about a wanted sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Build the request and send it now (then call [`Schedule::sent`]).
+    SendNow,
+    /// Ask again after this delay, with this epoch (spacing).
+    After(Duration, u64),
+    /// One is in flight: it is sent when that one's report comes back.
+    Later,
+}
+
+impl Schedule {
+    /// A sync is wanted (a job waits, a reading changed what the fleet knows, a timer is due).
+    pub fn want(&mut self, now: Instant) -> Next {
+        if self.in_flight {
+            self.wanted = true;
+            return Next::Later;
+        }
+        let wait = self.last_done.map_or(Duration::ZERO, |t| MIN_SPACING.saturating_sub(now.duration_since(t)));
+        if wait.is_zero() {
+            Next::SendNow
+        } else {
+            Next::After(wait, self.epoch)
+        }
+    }
+
+    pub fn sent(&mut self) {
+        self.in_flight = true;
+        self.wanted = false;
+        self.epoch += 1;
+    }
+
+    /// A report came back. Returns the delay of the next periodic sync (with its epoch), and
+    /// whether one was asked for meanwhile (send it now).
+    pub fn done(&mut self, ok: bool, interval: Duration, now: Instant) -> (Duration, u64, bool) {
+        self.in_flight = false;
+        self.last_done = Some(now);
+        if ok {
+            if self.failures > 0 {
+                info!(failures = self.failures, "fleet coordination restored");
+            }
+            self.failures = 0;
+        } else {
+            self.failures += 1;
+        }
+        // Retry sooner than the interval while failing, backing off to it.
+        let next = if ok { interval } else { Duration::from_millis(250u64 << self.failures.min(6)).min(interval) };
+        (next, self.epoch, std::mem::take(&mut self.wanted))
+    }
+
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+}
 
 /// One sync with the request the actor gave, bounded by `timeout`.
 pub async fn sync_once(coord: &mut Coordinator, req: &SyncRequest, timeout: Duration) -> FleetReport {
@@ -52,11 +125,19 @@ pub async fn sync_once(coord: &mut Coordinator, req: &SyncRequest, timeout: Dura
 }
 
 /// Carry out one command; false after `Leave`. Replies to reserve/release wait in
-/// `after_sync`: the client's next `budget` must already see the change.
-async fn serve(coord: &mut Coordinator, cmd: FleetCmd, timeout: Duration, after_sync: &mut Vec<(oneshot::Sender<Response>, Response)>) -> bool {
+/// `after_sync`: the client's next `budget` must already see the change. The request to
+/// sync with next goes to `sync`.
+async fn serve(
+    coord: &mut Coordinator,
+    cmd: FleetCmd,
+    timeout: Duration,
+    after_sync: &mut Vec<(oneshot::Sender<Response>, Response)>,
+    sync: &mut Option<Box<SyncRequest>>,
+) -> bool {
     match cmd {
-        FleetCmd::SyncNow => {}
-        FleetCmd::Reserve { name, count, ttl, reply } => {
+        FleetCmd::Sync(req) => *sync = Some(req),
+        FleetCmd::Reserve { name, count, ttl, reply, then } => {
+            *sync = Some(then);
             let resp = match tokio::time::timeout(timeout, coord.reserve(&name, count, ttl)).await {
                 Ok(Ok(Ok(()))) => {
                     info!(reservation = %name, count, ?ttl, "fleet-wide reservation added");
@@ -71,7 +152,8 @@ async fn serve(coord: &mut Coordinator, cmd: FleetCmd, timeout: Duration, after_
             };
             after_sync.push((reply, resp));
         }
-        FleetCmd::Release { name, reply } => {
+        FleetCmd::Release { name, reply, then } => {
+            *sync = Some(then);
             let resp = match tokio::time::timeout(timeout, coord.release(&name)).await {
                 Ok(Ok(Some(n))) => {
                     info!(reservation = %name, count = n, "fleet-wide reservation released");
@@ -95,58 +177,24 @@ async fn serve(coord: &mut Coordinator, cmd: FleetCmd, timeout: Duration, after_
     true
 }
 
-pub fn spawn(mut coord: Coordinator, interval: Duration, timeout: Duration, tx: EventTx) -> mpsc::UnboundedSender<FleetCmd> {
+pub fn spawn(mut coord: Coordinator, timeout: Duration, tx: EventTx) -> mpsc::UnboundedSender<FleetCmd> {
     let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel();
     tokio::task::spawn_local(async move {
-        let mut next = Instant::now() + interval;
-        let mut last = Instant::now();
-        let mut failures: u32 = 0;
         loop {
-            let cmd = tokio::select! {
-                _ = tokio::time::sleep_until(next.into()) => None,
-                c = cmd_rx.recv() => match c { Some(c) => Some(c), None => return },
-            };
-            let mut replies = Vec::new();
-            if let Some(c) = cmd {
-                if !serve(&mut coord, c, timeout, &mut replies).await {
-                    return;
-                }
-            }
-            // Serve whatever else arrived meanwhile; any number of sync requests make one sync.
-            while let Ok(c) = cmd_rx.try_recv() {
-                if !serve(&mut coord, c, timeout, &mut replies).await {
-                    return;
-                }
-            }
-            let wait = MIN_SPACING.saturating_sub(last.elapsed());
-            if !wait.is_zero() {
-                tokio::time::sleep(wait).await;
-            }
-            let (snap_tx, snap_rx) = oneshot::channel();
-            if tx.send(Event::FleetSnapshot(snap_tx)).is_err() {
+            let Some(cmd) = cmd_rx.recv().await else { return };
+            let (mut replies, mut sync) = (Vec::new(), None);
+            if !serve(&mut coord, cmd, timeout, &mut replies, &mut sync).await {
                 return;
             }
-            let Ok(req) = snap_rx.await else { return };
-            let report = sync_once(&mut coord, &req, timeout).await;
-            last = Instant::now();
-            match &report.result {
-                Ok(_) => {
-                    if failures > 0 {
-                        info!(failures, "fleet coordination restored");
-                    }
-                    failures = 0;
-                    next = Instant::now() + interval;
-                }
-                Err(e) => {
-                    failures += 1;
-                    if failures == 1 {
-                        warn!("fleet sync failed (jobs keep their grants, none are raised): {e}");
-                    }
-                    // Retry sooner than the interval while failing, backing off to it.
-                    let retry = Duration::from_millis(250u64 << failures.min(6)).min(interval);
-                    next = Instant::now() + retry;
+            // Serve whatever else arrived meanwhile; any number of sync requests make one
+            // sync, with the newest request.
+            while let Ok(c) = cmd_rx.try_recv() {
+                if !serve(&mut coord, c, timeout, &mut replies, &mut sync).await {
+                    return;
                 }
             }
+            let Some(req) = sync else { continue };
+            let report = sync_once(&mut coord, &req, timeout).await;
             if tx.send(Event::Fleet(report)).is_err() {
                 return;
             }
@@ -156,4 +204,46 @@ pub fn spawn(mut coord: Coordinator, interval: Duration, timeout: Duration, tx: 
         }
     });
     cmd_tx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INTERVAL: Duration = Duration::from_secs(2);
+
+    #[test]
+    fn one_sync_in_flight_and_the_wanted_one_follows_its_report() {
+        let t0 = Instant::now();
+        let mut s = Schedule::default();
+        assert_eq!(s.want(t0), Next::SendNow);
+        s.sent();
+        // Asked again while in flight: once, after the report.
+        assert_eq!(s.want(t0), Next::Later);
+        assert_eq!(s.want(t0), Next::Later);
+        let (next, epoch, wanted) = s.done(true, INTERVAL, t0);
+        assert_eq!((next, epoch, wanted), (INTERVAL, 1, true));
+        // Right after a report, the next one waits out the spacing (with the current epoch).
+        assert_eq!(s.want(t0 + Duration::from_millis(30)), Next::After(Duration::from_millis(70), 1));
+        assert_eq!(s.want(t0 + MIN_SPACING), Next::SendNow);
+        s.sent();
+        // A due timer armed before this send is stale now.
+        assert_eq!(s.epoch, 2);
+    }
+
+    #[test]
+    fn failures_retry_sooner_backing_off_to_the_interval() {
+        let t0 = Instant::now();
+        let mut s = Schedule::default();
+        let mut delays = Vec::new();
+        for _ in 0..6 {
+            s.sent();
+            delays.push(s.done(false, INTERVAL, t0).0);
+        }
+        assert_eq!(delays.iter().map(|d| d.as_millis()).collect::<Vec<_>>(), vec![500, 1000, 2000, 2000, 2000, 2000]);
+        assert_eq!(s.failures(), 6);
+        s.sent();
+        assert_eq!(s.done(true, INTERVAL, t0).0, INTERVAL);
+        assert_eq!(s.failures(), 0);
+    }
 }

@@ -30,11 +30,11 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::Semaphore;
 
-use super::supervisor::{Event, EventTx};
-use crate::job::State;
-use crate::protocol::{ErrorKind, HealthReport, Reply, Request, Response, StatusReport};
+use super::ask::{last_health, request};
+use super::supervisor::EventTx;
+use crate::protocol::{BudgetReport, BudgetScope, ErrorKind, HealthReport, JobState, Reply, Request, Response, StatusReport};
 use crate::view::BudgetView;
 
 /// A client must send its request headers within this.
@@ -119,15 +119,15 @@ async fn route(req: hyper::Request<Incoming>, tx: &EventTx, last_fresh: &Mutex<O
     match path {
         "/health" => health(tx, last_fresh).await,
         "/metrics" => metrics_page(tx).await,
-        "/status" => match ask(tx, Request::Status { jobs: Vec::new() }).await {
+        "/status" => match request(tx, Request::Status { jobs: Vec::new() }).await {
             Response { result: Some(Reply::Status(s)), .. } => json(StatusCode::OK, &s),
             other => error(other),
         },
-        "/budget" => match ask(tx, Request::Budget).await {
+        "/budget" => match request(tx, Request::Budget).await {
             Response { result: Some(Reply::Budget(b)), .. } => json(StatusCode::OK, &b),
             other => error(other),
         },
-        "/history" => match ask(tx, Request::History).await {
+        "/history" => match request(tx, Request::History).await {
             Response { result: Some(Reply::History(h)), .. } => json(StatusCode::OK, &h),
             other => error(other),
         },
@@ -162,7 +162,7 @@ async fn health(tx: &EventTx, last_fresh: &Mutex<Option<Instant>>) -> HttpRespon
         }
         due
     };
-    let resp = if fresh { ask(tx, Request::Health).await } else { last_health(tx).await };
+    let resp = if fresh { request(tx, Request::Health).await } else { last_health(tx).await };
     match resp {
         Response { result: Some(Reply::Health(h)), .. } => {
             // A supervisor that is shutting down is not a target for traffic.
@@ -174,25 +174,12 @@ async fn health(tx: &EventTx, last_fresh: &Mutex<Option<Instant>>) -> HttpRespon
 }
 
 async fn metrics_page(tx: &EventTx) -> HttpResponse {
-    let status = match ask(tx, Request::Status { jobs: Vec::new() }).await {
-        Response { result: Some(Reply::Status(s)), .. } => s,
-        other => return error(other),
-    };
-    // Without a [database] the actor answers `no_database`: no budget metrics.
-    let budget = match ask(tx, Request::Budget).await {
-        Response { result: Some(Reply::Budget(b)), .. } => Some(b),
-        _ => None,
-    };
-    // The last reading, not a fresh check: scraping must not query the database.
-    let health = match last_health(tx).await {
-        Response { result: Some(Reply::Health(h)), .. } => Some(h),
-        _ => None,
-    };
-    let history = match ask(tx, Request::History).await {
-        Response { result: Some(Reply::History(h)), .. } => Some(h),
-        _ => None,
-    };
-    reply(StatusCode::OK, OPENMETRICS, render_metrics(&status, budget.as_ref(), health.as_ref(), history.as_ref()))
+    // One turn of the actor: status, budget (none without a [database]), the last health
+    // reading (scraping must not query the database) and the event counts.
+    match super::ask::snapshot(tx, true, None).await {
+        Ok(s) => reply(StatusCode::OK, OPENMETRICS, render_metrics(&s.status, s.budget.as_ref(), Some(&s.health), s.history.as_ref())),
+        Err(_) => error(Response::err(ErrorKind::ShuttingDown, "supervisor is shutting down")),
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -239,7 +226,7 @@ fn seconds(reg: &mut Registry, name: &str, help: &str, value: f64) {
 /// (README, "Metrics").
 pub fn render_metrics(
     status: &StatusReport,
-    budget: Option<&serde_json::Value>,
+    budget: Option<&BudgetReport>,
     health: Option<&HealthReport>,
     history: Option<&serde_json::Value>,
 ) -> String {
@@ -258,11 +245,11 @@ pub fn render_metrics(
             rss.get_or_create(&JobLabel { job: j.name.clone() }).set(i64::try_from(b).unwrap_or(i64::MAX));
         }
         let l = JobLabel { job: j.name.clone() };
-        up.get_or_create(&l).set(i64::from(j.state == "running"));
+        up.get_or_create(&l).set(i64::from(j.state == JobState::Running));
         // One series per state, 1 for the current one (the kube-state-metrics way): a
         // dashboard can sum by state without knowing the job names.
-        for s in State::ALL.iter().map(|s| s.as_str()).chain((!State::ALL.iter().any(|s| s.as_str() == j.state)).then_some(j.state.as_str())) {
-            state.get_or_create(&JobStateLabel { job: j.name.clone(), state: s.to_string() }).set(i64::from(j.state == s));
+        for s in JobState::ALL {
+            state.get_or_create(&JobStateLabel { job: j.name.clone(), state: s.as_str().to_string() }).set(i64::from(j.state == s));
         }
         restarts.get_or_create(&l).inc_by(u64::from(j.restarts));
         if let Some(c) = j.connections {
@@ -292,8 +279,8 @@ pub fn render_metrics(
     );
 
     // The limit that binds, named: "session pooler pool_size", "server max_connections 60 - 3 reserved".
-    let limit_reason = budget.and_then(|b| b.get("limit_reason")).and_then(|v| v.as_str()).unwrap_or("unknown").to_string();
-    if let Some(b) = budget.map(BudgetView::from_json) {
+    let limit_reason = budget.map_or_else(|| "unknown".to_string(), |b| b.limit_reason.clone());
+    if let Some(b) = budget.map(BudgetView::from_report) {
         gauge(&mut reg, "corral_budget_limit", "The connection limit that binds (SPEC §5, §5.1)", i64::from(b.limit));
         if let Some(source) = &b.limit_source {
             let info = Info::new(SourceLabel { source: source.clone(), reason: limit_reason.clone() });
@@ -317,16 +304,15 @@ pub fn render_metrics(
         if let Some(n) = b.database.max_connections {
             gauge(&mut reg, "corral_db_max_connections", "The server's max_connections as last read", i64::from(n));
         }
-        if b.scope == "fleet" {
+        if budget.is_some_and(|b| b.scope == BudgetScope::Fleet) {
             gauge(&mut reg, "corral_fleet_members", "corrals sharing the fleet's budget", b.members.len() as i64);
             let ok = b.coordination.as_ref().is_some_and(|(ok, _)| *ok);
             gauge(&mut reg, "corral_fleet_coordination_up", "1 when the last fleet sync succeeded", i64::from(ok));
         }
     }
     if let Some(db) = health.and_then(|h| h.database.as_ref()) {
-        let healthy = db.get("healthy").and_then(|v| v.as_bool()).unwrap_or(false);
-        gauge(&mut reg, "corral_db_up", "1 when the last database health check passed", i64::from(healthy));
-        if let Some(ms) = db.get("latency_ms").and_then(|v| v.as_f64()) {
+        gauge(&mut reg, "corral_db_up", "1 when the last database health check passed", i64::from(db.healthy));
+        if let Some(ms) = db.latency_ms {
             seconds(&mut reg, "corral_db_health_latency", "Latency of the last database health check", ms / 1000.0);
         }
     }
@@ -353,23 +339,6 @@ pub fn render_metrics(
         out.push_str("# EOF\n");
     }
     out
-}
-
-async fn ask(tx: &EventTx, req: Request) -> Response {
-    let (reply_tx, reply_rx) = oneshot::channel();
-    if tx.send(Event::Request(req, reply_tx)).is_err() {
-        return Response::err(ErrorKind::ShuttingDown, "supervisor is shutting down");
-    }
-    reply_rx.await.unwrap_or_else(|_| Response::err(ErrorKind::ShuttingDown, "supervisor is shutting down"))
-}
-
-/// The actor's current health answer, without a database round trip.
-async fn last_health(tx: &EventTx) -> Response {
-    let (reply_tx, reply_rx) = oneshot::channel();
-    if tx.send(Event::HealthAnswer(reply_tx)).is_err() {
-        return Response::err(ErrorKind::ShuttingDown, "supervisor is shutting down");
-    }
-    reply_rx.await.unwrap_or_else(|_| Response::err(ErrorKind::ShuttingDown, "supervisor is shutting down"))
 }
 
 fn json<T: serde::Serialize>(code: StatusCode, value: &T) -> HttpResponse {
@@ -408,7 +377,7 @@ mod tests {
             jobs: vec![
                 JobStatus {
                     name: "a".into(),
-                    state: "running".into(),
+                    state: JobState::Running,
                     pid: Some(10),
                     uptime_s: Some(1.0),
                     restarts: 3,
@@ -423,7 +392,7 @@ mod tests {
                 },
                 JobStatus {
                     name: "b".into(),
-                    state: "fatal".into(),
+                    state: JobState::Fatal,
                     pid: None,
                     uptime_s: None,
                     restarts: 0,
@@ -441,17 +410,18 @@ mod tests {
             supervisor: SupervisorInfo { zombies_reaped: 4, orphans_killed: 1, version: "9.9.9".into(), started_at: 1700000000.5, ..Default::default() },
             budget: None,
         };
-        let budget = serde_json::json!({
+        let budget: BudgetReport = serde_json::from_value(serde_json::json!({
             "scope": "local", "limit": 60, "limit_source": "server", "limit_reason": "server max_connections 63 - 3 reserved", "provider_reserve": 6, "adhoc_reserve": 5,
             "external_reserve": 0, "reservations": [{"name": "psql-debug", "count": 2}], "own": 1,
             "usable": 48, "granted": 21, "headroom": 27, "live": 9, "external_live": 3,
             "database": {"healthy": true, "max_connections": 63},
-        });
+        }))
+        .unwrap();
         let history = serde_json::json!({"event_counts": {"exit": 7, "quota": 2}});
         let health = HealthReport {
             healthy: true,
             supervisor: true,
-            database: Some(serde_json::json!({"healthy": true, "latency_ms": 2.5})),
+            database: Some(serde_json::from_value(serde_json::json!({"healthy": true, "latency_ms": 2.5})).unwrap()),
             message: String::new(),
         };
         let text = render_metrics(&status, Some(&budget), Some(&health), Some(&history));
@@ -496,7 +466,7 @@ mod tests {
         assert!(!text.contains("corral_fleet"), "{text}");
         // Every job has one series per state, exactly one of them 1.
         let states = text.lines().filter(|l| l.starts_with("corral_job_state{job=\"a\"")).collect::<Vec<_>>();
-        assert_eq!(states.len(), State::ALL.len(), "{states:?}");
+        assert_eq!(states.len(), JobState::ALL.len(), "{states:?}");
         assert_eq!(states.iter().filter(|l| l.ends_with(" 1")).count(), 1);
         assert!(text.ends_with("# EOF\n"), "{text}");
 
@@ -507,7 +477,8 @@ mod tests {
     #[test]
     fn fleet_metrics_count_members_and_coordination() {
         let status = StatusReport { jobs: vec![], config_error: None, supervisor: SupervisorInfo::default(), budget: None };
-        let budget = serde_json::json!({"scope": "fleet", "members": [{"id": "a"}, {"id": "b"}], "coordination": {"healthy": true}});
+        let budget: BudgetReport =
+            serde_json::from_value(serde_json::json!({"scope": "fleet", "members": [{"id": "a"}, {"id": "b"}], "coordination": {"healthy": true}})).unwrap();
         let text = render_metrics(&status, Some(&budget), None, None);
         assert!(text.lines().any(|l| l == "corral_fleet_members 2"), "{text}");
         assert!(text.lines().any(|l| l == "corral_fleet_coordination_up 1"), "{text}");

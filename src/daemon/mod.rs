@@ -5,14 +5,20 @@
 //! the one actor in `supervisor`. Tasks talk to the actor only through its
 //! event channel; nothing else mutates job state.
 
+mod admission;
+mod ask;
 mod budget;
+mod control;
 mod dashboard;
 mod fleet;
 mod health;
 mod history;
 mod http;
+mod jobs;
 mod notify;
+mod reload;
 mod server;
+mod shutdown;
 mod supervisor;
 mod watch;
 
@@ -97,7 +103,6 @@ pub fn run(config: Config, socket: PathBuf) -> i32 {
             }
             tokio::spawn(http::serve(l, tx.clone(), token))
         });
-        let has_database = config.database.is_some();
         info!(
             pid = std::process::id(),
             config = %config.path.display(),
@@ -111,7 +116,7 @@ pub fn run(config: Config, socket: PathBuf) -> i32 {
         let code = sup
             .run(rx, move || {
                 notifier.ready();
-                notify::spawn_status(notifier, status_tx, has_database);
+                notify::spawn_status(notifier, status_tx);
             })
             .await;
         // Let replies in flight (the answer to `corral shutdown`) reach their clients.

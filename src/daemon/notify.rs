@@ -16,11 +16,11 @@ use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
-use super::supervisor::{Event, EventTx};
-use crate::protocol::{Reply, Request, StatusReport};
+use super::ask::NoAnswer;
+use super::supervisor::EventTx;
+use crate::protocol::{BudgetReport, JobState, StatusReport};
 
 /// `STATUS=` is recomputed at least this often (budget and database changes have no event).
 const STATUS_EVERY: Duration = Duration::from_secs(1);
@@ -161,7 +161,7 @@ fn monotonic_usec() -> u64 {
 
 /// Start the task that keeps `STATUS=` current and pings the watchdog. Call
 /// from inside the runtime, once the actor's loop is about to run.
-pub fn spawn_status(notifier: Notifier, tx: EventTx, has_database: bool) {
+pub fn spawn_status(notifier: Notifier, tx: EventTx) {
     if !notifier.enabled() {
         return;
     }
@@ -179,12 +179,12 @@ pub fn spawn_status(notifier: Notifier, tx: EventTx, has_database: bool) {
                     false
                 }
             };
-            // The answer is the proof of life: no answer within a tick, no ping.
-            let status = match ask(&tx, Request::Status { jobs: Vec::new() }, tick).await {
-                Asked::Gone => return,
-                Asked::Late => continue,
-                Asked::Answer(Reply::Status(s)) => s,
-                Asked::Answer(_) => continue,
+            // The answer is the proof of life: no answer within a tick, no ping. Status and
+            // budget come in one turn of the actor.
+            let snap = match super::ask::snapshot(&tx, false, Some(tick)).await {
+                Err(NoAnswer::Gone) => return,
+                Err(NoAnswer::Late) => continue,
+                Ok(s) => s,
             };
             // Pinged on the watchdog's schedule only, not on every state change.
             if ticked && notifier.watchdog.is_some() {
@@ -195,15 +195,7 @@ pub fn spawn_status(notifier: Notifier, tx: EventTx, has_database: bool) {
                 continue;
             }
             last_at = Some(Instant::now());
-            let budget = if has_database {
-                match ask(&tx, Request::Budget, tick).await {
-                    Asked::Answer(Reply::Budget(b)) => Some(b),
-                    _ => None,
-                }
-            } else {
-                None
-            };
-            let line = summary(&status, budget.as_ref());
+            let line = summary(&snap.status, snap.budget.as_ref());
             if line != last_line {
                 notifier.status(&line);
                 last_line = line;
@@ -212,41 +204,20 @@ pub fn spawn_status(notifier: Notifier, tx: EventTx, has_database: bool) {
     });
 }
 
-enum Asked {
-    Answer(Reply),
-    /// No answer in time (the actor is busy or hung), or an error reply.
-    Late,
-    /// The actor is gone.
-    Gone,
-}
-
-async fn ask(tx: &EventTx, req: Request, within: Duration) -> Asked {
-    let (reply_tx, reply_rx) = oneshot::channel();
-    if tx.send(Event::Request(req, reply_tx)).is_err() {
-        return Asked::Gone;
-    }
-    match tokio::time::timeout(within, reply_rx).await {
-        Ok(Ok(resp)) => resp.result.map_or(Asked::Late, Asked::Answer),
-        Ok(Err(_)) => Asked::Gone,
-        Err(_) => Asked::Late,
-    }
-}
-
 /// The one-line `STATUS=`: "3/3 jobs running, budget 21/48".
-pub fn summary(status: &StatusReport, budget: Option<&serde_json::Value>) -> String {
+pub fn summary(status: &StatusReport, budget: Option<&BudgetReport>) -> String {
     let total = status.jobs.len();
-    let count = |state: &str| status.jobs.iter().filter(|j| j.state == state).count();
-    let mut line = format!("{}/{total} jobs running", count("running"));
-    for state in ["starting", "backoff", "waiting", "fatal"] {
+    let count = |state: JobState| status.jobs.iter().filter(|j| j.state == state).count();
+    let mut line = format!("{}/{total} jobs running", count(JobState::Running));
+    for state in [JobState::Starting, JobState::Backoff, JobState::Waiting, JobState::Fatal] {
         let n = count(state);
         if n > 0 {
-            line.push_str(&format!(", {n} {state}"));
+            line.push_str(&format!(", {n} {}", state.as_str()));
         }
     }
     if let Some(b) = budget {
-        let num = |k: &str| b.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
-        line.push_str(&format!(", budget {}/{}", num("granted"), num("usable")));
-        if b.pointer("/database/healthy").and_then(|v| v.as_bool()) == Some(false) {
+        line.push_str(&format!(", budget {}/{}", b.granted, b.usable));
+        if !b.database.healthy {
             line.push_str(", database unhealthy");
         }
     }
@@ -264,7 +235,7 @@ mod tests {
     fn job(name: &str, state: &str) -> JobStatus {
         JobStatus {
             name: name.into(),
-            state: state.into(),
+            state: JobState::parse(state).unwrap(),
             pid: None,
             uptime_s: None,
             restarts: 0,
@@ -288,10 +259,10 @@ mod tests {
             budget: None,
         };
         assert_eq!(summary(&st, None), "2/3 jobs running, 1 fatal");
-        let b = serde_json::json!({"granted": 21, "usable": 48, "database": {"healthy": true}});
+        let b: BudgetReport = serde_json::from_value(serde_json::json!({"granted": 21, "usable": 48, "database": {"healthy": true}})).unwrap();
         assert_eq!(summary(&st, Some(&b)), "2/3 jobs running, 1 fatal, budget 21/48");
         let st = StatusReport { config_error: Some("x".into()), jobs: vec![], ..st };
-        let b = serde_json::json!({"granted": 0, "usable": 48, "database": {"healthy": false}});
+        let b: BudgetReport = serde_json::from_value(serde_json::json!({"granted": 0, "usable": 48, "database": {"healthy": false}})).unwrap();
         assert_eq!(
             summary(&st, Some(&b)),
             "0/0 jobs running, budget 0/48, database unhealthy, config reload rejected (see corral status)"

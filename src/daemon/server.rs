@@ -18,9 +18,9 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 
-use super::supervisor::{Event, EventTx};
+use super::supervisor::EventTx;
 use crate::process::output::LogStore;
 use crate::protocol::{self, ErrorKind, Reply, Request, Response, MAX_REQUEST_LINE};
 
@@ -173,7 +173,7 @@ impl Connection {
                 Ok(Ok(LineRead::Line)) => match protocol::decode_request(&buf) {
                     Err(r) => r,
                     Ok(Request::Logs { job, lines, follow, since }) => {
-                        let check = ask(&self.tx, Request::Logs { job: job.clone(), lines, follow, since }).await;
+                        let check = super::ask::request(&self.tx, Request::Logs { job: job.clone(), lines, follow, since }).await;
                         if !check.ok {
                             check
                         } else {
@@ -189,7 +189,7 @@ impl Connection {
                             continue;
                         }
                     }
-                    Ok(req) => ask(&self.tx, req).await,
+                    Ok(req) => super::ask::request(&self.tx, req).await,
                 },
             };
             if write.write_all(protocol::encode_response(&resp).as_bytes()).await.is_err() {
@@ -229,14 +229,6 @@ impl Connection {
             }
         }
     }
-}
-
-async fn ask(tx: &EventTx, req: Request) -> Response {
-    let (reply_tx, reply_rx) = oneshot::channel();
-    if tx.send(Event::Request(req, reply_tx)).is_err() {
-        return Response::err(ErrorKind::ShuttingDown, "supervisor is shutting down");
-    }
-    reply_rx.await.unwrap_or_else(|_| Response::err(ErrorKind::ShuttingDown, "supervisor is shutting down"))
 }
 
 enum LineRead {

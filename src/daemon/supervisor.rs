@@ -1,10 +1,13 @@
-//! The supervisor actor: the one owner of the job table.
+//! The supervisor actor: the one owner of the job table (`jobs::JobTable`) and of every
+//! concern's state (ARCHITECTURE.md).
 //!
 //! Everything that changes a job arrives here as an [`Event`] (control
-//! requests with a reply channel, timers, config changes) or a signal, is fed
-//! to the pure state machine, and the resulting effects are executed here.
-//! Reaping happens inside this task too (on SIGCHLD), so a spawned pid is
-//! always registered before its exit can be collected.
+//! requests with a reply channel, timers, config changes, readings) or a signal, is fed
+//! to the pure state machine, and the resulting effects are executed here. The
+//! decisions are the concerns': admission (`admission::decide`), the verbs' answers
+//! (`control`), reload bookkeeping (`reload`), the fleet's schedule (`fleet::Schedule`),
+//! the budget (`budget::Budget`), shutdown (`shutdown`). Reaping happens inside this task
+//! too (on SIGCHLD), so a spawned pid is always registered before its exit can be collected.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -18,24 +21,29 @@ use std::sync::Arc;
 
 mod watchdog;
 
-use super::budget::{Budget, JobView};
+use super::budget::{Budget, Observed};
 use super::fleet::{FleetCmd, FleetReport};
 use super::health::{self, DbReport, ProbeCmd};
-use super::history::{History, Kind, Reading};
+use super::history::{History, Kind};
 use super::notify::Notifier;
-use crate::config::{self, Config, Enforce, JobConfig, OnDuplicate, OrphanPolicy};
+use crate::config::{self, Config, OnDuplicate, OrphanPolicy};
 use crate::db::fleet::{Coordinator, Identity, LockOutcome, SyncRequest};
 use crate::db::pooler::PgBouncerAdmin;
 use crate::db::{self, Probe};
-use crate::budget::allocate::WaitReason;
+use super::admission::{self, Awaiting, Decision, FleetFact, FleetLock, GrantFact, LockFact};
+use super::control;
+use super::reload;
+use super::shutdown;
+use super::jobs::{self, job_views, JobRt, JobTable};
+use crate::protocol::WaitReason;
 use crate::job::machine::{self, describe_exit};
-use crate::job::{Effect, Exit, Input, Job, Policy, State, TimerKind};
+use crate::job::{Effect, Input, Policy, State, TimerKind};
 use crate::process::lock::{JobLock, LockError};
 use crate::process::output::{self, LogStore};
 use crate::process::scan::Snapshot;
-use crate::process::{init, kill, spawn};
+use crate::process::{kill, spawn};
 use crate::protocol::{
-    ErrorKind, ExitInfo, HealthReport, JobStatus, ReloadReport, Reply, Request, Response, StatusReport, SupervisorInfo,
+    ErrorKind, HealthReport, JobStatus, ReloadReport, Reply, Request, Response, StatusReport, SupervisorInfo,
 };
 
 /// The database variables of SPEC §3.
@@ -48,8 +56,7 @@ const DB_VARS: &[&str] = &[
     "DB_MAX_OVERFLOW",
 ];
 
-/// How long leftovers of an exited job or sweep get between SIGTERM and SIGKILL.
-const ORPHAN_GRACE: Duration = Duration::from_secs(3);
+use super::shutdown::ORPHAN_GRACE;
 /// At exit, how long job output readers get to reach EOF.
 const OUTPUT_DRAIN: Duration = Duration::from_millis(500);
 /// Editors save in bursts (write temp, rename, chmod): wait for quiet.
@@ -73,6 +80,8 @@ pub enum Event {
     Db(DbReport),
     /// Answer `corral health` (sent by the probe task after a fresh check).
     HealthAnswer(oneshot::Sender<Response>),
+    /// Status, budget, last health (and history) in one turn: `/metrics`, the status task.
+    Snapshot { history: bool, reply: oneshot::Sender<Box<super::ask::Snapshot>> },
     /// Reservations may have expired: rebalance.
     SweepBudget,
     /// Sweep now (on demand), without re-arming the periodic timer.
@@ -81,8 +90,8 @@ pub enum Event {
     /// The config file as read and validated off the actor (SPEC §8).
     ConfigLoaded(Box<Result<Config, config::ConfigErrors>>),
     Sweep,
-    /// The fleet task wants the local jobs for its next sync.
-    FleetSnapshot(oneshot::Sender<SyncRequest>),
+    /// The next fleet sync may be due (stale when `epoch` is not the schedule's).
+    FleetDue { epoch: u64 },
     /// The outcome of a fleet sync.
     Fleet(FleetReport),
     /// Fleet-wide locks may have gone unconfirmed for `fleet_grace`.
@@ -91,83 +100,12 @@ pub enum Event {
     QuotaSignalDue { job: String, pid: i32 },
     /// A run's watch (probes, stall timer, memory sampler) found something.
     Watch { job: String, pid: i32, msg: watchdog::WatchMsg },
+    /// One walk of the jobs' process trees (while some job has `memory_max`).
+    MemorySamples(Vec<(String, crate::watchdog::memory::Sample)>),
 }
 
 pub type EventTx = mpsc::UnboundedSender<Event>;
 
-/// Who asked for a reload: the watcher and SIGHUP (`apply`, no reply), `corral reload` (a reply,
-/// maybe `--dry-run`).
-#[derive(Default)]
-struct ReloadAsk {
-    apply: bool,
-    replies: Vec<(oneshot::Sender<Response>, bool)>,
-}
-
-/// The file is read and validated on a thread of its own, so a file of any size never stalls
-/// the actor. At most one read runs; asks arriving meanwhile wait for the next read.
-#[derive(Default)]
-struct Reloads {
-    /// Answered by the read in flight.
-    current: Option<ReloadAsk>,
-    /// Asked after that read started: they need a fresh one.
-    next: Option<ReloadAsk>,
-}
-
-struct JobRt {
-    cfg: JobConfig,
-    policy: Policy,
-    m: Job,
-    lock: Option<JobLock>,
-    started_at: Option<Instant>,
-    /// Removed from the config: delete the entry once stopped.
-    removed: bool,
-    /// Next spawn is a deliberate start (not a crash restart): check for duplicates.
-    check_duplicates: bool,
-    /// Duplicates we already sent SIGTERM to (next time: SIGKILL).
-    dup_termed: HashSet<i32>,
-    /// The waiting reason last logged (to log each wait once).
-    last_wait_logged: Option<String>,
-    /// About to be started (autostart, reload): counted as wanting budget so
-    /// the first jobs started do not take everything before the others ask.
-    start_pending: bool,
-    /// Held back until the next database answer: a fleet sync (grant or lock), or a
-    /// usage reading (the previous run's connections closing). `start` waits for it.
-    awaiting: Awaiting,
-    /// Held back only until connections being given back are confirmed free: `start` waits
-    /// for it (up to QUEUED_START_WAIT), then says it is queued rather than failed.
-    queued: bool,
-    /// A quota change reached this process before it could have installed its
-    /// `quota_signal` handler: the signal is sent once it is old enough.
-    signal_due: Option<i32>,
-}
-
-/// A held-back job whose answer is one database round trip away: `start` and `restart`
-/// reply after it rather than with a `waiting` that is about to change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Awaiting {
-    Nothing,
-    /// A usage reading: the previous run's connections closing.
-    Reading,
-    /// A fleet sync: a grant or the fleet-wide lock.
-    FleetSync,
-}
-
-enum WaitFor {
-    /// Reply when none of these jobs is live or about to become live by a restart.
-    Settled(Vec<String>),
-}
-
-struct Waiter {
-    what: WaitFor,
-    reply: oneshot::Sender<Response>,
-    verb: &'static str,
-    since: Instant,
-}
-
-/// How long `start`/`restart` wait for a job queued behind connections that are being given
-/// back (a shrink not confirmed yet, the previous run's connections closing) before they answer
-/// that it is queued.
-const QUEUED_START_WAIT: Duration = Duration::from_secs(20);
 /// `quota_signal` is never sent to a process younger than this (nor before its
 /// `healthy_after`): it may not have installed its handler yet, and SIGHUP's default action
 /// kills it. Its first quota is in its environment anyway.
@@ -176,7 +114,7 @@ const QUOTA_SIGNAL_MIN_UPTIME: Duration = Duration::from_secs(2);
 pub struct Supervisor {
     config: Config,
     config_error: Option<String>,
-    jobs: BTreeMap<String, JobRt>,
+    jobs: JobTable,
     by_pid: HashMap<i32, String>,
     tx: EventTx,
     logs: LogStore,
@@ -186,13 +124,12 @@ pub struct Supervisor {
     history: History,
     zombies_reaped: u64,
     orphans_killed: u64,
-    waiters: Vec<Waiter>,
-    shutdown_waiters: Vec<oneshot::Sender<Response>>,
-    shutting_down: bool,
+    waiters: control::Waiters,
+    shutdown: shutdown::Shutdown,
     own_pid: i32,
     snapshot: Option<(Instant, Snapshot)>,
     reload_generation: u64,
-    reloads: Reloads,
+    reloads: reload::Reloads,
     last_sweep: Instant,
     budget: Option<Budget>,
     probe: Option<Arc<Probe>>,
@@ -205,6 +142,8 @@ pub struct Supervisor {
     /// Fleet scope: the coordinator until the fleet task takes it, then the task's channel.
     coordinator: Option<Coordinator>,
     fleet_cmd: Option<mpsc::UnboundedSender<FleetCmd>>,
+    /// When the actor pushes the next fleet sync.
+    fleet_schedule: super::fleet::Schedule,
     /// Readings asked for in a row while freed connections stay unconfirmed (backs them off).
     follow_ups: u32,
     /// Fleet scope: each job's wants and occupancy as the last sync reported them; a reading
@@ -230,13 +169,12 @@ impl Supervisor {
             history: History::default(),
             zombies_reaped: 0,
             orphans_killed: 0,
-            waiters: Vec::new(),
-            shutdown_waiters: Vec::new(),
-            shutting_down: false,
+            waiters: control::Waiters::default(),
+            shutdown: shutdown::Shutdown::default(),
             own_pid: std::process::id() as i32,
             snapshot: None,
             reload_generation: 0,
-            reloads: Reloads::default(),
+            reloads: reload::Reloads::default(),
             last_sweep: Instant::now(),
             budget: None,
             probe: None,
@@ -246,6 +184,7 @@ impl Supervisor {
             notify: Notifier::default(),
             coordinator: None,
             fleet_cmd: None,
+            fleet_schedule: super::fleet::Schedule::default(),
             follow_ups: 0,
             fleet_reported: Vec::new(),
             watchdog: Default::default(),
@@ -365,7 +304,7 @@ impl Supervisor {
                 error!("cannot join the fleet yet (jobs needing a grant or a fleet lock wait): {e}");
             }
             self.on_fleet(report);
-            self.fleet_cmd = Some(super::fleet::spawn(coord, self.config.budget.rebalance_interval, db.health_timeout, self.tx.clone()));
+            self.fleet_cmd = Some(super::fleet::spawn(coord, db.health_timeout, self.tx.clone()));
         }
         for name in autostart {
             if let Some(j) = self.jobs.get_mut(&name) {
@@ -406,34 +345,17 @@ impl Supervisor {
                     }
                 }
             }
-            self.settle_waiters();
-            if self.shutting_down && self.jobs.values().all(|j| !j.m.state.is_live()) {
+            let (jobs, budget, logs) = (&self.jobs, self.budget.as_ref(), &self.logs);
+            for (reply, resp) in self.waiters.settle(jobs, Instant::now(), |n| jobs::job_status(jobs, budget, logs, n)) {
+                let _ = reply.send(resp);
+            }
+            if self.shutdown.over(&self.jobs) {
                 break;
             }
         }
-        self.finish_shutdown();
+        self.shutdown.finish(self.config.supervisor.orphans, self.own_pid);
         if let Some(cmd) = self.fleet_cmd.take() {
-            // Give our grants and locks back now rather than after three missed heartbeats.
-            // The fleet task may be waiting for a snapshot first: keep answering those.
-            let (done, mut wait) = oneshot::channel();
-            if cmd.send(FleetCmd::Leave { done }).is_ok() {
-                let deadline = tokio::time::sleep(Duration::from_secs(3));
-                tokio::pin!(deadline);
-                loop {
-                    tokio::select! {
-                        _ = &mut wait => break,
-                        _ = &mut deadline => {
-                            warn!("could not leave the fleet in time: the others expire this corral after three intervals");
-                            break;
-                        }
-                        Some(ev) = events.recv() => {
-                            if let Event::FleetSnapshot(reply) = ev {
-                                let _ = reply.send(self.fleet_request());
-                            }
-                        }
-                    }
-                }
-            }
+            shutdown::leave_fleet(cmd).await;
         }
         // Jobs and orphans are gone: print what they wrote last before the
         // runtime (and with it the reader tasks) is dropped.
@@ -480,19 +402,22 @@ impl Supervisor {
             Event::HealthAnswer(reply) => {
                 let _ = reply.send(self.health());
             }
+            Event::Snapshot { history, reply } => {
+                let _ = reply.send(Box::new(self.snapshot(history)));
+            }
             Event::SweepNow => {
                 if self.last_sweep.elapsed() >= ORPHAN_GRACE {
                     self.sweep();
                 }
             }
-            Event::FleetSnapshot(reply) => {
-                if let Some(b) = &self.budget {
-                    self.fleet_reported = b.reading_signature(&job_views(&self.jobs), Instant::now());
+            Event::FleetDue { epoch } => {
+                if epoch == self.fleet_schedule.epoch {
+                    self.request_sync();
                 }
-                let _ = reply.send(self.fleet_request());
             }
             Event::Fleet(report) => self.on_fleet(report),
             Event::Watch { job, pid, msg } => self.on_watch(job, pid, msg),
+            Event::MemorySamples(samples) => self.on_memory(samples),
             Event::FleetCheck => self.check_fleet_locks(),
             Event::QuotaSignalDue { job, pid } => {
                 let Some(j) = self.jobs.get_mut(&job) else { return };
@@ -566,135 +491,165 @@ impl Supervisor {
         }
     }
 
-    /// Lock, duplicate check, spawn. Returns the machine's next input.
+    /// Gather what admission decides from (lock attempt, duplicate scan, the budget's
+    /// answer), let [`admission::decide`] decide, and carry the decision out. Returns the
+    /// machine's next input.
     fn try_spawn(&mut self, name: &str) -> Input {
-        if self.shutting_down {
-            return Input::Blocked { reason: "supervisor is shutting down".into() };
-        }
-        if let Some(reason) = self.dependency_hold(name) {
+        // depends_on (pure: watchdog::deps) before any lock or scan is taken.
+        if let Some(reason) = self.dependency_hold(name).filter(|_| !self.shutdown.requested) {
+            if let Some(j) = self.jobs.get_mut(name) {
+                j.hold = Some(WaitReason::Dependency(reason.clone()));
+            }
             return Input::Blocked { reason };
         }
         let lock_dir = self.config.supervisor.lock_dir.clone();
-        // The job exists from here on: nothing in try_spawn removes jobs.
         let Some(job) = self.jobs.get(name) else {
             return Input::SpawnFailed { error: "the job is no longer in the config".into() };
         };
-        let needs_scan = job.check_duplicates && job.cfg.on_duplicate != OnDuplicate::Ignore;
+        let needs_scan = !self.shutdown.requested && job.check_duplicates && job.cfg.on_duplicate != OnDuplicate::Ignore;
         let dups = if needs_scan { self.duplicates_of(name) } else { Vec::new() };
-        let format = self.config.supervisor.log_format;
         let Some(job) = self.jobs.get_mut(name) else {
             return Input::SpawnFailed { error: "the job is no longer in the config".into() };
         };
         job.queued = false;
-
-        if job.cfg.single_instance && job.lock.is_none() {
+        let lock = if self.shutdown.requested || !job.cfg.single_instance || job.lock.is_some() {
+            LockFact::Ours
+        } else {
             match JobLock::acquire(&lock_dir, name) {
-                Ok(lock) => job.lock = Some(lock),
-                Err(LockError::Held { path, holder, recorded_gone }) => {
-                    // The recorded job is gone but something it forked may still hold
-                    // the lock: a stray orphan. Sweep now instead of at reap_interval.
-                    if recorded_gone && self.config.supervisor.orphans == OrphanPolicy::Kill {
-                        let _ = self.tx.send(Event::SweepNow);
-                    }
-                    let who = holder.map(|h| h.to_string()).unwrap_or_else(|| "another process".into());
-                    return Input::Blocked { reason: format!("lock: {} held by {who}", path.display()) };
+                Ok(lock) => {
+                    job.lock = Some(lock);
+                    LockFact::Ours
                 }
-                Err(e) => return Input::SpawnFailed { error: e.to_string() },
+                Err(LockError::Held { path, holder, recorded_gone }) => LockFact::Held {
+                    path: path.display().to_string(),
+                    holder: holder.map(|h| h.to_string()),
+                    recorded_gone: recorded_gone && self.config.supervisor.orphans == OrphanPolicy::Kill,
+                },
+                Err(e) => LockFact::Failed(e.to_string()),
+            }
+        };
+        // The budget's answer is asked only once lock and duplicates let the job through:
+        // a local allocation counts it as starting and tells the others their new quotas.
+        let passes = !self.shutdown.requested && lock == LockFact::Ours && (dups.is_empty() || job.cfg.on_duplicate == OnDuplicate::Ignore);
+        let draining = self.budget.as_ref().and_then(|b| b.draining(name));
+        // A draining job with connections waits for the reading anyway (admission says so first).
+        let ask_budget = passes && (draining.is_none() || job.cfg.connections.is_none());
+        let (grant, tell) = if ask_budget { self.grant_fact(name) } else { (GrantFact::NotNeeded, Vec::new()) };
+        let Some(job) = self.jobs.get(name) else {
+            return Input::SpawnFailed { error: "the job is no longer in the config".into() };
+        };
+        let quota_file = self.budget.as_ref().map(|b| b.quota_file(name).display().to_string()).unwrap_or_default();
+        let facts = admission::Facts {
+            job: name,
+            service: &self.config.budget.service,
+            shutting_down: self.shutdown.requested,
+            lock,
+            duplicates: &dups,
+            on_duplicate: job.cfg.on_duplicate,
+            dup_termed: &job.dup_termed,
+            connections: job.cfg.connections,
+            draining,
+            grant,
+            env: admission::EnvFacts { db_url: self.budget.as_ref().and_then(|b| b.db.url.as_ref().map(|u| u.as_str())), job_env: &job.cfg.env, quota_file },
+        };
+        let decision = admission::decide(&facts);
+        match decision {
+            Decision::Fail(error) => Input::SpawnFailed { error },
+            Decision::Hold(hold) => {
+                self.deliver(tell);
+                self.execute_hold(name, &hold);
+                let reason = hold.reason();
+                let text = reason.to_string();
+                if let Some(j) = self.jobs.get_mut(name) {
+                    j.hold = Some(reason);
+                }
+                Input::Blocked { reason: text }
+            }
+            Decision::Spawn { quota, env } => {
+                self.deliver(tell.into_iter().filter(|(j, _)| j != name).collect());
+                self.spawn(name, quota, env)
             }
         }
-        if !dups.is_empty() {
-            let list = dups.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ");
-            match job.cfg.on_duplicate {
-                OnDuplicate::Refuse => {
-                    return Input::Blocked { reason: format!("duplicate: same command already running outside corral (pid {list})") };
-                }
-                OnDuplicate::Kill => {
-                    for pid in &dups {
-                        let sig = if job.dup_termed.contains(pid) { Signal::SIGKILL } else { Signal::SIGTERM };
-                        warn!(job = name, pid, "killing duplicate running outside corral");
-                        let _ = kill::signal_pid(*pid, sig);
-                        job.dup_termed.insert(*pid);
-                    }
-                    self.snapshot = None;
-                    return Input::Blocked { reason: format!("duplicate: killing pid {list}") };
-                }
-                OnDuplicate::Ignore => {}
-            }
-        }
+    }
 
-        let mut quota = None;
-        let mut extra_env = crate::budget::env::identity_env(&self.config.budget.service, name);
-        if let (Some(n), Some(_)) = (self.budget.as_ref().and_then(|b| b.draining(name)), job.cfg.connections) {
+    /// The budget's answer for a job about to start: in local scope a fresh allocation that
+    /// counts it as starting (with the quota changes it tells the others), in fleet scope
+    /// what the last sync granted.
+    fn grant_fact(&mut self, name: &str) -> (GrantFact, Vec<(String, u32)>) {
+        let now = Instant::now();
+        let (Some(budget), Some(job)) = (self.budget.as_ref(), self.jobs.get(name)) else { return (GrantFact::NotNeeded, Vec::new()) };
+        if let Some(f) = budget.fleet.as_ref() {
+            let lock = if !job.cfg.single_instance || f.holds(name, budget.fleet_hold(), now) {
+                FleetLock::NotNeeded
+            } else {
+                match f.locks.get(name) {
+                    Some(LockOutcome::Waiting(r)) => FleetLock::Waiting(r.clone()),
+                    _ => FleetLock::Unanswered,
+                }
+            };
+            let b = budget.jobs.get(name).cloned().unwrap_or_default();
+            let fact = FleetFact {
+                lock,
+                grant: b.grant,
+                waiting: b.waiting,
+                usable: f.plan.as_ref().map_or(0, |p| p.usable),
+                failing: f.last_error.clone(),
+            };
+            return (GrantFact::Fleet(fact), Vec::new());
+        }
+        if job.cfg.connections.is_none() {
+            return (GrantFact::NotNeeded, Vec::new());
+        }
+        let views = job_views(&self.jobs);
+        let Some(budget) = self.budget.as_mut() else { return (GrantFact::NotNeeded, Vec::new()) };
+        let (alloc, changes) = budget.allocate(&views, now, Some(name));
+        let plan = budget.plan(now);
+        let limit_unknown = (plan.limit_source == crate::budget::plan::LimitSource::Unknown).then(|| budget.status.error.clone());
+        let fact = GrantFact::Local { grant: alloc.get(name).cloned(), granted: alloc.total, usable: plan.usable, limit_unknown };
+        (fact, changes.tell)
+    }
+
+    /// What a held-back start asks of the others.
+    fn execute_hold(&mut self, name: &str, hold: &admission::Hold) {
+        if hold.sweep_now {
+            let _ = self.tx.send(Event::SweepNow);
+        }
+        for (pid, sig) in &hold.kill {
+            warn!(job = name, pid, "killing duplicate running outside corral");
+            let _ = kill::signal_pid(*pid, *sig);
+        }
+        if hold.rescan {
+            self.snapshot = None;
+        }
+        if hold.want_reading {
             if let Some(cmd) = &self.probe_cmd {
                 let _ = cmd.send(ProbeCmd::UsageAt(Instant::now()));
             }
-            if let Some(j) = self.jobs.get_mut(name) {
-                j.awaiting = Awaiting::Reading;
-                j.queued = true;
-            }
-            return Input::Blocked { reason: format!("budget: up to {n} connection(s) of the previous run still open") };
         }
-        let fleet = self.budget.as_ref().is_some_and(|b| b.fleet.is_some());
-        if fleet {
-            match self.fleet_admit(name) {
-                Ok(q) => {
-                    quota = q;
-                    if let (Some(q), Some(budget)) = (q, self.budget.as_mut()) {
-                        let cfg = &self.jobs[name].cfg;
-                        if let Err(e) = budget.write_quota(cfg, q) {
-                            warn!(job = name, "cannot write quota file: {e}");
-                        }
-                        extra_env = budget.env_for(cfg, q);
-                    }
-                }
-                Err(reason) => return Input::Blocked { reason },
+        if hold.want_sync {
+            self.request_sync();
+        }
+        if let Some(j) = self.jobs.get_mut(name) {
+            j.dup_termed.extend(hold.kill.iter().map(|(pid, _)| *pid));
+            if let Some(a) = hold.awaiting {
+                j.awaiting = a;
             }
-        } else if let (Some(budget), Some(_)) = (self.budget.as_mut(), job.cfg.connections) {
-            let views = job_views(&self.jobs);
-            let (alloc, changes) = budget.allocate(&views, Instant::now(), Some(name));
-            let grant = alloc.get(name).cloned();
-            let job = &self.jobs[name];
-            let tell = changes.tell;
-            match grant {
-                Some(g) if !g.waiting_budget && g.grant > 0 => {
-                    if let Err(e) = budget.write_quota(&job.cfg, g.grant) {
-                        warn!(job = name, "cannot write quota file: {e}");
-                    }
-                    extra_env = budget.env_for(&job.cfg, g.grant);
-                    quota = Some(g.grant);
-                }
-                other => {
-                    let shrinking = matches!(other.as_ref().and_then(|g| g.wait_reason.as_ref()), Some(WaitReason::ShrinkPending));
-                    if shrinking {
-                        // Freed as soon as a reading confirms the shrinks: ask for one now.
-                        if let Some(cmd) = &self.probe_cmd {
-                            let _ = cmd.send(ProbeCmd::UsageAt(Instant::now()));
-                        }
-                    }
-                    let why = other.and_then(|g| g.wait_reason).map(|r| r.to_string()).unwrap_or_else(|| "budget".into());
-                    let plan = budget.plan(Instant::now());
-                    let usable = plan.usable;
-                    let min = job.cfg.connections.map(|c| c.min).unwrap_or(0);
-                    // "0 of 0 usable" alone hides why: say what keeps the limit unknown.
-                    let unknown = match (plan.limit_source, &budget.status.error) {
-                        (crate::budget::plan::LimitSource::Unknown, Some(e)) => format!(" (limit unknown: {e})"),
-                        (crate::budget::plan::LimitSource::Unknown, None) => " (limit unknown)".to_string(),
-                        _ => String::new(),
-                    };
-                    self.deliver(tell);
-                    if let Some(j) = self.jobs.get_mut(name) {
-                        j.queued = shrinking;
-                    }
-                    return Input::Blocked {
-                        reason: format!("{why}: needs {min} connection(s), {} of {usable} usable are granted{unknown}", alloc.total),
-                    };
-                }
+            j.queued = hold.queued;
+        }
+    }
+
+    /// Admitted: write the quota file, spawn, register the pid and the output readers.
+    fn spawn(&mut self, name: &str, quota: Option<u32>, extra_env: Vec<(String, String)>) -> Input {
+        let format = self.config.supervisor.log_format;
+        if let (Some(q), Some(budget), Some(job)) = (quota, self.budget.as_mut(), self.jobs.get(name)) {
+            if let Err(e) = budget.write_quota(&job.cfg, q) {
+                warn!(job = name, "cannot write quota file: {e}");
             }
-            self.deliver(tell.into_iter().filter(|(j, _)| j != name).collect());
         }
         let Some(job) = self.jobs.get_mut(name) else {
             return Input::SpawnFailed { error: "the job is no longer in the config".into() };
         };
+        job.hold = None;
         let spec = spawn::SpawnSpec {
             command: &job.cfg.command,
             cwd: job.cfg.cwd.as_ref(),
@@ -839,11 +794,10 @@ impl Supervisor {
     // ----- shutdown -----
 
     fn begin_shutdown(&mut self, why: &str) {
-        if self.shutting_down {
+        if !self.shutdown.begin() {
             return;
         }
         info!("{why}: stopping all jobs");
-        self.shutting_down = true;
         self.notify.stopping();
         // Stop inputs signal every group at once, so jobs stop in parallel (dependents first).
         let names: Vec<String> = self.jobs.keys().cloned().collect();
@@ -851,7 +805,7 @@ impl Supervisor {
     }
 
     fn kill_all_now(&mut self) {
-        self.shutting_down = true;
+        self.shutdown.begin();
         let names: Vec<String> = self.jobs.keys().cloned().collect();
         for name in names {
             self.feed(&name, Input::Stop);
@@ -859,30 +813,12 @@ impl Supervisor {
         }
     }
 
-    fn finish_shutdown(&mut self) {
-        if init::is_pid1() {
-            let (reaped, killed) = init::final_sweep(Duration::from_secs(3));
-            info!(reaped, sigkill_needed = killed, "final sweep of the namespace done");
-        } else if self.config.supervisor.orphans == OrphanPolicy::Kill {
-            // Orphans adopted as subreaper would otherwise pass to init and live on.
-            let strays = Snapshot::take().stray_children(self.own_pid, &HashSet::new(), &HashSet::new());
-            if !strays.is_empty() {
-                let killed = init::terminate_pids(&strays, ORPHAN_GRACE);
-                info!(orphans = strays.len(), sigkill_needed = killed, "terminated adopted orphans before exit");
-            }
-        }
-        for reply in self.shutdown_waiters.drain(..) {
-            let _ = reply.send(Response::ok(Reply::Done { message: "all jobs stopped; supervisor exiting".into() }));
-        }
-        info!("all jobs stopped; exiting");
-    }
-
     // ----- control requests -----
 
     fn request(&mut self, req: Request, reply: oneshot::Sender<Response>) {
         match req {
             Request::Status { jobs } => {
-                let resp = match self.check_names(&jobs) {
+                let resp = match control::check_names(&self.jobs, &jobs) {
                     Ok(names) => Response::ok(Reply::Status(self.status(&names))),
                     Err(resp) => resp,
                 };
@@ -897,7 +833,7 @@ impl Supervisor {
             }
             Request::Logs { job, .. } => {
                 let resp = match job {
-                    Some(job) if !self.jobs.contains_key(&job) => unknown_job(&[job]),
+                    Some(job) if !self.jobs.contains_key(&job) => control::unknown_job(&[job]),
                     _ => Response::ok(Reply::Logs { lines: Vec::new() }),
                 };
                 let _ = reply.send(resp);
@@ -918,7 +854,7 @@ impl Supervisor {
             Request::Budget => {
                 let views = job_views(&self.jobs);
                 let report = self.budget.as_ref().map(|b| b.report(&views, Instant::now())).unwrap_or_default();
-                let _ = reply.send(Response::ok(Reply::Budget(report)));
+                let _ = reply.send(Response::ok(Reply::Budget(Box::new(report))));
             }
             Request::Reserve { name, count, ttl_s } if self.fleet_cmd.is_some() => {
                 let ttl = match ttl_s {
@@ -928,10 +864,12 @@ impl Supervisor {
                     }
                     t => t.map(|t| Duration::from_secs_f64(t.min(1e9))),
                 };
-                self.to_fleet(FleetCmd::Reserve { name, count, ttl, reply });
+                let then = self.sync_request();
+                self.to_fleet(FleetCmd::Reserve { name, count, ttl, reply, then });
             }
             Request::Release { name } if self.fleet_cmd.is_some() => {
-                self.to_fleet(FleetCmd::Release { name, reply });
+                let then = self.sync_request();
+                self.to_fleet(FleetCmd::Release { name, reply, then });
             }
             Request::Reserve { name, count, ttl_s } => {
                 let _ = reply.send(self.reserve(name, count, ttl_s));
@@ -964,7 +902,7 @@ impl Supervisor {
                 let _ = reply.send(Response::ok(Reply::History(self.history.to_json(now_wall()))));
             }
             Request::Shutdown => {
-                self.shutdown_waiters.push(reply);
+                self.shutdown.wait(reply);
                 self.begin_shutdown("shutdown requested");
             }
         }
@@ -980,7 +918,7 @@ impl Supervisor {
             return Response::err(ErrorKind::BadRequest, "signal needs job names or `all`");
         }
         let everyone = jobs.iter().any(|j| j == "all");
-        let names = match self.check_names(jobs) {
+        let names = match control::check_names(&self.jobs, jobs) {
             Ok(n) => n,
             Err(resp) => return resp,
         };
@@ -995,7 +933,7 @@ impl Supervisor {
                 None => failed.push(format!("{name}: not running ({})", self.jobs[name].m.state.as_str())),
             }
         }
-        let signalled: Vec<JobStatus> = names.iter().filter(|n| self.jobs[*n].m.pid.is_some()).filter_map(|n| self.job_status(n)).collect();
+        let signalled: Vec<JobStatus> = names.iter().filter(|n| self.jobs[*n].m.pid.is_some()).filter_map(|n| jobs::job_status(&self.jobs, self.budget.as_ref(), &self.logs, n)).collect();
         if !failed.is_empty() {
             Response::err_with(ErrorKind::Refused, format!("signal failed: {}", failed.join("; ")), Reply::Actions { jobs: signalled })
         } else if signalled.is_empty() {
@@ -1005,24 +943,8 @@ impl Supervisor {
         }
     }
 
-    /// No names or `all` means every job; unknown names are an error.
-    // The error is the reply itself, as in `protocol::decode_request`: boxing it buys nothing.
-    #[allow(clippy::result_large_err)]
-    fn check_names(&self, jobs: &[String]) -> Result<Vec<String>, Response> {
-        if jobs.is_empty() || jobs.iter().any(|j| j == "all") {
-            return Ok(self.jobs.keys().cloned().collect());
-        }
-        let jobs = self.expand_instances(jobs);
-        let unknown: Vec<String> = jobs.iter().filter(|j| !self.jobs.contains_key(*j)).cloned().collect();
-        if unknown.is_empty() {
-            Ok(jobs)
-        } else {
-            Err(unknown_job(&unknown))
-        }
-    }
-
     fn verb(&mut self, jobs: Vec<String>, reply: oneshot::Sender<Response>, verb: &'static str) {
-        if self.shutting_down {
+        if self.shutdown.requested {
             let _ = reply.send(Response::err(ErrorKind::ShuttingDown, "supervisor is shutting down"));
             return;
         }
@@ -1030,7 +952,7 @@ impl Supervisor {
             let _ = reply.send(Response::err(ErrorKind::BadRequest, format!("{verb} needs job names or `all`")));
             return;
         }
-        let names = match self.check_names(&jobs) {
+        let names = match control::check_names(&self.jobs, &jobs) {
             Ok(n) => n,
             Err(resp) => {
                 let _ = reply.send(resp);
@@ -1045,71 +967,18 @@ impl Supervisor {
         }
         for name in names.iter().filter(|_| verb != "stop") {
             self.history.event(now_wall(), Kind::Control, Some(name), format!("{verb} requested"));
-            let input = match verb {
-                "start" => {
-                    if let Some(j) = self.jobs.get_mut(name) {
-                        j.check_duplicates = true;
-                    }
-                    Input::Start
-                }
-                "stop" => Input::Stop,
-                _ => {
-                    if let Some(j) = self.jobs.get_mut(name) {
-                        j.check_duplicates = true;
-                    }
-                    Input::Restart
-                }
-            };
+            let (input, check_duplicates) = control::verb_input(verb);
+            if let Some(j) = self.jobs.get_mut(name).filter(|_| check_duplicates) {
+                j.check_duplicates = true;
+            }
             self.feed(name, input);
         }
-        self.waiters.push(Waiter { what: WaitFor::Settled(names), reply, verb, since: Instant::now() });
-    }
-
-    /// Answer verbs whose jobs have settled (no longer stopping).
-    fn settle_waiters(&mut self) {
-        let mut i = 0;
-        while i < self.waiters.len() {
-            let WaitFor::Settled(names) = &self.waiters[i].what;
-            let patient = self.waiters[i].verb != "stop" && self.waiters[i].since.elapsed() < QUEUED_START_WAIT;
-            let pending = names.iter().any(|n| {
-                self.deps.stop_pending.contains(n) || self.jobs.get(n).is_some_and(|j| {
-                    j.m.state == State::Stopping
-                        || (j.m.state == State::Waiting && (j.awaiting != Awaiting::Nothing || (j.queued && patient)))
-                })
-            });
-            if pending {
-                i += 1;
-                continue;
-            }
-            let w = self.waiters.swap_remove(i);
-            let WaitFor::Settled(names) = w.what;
-            let statuses: Vec<JobStatus> = names.iter().filter_map(|n| self.job_status(n)).collect();
-            // Queued behind connections being given back is not a failure: it starts by itself.
-            let queued = |name: &str| self.jobs.get(name).is_some_and(|j| j.m.state == State::Waiting && j.queued);
-            let failed: Vec<String> = statuses
-                .iter()
-                .filter(|s| match w.verb {
-                    "stop" => !matches!(s.state.as_str(), "stopped" | "exited" | "fatal"),
-                    _ => matches!(s.state.as_str(), "fatal" | "waiting" | "backoff") && !queued(&s.name),
-                })
-                .map(|s| format!("{}: {}{}", s.name, s.state, s.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default()))
-                .collect();
-            let resp = if failed.is_empty() {
-                Response::ok(Reply::Actions { jobs: statuses })
-            } else {
-                Response::err_with(
-                    ErrorKind::Refused,
-                    format!("{} failed: {}", w.verb, failed.join("; ")),
-                    Reply::Actions { jobs: statuses },
-                )
-            };
-            let _ = w.reply.send(resp);
-        }
+        self.waiters.wait(names, reply, verb, Instant::now());
     }
 
     fn status(&self, names: &[String]) -> StatusReport {
         StatusReport {
-            jobs: names.iter().filter_map(|n| self.job_status(n)).collect(),
+            jobs: names.iter().filter_map(|n| jobs::job_status(&self.jobs, self.budget.as_ref(), &self.logs, n)).collect(),
             config_error: self.config_error.clone(),
             supervisor: SupervisorInfo {
                 pid: std::process::id(),
@@ -1124,75 +993,19 @@ impl Supervisor {
         }
     }
 
-    fn job_status(&self, name: &str) -> Option<JobStatus> {
-        let j = self.jobs.get(name)?;
-        let live = j.m.state.is_live() && j.m.pid.is_some();
-        Some(JobStatus {
-            name: name.to_string(),
-            state: j.m.state.as_str().to_string(),
-            pid: j.m.pid,
-            uptime_s: if live { j.started_at.map(|t| (t.elapsed().as_secs_f64() * 10.0).round() / 10.0) } else { None },
-            restarts: j.m.restarts,
-            last_exit: j.m.last_exit.map(|e| match e {
-                Exit::Code(c) => ExitInfo { code: Some(c), signal: None },
-                Exit::Signal(s) => ExitInfo { code: None, signal: Some(s) },
-            }),
-            quota: self.budget.as_ref().filter(|_| j.cfg.connections.is_some() && j.m.state.wants_to_run()).and_then(|b| b.jobs.get(name)).map(|b| b.grant),
-            connections: self.budget.as_ref().filter(|_| j.cfg.connections.is_some()).and_then(|b| b.jobs.get(name)).and_then(|b| b.live),
-            reason: match j.m.state {
-                State::Fatal | State::Waiting | State::Backoff => j.m.reason.clone(),
-                State::Stopping if j.m.forced.is_some() => j.m.reason.clone(),
-                _ => None,
-            },
-            output_dropped: self.logs.dropped(name),
-            ready: j.m.ready,
-            restart_reason: j.m.cause.map(|c| c.as_str().to_string()),
-            rss_bytes: self.watchdog.rss(name, j.m.pid),
-        })
-    }
-
     // ----- reload (SPEC §8) -----
 
     /// Ask for the config file to be read again; `apply` unless only dry runs ask.
     fn ask_reload(&mut self, apply: bool, reply: Option<(oneshot::Sender<Response>, bool)>) {
-        let slot = if self.reloads.current.is_some() { &mut self.reloads.next } else { &mut self.reloads.current };
-        let ask = slot.get_or_insert_with(ReloadAsk::default);
-        ask.apply |= apply;
-        ask.replies.extend(reply);
-        if self.reloads.next.is_none() {
-            self.start_load();
-        }
-    }
-
-    /// Read and validate the file on a thread; the result comes back as `ConfigLoaded`.
-    /// A reload is framed for systemd by RELOADING=1 and READY=1 (also when the new file is
-    /// rejected: the old config keeps running, so we are ready).
-    fn start_load(&mut self) {
-        if self.reloads.current.as_ref().is_some_and(|a| a.apply) {
-            self.notify.reloading();
-        }
-        let (path, tx) = (self.config.path.clone(), self.tx.clone());
-        let spawned = std::thread::Builder::new()
-            .name("corral-reload".into())
-            // The parser's own limits keep it far below this; a thread's default is 2 MiB.
-            .stack_size(16 << 20)
-            .spawn(move || {
-                let _ = tx.send(Event::ConfigLoaded(Box::new(config::load_settled(&path))));
-            });
-        if let Err(e) = spawned {
-            error!("cannot start a thread to read the config: {e}");
-            let message = format!("cannot reload now (no thread to read the config: {e}); try again");
-            for (reply, _) in self.reloads.current.take().map(|a| a.replies).unwrap_or_default() {
-                let _ = reply.send(Response::err(ErrorKind::Refused, message.clone()));
-            }
-            self.notify.ready();
+        if self.reloads.ask(apply, reply) {
+            self.reloads.start(self.config.path.clone(), self.tx.clone(), &self.notify);
         }
     }
 
     fn config_loaded(&mut self, result: Result<Config, config::ConfigErrors>) {
-        let ask = self.reloads.current.take().unwrap_or_default();
+        let ask = self.reloads.finished();
         let (dry_plan, resp) = match result {
-            _ if self.shutting_down => (None, Response::err(ErrorKind::ShuttingDown, "supervisor is shutting down")),
+            _ if self.shutdown.requested => (None, Response::err(ErrorKind::ShuttingDown, "supervisor is shutting down")),
             Err(errs) => {
                 let text = errs.to_string();
                 if ask.apply {
@@ -1203,8 +1016,8 @@ impl Supervisor {
                 (None, Response::err(ErrorKind::Config, text))
             }
             Ok(new) => {
-                let plan = serde_json::to_value(config::diff(&self.config, &new)).unwrap_or_default();
-                let dry = Response::ok(Reply::Reload(ReloadReport { applied: false, plan: plan.clone() }));
+                let plan = config::diff(&self.config, &new);
+                let dry = Response::ok(Reply::Reload(ReloadReport { applied: false, plan }));
                 if ask.apply {
                     (Some(dry), self.apply_reload(new))
                 } else {
@@ -1212,50 +1025,28 @@ impl Supervisor {
                 }
             }
         };
-        trim_heap();
-        for (reply, dry_run) in ask.replies {
-            let answer = match (&dry_plan, dry_run) {
-                (Some(dry), true) => dry.clone(),
-                _ => resp.clone(),
-            };
-            let _ = reply.send(answer);
-        }
-        if ask.apply && !self.shutting_down {
+        reload::trim_heap();
+        let applied = ask.apply;
+        ask.answer(dry_plan.as_ref(), &resp);
+        if applied && !self.shutdown.requested {
             self.notify.ready();
             self.notify.state_changed();
         }
-        if let Some(next) = self.reloads.next.take() {
-            self.reloads.current = Some(next);
-            self.start_load();
+        if self.reloads.promote_next() {
+            self.reloads.start(self.config.path.clone(), self.tx.clone(), &self.notify);
         }
     }
 
     /// Apply a validated config as a diff (SPEC §8).
     fn apply_reload(&mut self, new: Config) -> Response {
         let plan = config::diff(&self.config, &new);
-        let plan_json = serde_json::to_value(&plan).unwrap_or_default();
         self.config_error = None;
         for item in &plan.needs_restart {
             warn!("config change needs a restart of corral to take effect: {item}");
         }
         self.config = new;
         match (self.budget.as_mut(), self.config.database.clone()) {
-            (Some(b), Some(db)) => {
-                // The probe task keeps its connection and timers from startup.
-                if b.db.url != db.url
-                    || b.db.pooler_admin_url != db.pooler_admin_url
-                    || b.db.health_interval != db.health_interval
-                    || b.db.health_timeout != db.health_timeout
-                    || b.cfg.rebalance_interval != self.config.budget.rebalance_interval
-                    || b.cfg.service != self.config.budget.service
-                    || b.cfg.scope != self.config.budget.scope
-                {
-                    warn!("changes to [database] url, pooler_admin_url, health_interval, health_timeout or [budget] scope, service, rebalance_interval take effect after a restart of corral");
-                }
-                b.db = db;
-                b.cfg = self.config.budget.clone();
-                b.quota_dir_shared = self.config.jobs.values().any(|j| j.user.is_some());
-            }
+            (Some(b), Some(db)) => b.reconfigure(db, self.config.budget.clone(), self.config.jobs.values().any(|j| j.user.is_some())),
             (None, None) => {}
             _ => warn!("adding or removing [database] takes effect after a restart of corral"),
         }
@@ -1302,7 +1093,7 @@ impl Supervisor {
         );
         let summary = format!("config reloaded: {} added, {} removed, {} restarted, {} updated", plan.added.len(), plan.removed.len(), plan.restart.len(), plan.update.len());
         self.history.event(now_wall(), Kind::Reload, None, summary);
-        Response::ok(Reply::Reload(ReloadReport { applied: true, plan: plan_json }))
+        Response::ok(Reply::Reload(ReloadReport { applied: true, plan }))
     }
 }
 
@@ -1314,118 +1105,34 @@ impl Supervisor {
             j.awaiting = Awaiting::Nothing;
         }
         let Some(budget) = self.budget.as_mut() else { return };
-        let now = Instant::now();
-        let history = &mut self.history;
-        match (&report.health, &report.usage) {
-            (Some(Ok((h, _))), _) => history.reading(now_wall(), Reading::Health, Some(h.latency_ms())),
-            (Some(Err(_)), _) | (None, Err(_)) => history.reading(now_wall(), Reading::Usage, None),
-            (None, Ok(_)) => history.reading(now_wall(), Reading::Usage, Some(report.started.elapsed().as_secs_f64() * 1000.0)),
-        }
-        match report.pooler {
-            Some(Ok(reading)) => {
-                if budget.pooler.as_ref().is_none_or(|r| (r.mode, r.pool_size, r.max_client_conn) != (reading.mode, reading.pool_size, reading.max_client_conn)) {
-                    info!(mode = reading.mode.as_str(), pool_size = reading.pool_size, max_client_conn = reading.max_client_conn, "PgBouncer admin console read");
-                }
-                budget.pooler = Some(reading);
-                budget.pooler_error = None;
+        // The jobs whose connections a reading judges: with `connections`, a process live.
+        let observed: Vec<Observed<'_>> = self
+            .jobs
+            .iter()
+            .filter(|(_, j)| j.cfg.connections.is_some() && j.m.state.is_live())
+            .map(|(name, j)| Observed { name, stopping: j.m.state == State::Stopping })
+            .collect();
+        let over = budget.apply_reading(report, &observed, &mut self.history, Instant::now());
+        // Through a pooler the server's backends are the pooler's: there `terminate` only warns.
+        if let Some(probe) = self.probe.clone() {
+            for t in over {
+                let probe = probe.clone();
+                // The db future is not Send; the daemon runs on a LocalSet.
+                tokio::task::spawn_local(async move {
+                    match probe.terminate_newest_idle(&t.application_name, t.keep, t.timeout).await {
+                        Ok(pids) if !pids.is_empty() => warn!(job = %t.job, ?pids, "terminated connections over quota"),
+                        Ok(_) => {}
+                        Err(e) => warn!(job = %t.job, "cannot terminate connections over quota: {e}"),
+                    }
+                });
             }
-            Some(Err(e)) => {
-                if budget.pooler_error.is_none() {
-                    warn!("cannot read the PgBouncer admin console: {e}");
-                }
-                budget.pooler_error = Some(e);
-            }
-            None => {}
-        }
-        if report.health.as_ref().is_some_and(|h| h.is_ok()) {
-            budget.status.tls = report.tls.clone();
-        }
-        if let Some(h) = &report.health {
-            match h {
-                Ok((health, limits)) => {
-                    if budget.status.healthy != Some(true) {
-                        history.event(now_wall(), Kind::DatabaseUp, None, format!("database healthy ({:.1} ms)", health.latency_ms()));
-                        let tls = report.tls.as_ref().map_or_else(|| "none".to_string(), |t| t.describe());
-                        info!(latency_ms = format!("{:.1}", health.latency_ms()), max_connections = limits.max_connections, tls = %tls, "database healthy");
-                    }
-                    if let Some(preset) = budget.db.preset.as_deref().and_then(config::preset_limit) {
-                        if preset != limits.max_connections && budget.limits.is_none() {
-                            warn!(preset, server = limits.max_connections, "preset disagrees with the server's max_connections; using the server's");
-                        }
-                    }
-                    budget.limits = Some(*limits);
-                    budget.status.healthy = Some(true);
-                    budget.status.latency_ms = Some(health.latency_ms());
-                    budget.status.error = None;
-                    budget.status.consecutive_failures = 0;
-                }
-                Err(e) => {
-                    budget.status.consecutive_failures += 1;
-                    // Only the first failure of a streak is an error; jobs are never touched.
-                    if budget.status.healthy != Some(false) {
-                        history.event(now_wall(), Kind::DatabaseDown, None, format!("database health check failed: {e}"));
-                        error!("database health check failed (jobs keep running): {e}");
-                    } else {
-                        warn!(failures = budget.status.consecutive_failures, "database still unreachable: {e}");
-                    }
-                    budget.status.healthy = Some(false);
-                    budget.status.error = Some(e.clone());
-                }
-            }
-            budget.status.checked_at = Some(std::time::SystemTime::now());
-        }
-        if let Ok(usage) = report.usage {
-            let service = budget.cfg.service.clone();
-            for (name, job) in &self.jobs {
-                if !budget.jobs.contains_key(name) {
-                    continue;
-                }
-                if job.cfg.connections.is_none() || !job.m.state.is_live() {
-                    continue;
-                }
-                let live = usage.job(&service, name);
-                let quota = budget.quota_of_application(name);
-                // A job told a lower quota gets one rebalance_interval to close what it gave back
-                // (readings now come sooner than that; they must not count it as over quota).
-                let shrinking = budget.jobs.get(name).and_then(|b| b.told_at).is_some_and(|t| now.duration_since(t) < budget.cfg.rebalance_interval);
-                // A stopping job's connections are on their way out (its quota is already 0).
-                let stopping = job.m.state == State::Stopping;
-                if budget.db.enforce != Enforce::Off && !shrinking && !stopping {
-                    history.usage(now_wall(), name, live, quota);
-                }
-                if live > quota && !shrinking && !stopping && budget.db.enforce != Enforce::Off {
-                    warn!(job = %name, live, quota, "job uses more connections than its quota");
-                    // Through a pooler the server's backends are the pooler's: terminating them
-                    // would cut other clients. There `terminate` only warns.
-                    if budget.db.enforce == Enforce::Terminate && crate::budget::pooler_limit(&budget.db, budget.pooler.as_ref()).is_none() {
-                        if let Some(probe) = self.probe.clone() {
-                            let app = crate::budget::env::application_name(&service, name);
-                            let (keep, timeout, job) = (quota, budget.db.health_timeout, name.clone());
-                            // The db future is not Send; the daemon runs on a LocalSet.
-                            tokio::task::spawn_local(async move {
-                                match probe.terminate_newest_idle(&app, keep, timeout).await {
-                                    Ok(pids) if !pids.is_empty() => warn!(job = %job, ?pids, "terminated connections over quota"),
-                                    Ok(_) => {}
-                                    Err(e) => warn!(job = %job, "cannot terminate connections over quota: {e}"),
-                                }
-                            });
-                        }
-                    }
-                }
-                for g in usage.groups.iter().filter(|g| matches!(&g.attribution, db::Attribution::Job { service: s, job } if *s == service && job == name)) {
-                    if g.state == db::BackendState::IdleInTransaction && g.max_idle_secs.unwrap_or(0.0) > 60.0 {
-                        warn!(job = %name, sessions = g.count, idle_s = g.max_idle_secs, "sessions stuck idle in transaction");
-                    }
-                }
-            }
-            budget.observe(usage, now, report.started);
         }
         self.rebalance();
         // A database that came back may unblock jobs waiting for the budget.
         let waiting: Vec<String> = self
             .jobs
             .iter()
-            .filter(|(_, j)| j.m.state == State::Waiting && j.m.reason.as_deref().is_some_and(|r| r.starts_with("budget")))
+            .filter(|(_, j)| j.m.state == State::Waiting && j.hold.as_ref().is_some_and(WaitReason::is_budget))
             .map(|(n, _)| n.clone())
             .collect();
         for name in waiting {
@@ -1519,30 +1226,13 @@ impl Supervisor {
         let Some(budget) = self.budget.as_mut() else {
             return Response::err(ErrorKind::NoDatabase, "no [database] configured");
         };
-        let now = Instant::now();
-        let expires = match ttl_s {
-            Some(t) if !(t.is_finite() && t > 0.0) => return Response::err(ErrorKind::BadRequest, "ttl must be positive"),
-            Some(t) => Some(now + Duration::from_secs_f64(t.min(1e9))),
-            None => None,
+        let ttl = match budget.reserve(&name, count, ttl_s, Instant::now()) {
+            Ok(ttl) => ttl,
+            Err(resp) => return resp,
         };
-        // A reservation must fit beside what is already granted: never over-commit.
-        let previous = budget.reservations.remove(&name);
-        let plan = budget.plan(now);
-        let occupied: u32 = budget.jobs.values().map(|b| b.process.map(|p| p.held.max(p.told)).unwrap_or(0)).sum();
-        let free = plan.usable.saturating_sub(occupied);
-        if count > free {
-            if let Some(p) = previous {
-                budget.reservations.insert(name.clone(), p);
-            }
-            return Response::err(
-                ErrorKind::Refused,
-                format!("cannot reserve {count}: only {free} of {} usable connections are not held by jobs", plan.usable),
-            );
-        }
-        budget.reservations.insert(name.clone(), super::budget::Reservation { count, expires });
         info!(reservation = %name, count, ttl_s, "reservation added");
-        if let Some(t) = ttl_s {
-            self.after(Duration::from_secs_f64(t.min(1e9)), Event::SweepBudget);
+        if let Some(t) = ttl {
+            self.after(t, Event::SweepBudget);
         }
         self.rebalance();
         Response::ok(Reply::Done { message: format!("reserved {count} connection(s) as {name}") })
@@ -1566,10 +1256,28 @@ impl Supervisor {
         }
     }
 
-    fn request_sync(&self) {
-        if let Some(c) = &self.fleet_cmd {
-            let _ = c.send(FleetCmd::SyncNow);
+    /// A fleet sync is wanted: now, after the spacing, or right after the one in flight.
+    fn request_sync(&mut self) {
+        if self.fleet_cmd.is_none() {
+            return;
         }
+        match self.fleet_schedule.want(Instant::now()) {
+            super::fleet::Next::SendNow => {
+                let req = self.sync_request();
+                self.to_fleet(FleetCmd::Sync(req));
+            }
+            super::fleet::Next::After(delay, epoch) => self.after(delay, Event::FleetDue { epoch }),
+            super::fleet::Next::Later => {}
+        }
+    }
+
+    /// The request a sync pushed now carries; remembers what it reports of our jobs.
+    fn sync_request(&mut self) -> Box<SyncRequest> {
+        if let Some(b) = &self.budget {
+            self.fleet_reported = b.reading_signature(&job_views(&self.jobs), Instant::now());
+        }
+        self.fleet_schedule.sent();
+        Box::new(self.fleet_request())
     }
 
     fn to_fleet(&self, cmd: FleetCmd) {
@@ -1581,53 +1289,23 @@ impl Supervisor {
         }
     }
 
-    /// May `name` start now, and with which quota? Only with what the fleet granted it, and
-    /// for a single-instance job only while this corral holds its fleet-wide lock.
-    fn fleet_admit(&mut self, name: &str) -> Result<Option<u32>, String> {
-        let now = Instant::now();
-        let service = self.config.budget.service.clone();
-        // Only called in fleet scope, which has both; anything else holds the job back.
-        let (Some(budget), Some(job)) = (self.budget.as_ref(), self.jobs.get(name)) else {
-            return Err("budget: no fleet budget".into());
-        };
-        let Some(f) = budget.fleet.as_ref() else { return Err("budget: no fleet budget".into()) };
-        let hold_for = budget.fleet_hold();
-        let failing = f.last_error.as_ref().map(|e| format!(" (fleet coordination failing: {e})")).unwrap_or_default();
-        if job.cfg.single_instance && !f.holds(name, hold_for, now) {
-            let (reason, unanswered) = match f.locks.get(name) {
-                Some(LockOutcome::Waiting(r)) => (r.clone(), false),
-                _ => (format!("lock: waiting for the fleet-wide lock of {service}/{name}{failing}"), true),
-            };
-            return Err(self.fleet_hold_back(name, reason, unanswered));
+    fn on_fleet(&mut self, report: FleetReport) {
+        // From the request to the answer, lock waits included (bench/fleet.py reads it).
+        debug!(ms = format!("{:.2}", report.started.elapsed().as_secs_f64() * 1000.0), ok = report.result.is_ok(), "fleet sync");
+        let (next, epoch, wanted) = self.fleet_schedule.done(report.result.is_ok(), self.config.budget.rebalance_interval, Instant::now());
+        if let Err(e) = &report.result {
+            if self.fleet_schedule.failures() == 1 {
+                warn!("fleet sync failed (jobs keep their grants, none are raised): {e}");
+            }
         }
-        let Some(conn) = job.cfg.connections else { return Ok(None) };
-        let b = budget.jobs.get(name).cloned().unwrap_or_default();
-        if b.grant > 0 && b.waiting.is_none() {
-            return Ok(Some(b.grant));
-        }
-        let (reason, unanswered) = match &b.waiting {
-            Some(w) => (format!("{w}: needs {} connection(s), the fleet has {} usable", conn.min, f.plan.as_ref().map_or(0, |p| p.usable)), false),
-            None => (format!("budget: waiting for a grant from the fleet (needs {}){failing}", conn.min), true),
-        };
-        Err(self.fleet_hold_back(name, reason, unanswered))
-    }
-
-    /// A job held back for the fleet. Ask for a sync only when the fleet has not answered for
-    /// it yet; otherwise the regular sync retries (a waiting job would make its corral sync
-    /// non-stop). Returns the reason.
-    fn fleet_hold_back(&mut self, name: &str, reason: String, unanswered: bool) -> String {
-        if unanswered {
+        self.after(next, Event::FleetDue { epoch });
+        self.apply_fleet_report(report);
+        if wanted {
             self.request_sync();
         }
-        if let Some(j) = self.jobs.get_mut(name) {
-            j.awaiting = if unanswered { Awaiting::FleetSync } else { Awaiting::Nothing };
-        }
-        reason
     }
 
-    fn on_fleet(&mut self, report: FleetReport) {
-        // From the snapshot to the answer, lock waits included (bench/fleet.py reads it).
-        debug!(ms = format!("{:.2}", report.started.elapsed().as_secs_f64() * 1000.0), ok = report.result.is_ok(), "fleet sync");
+    fn apply_fleet_report(&mut self, report: FleetReport) {
         // Whatever the answer, it is the answer `start` waited for.
         for j in self.jobs.values_mut().filter(|j| j.awaiting == Awaiting::FleetSync) {
             j.awaiting = Awaiting::Nothing;
@@ -1660,7 +1338,7 @@ impl Supervisor {
                     .jobs
                     .iter()
                     .filter(|(_, j)| j.m.state == State::Waiting)
-                    .filter(|(_, j)| j.m.reason.as_deref().is_some_and(|r| r.starts_with("budget") || r.starts_with("lock: ")))
+                    .filter(|(_, j)| j.hold.as_ref().is_some_and(|h| h.is_budget() || h.is_lock()))
                     .map(|(n, _)| n.clone())
                     .collect();
                 for name in waiting {
@@ -1697,35 +1375,28 @@ impl Supervisor {
         }
     }
 
-    fn health(&self) -> Response {
-        let (healthy, database, message) = match &self.budget {
-            None => (true, None, "supervisor running; no database configured".to_string()),
-            Some(b) => {
-                let fleet_error = b.fleet.as_ref().and_then(|f| f.last_error.clone());
-                let ok = b.status.healthy == Some(true) && fleet_error.is_none();
-                let msg = match (&b.status.error, b.status.latency_ms) {
-                    (Some(e), _) => format!("database unhealthy: {e}"),
-                    (None, _) if fleet_error.is_some() => {
-                        format!("fleet coordination failing: {}", fleet_error.clone().unwrap_or_default())
-                    }
-                    (None, Some(l)) => format!("supervisor running; database healthy ({l:.1} ms)"),
-                    (None, None) if b.offline() => "supervisor running; no database url (budget planned offline)".to_string(),
-                    (None, None) => "database not checked yet".to_string(),
-                };
-                (ok || (b.offline() && fleet_error.is_none()), Some(b.db_json()), msg)
-            }
+    fn snapshot(&self, history: bool) -> super::ask::Snapshot {
+        let names: Vec<String> = self.jobs.keys().cloned().collect();
+        let views = job_views(&self.jobs);
+        let health = match self.health() {
+            Response { result: Some(Reply::Health(h)), .. } => h,
+            _ => HealthReport { healthy: false, supervisor: !self.shutdown.requested, database: None, message: String::new() },
         };
-        Response::ok(Reply::Health(HealthReport { healthy, supervisor: !self.shutting_down, database, message }))
+        super::ask::Snapshot {
+            status: self.status(&names),
+            budget: self.budget.as_ref().map(|b| b.report(&views, Instant::now())),
+            health,
+            history: history.then(|| self.history.to_json(now_wall())),
+        }
     }
-}
 
-/// Give back to the system what a big manifest's parse used: glibc keeps freed memory (and
-/// the reload thread's arena) cached, which would show as RSS kept after every large reload.
-fn trim_heap() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only releases free memory; it has no preconditions.
-    unsafe {
-        libc::malloc_trim(0);
+    fn health(&self) -> Response {
+        let supervisor = !self.shutdown.requested;
+        let report = match &self.budget {
+            None => HealthReport { healthy: true, supervisor, database: None, message: "supervisor running; no database configured".into() },
+            Some(b) => b.health(supervisor),
+        };
+        Response::ok(Reply::Health(report))
     }
 }
 
@@ -1733,36 +1404,3 @@ fn now_wall() -> std::time::SystemTime {
     std::time::SystemTime::now()
 }
 
-fn job_views(jobs: &BTreeMap<String, JobRt>) -> Vec<JobView<'_>> {
-    jobs.values()
-        .map(|j| JobView {
-            cfg: &j.cfg,
-            wants_to_run: (j.m.state.wants_to_run() || j.start_pending) && !j.removed,
-            live: j.m.pid.is_some(),
-        })
-        .collect()
-}
-
-impl JobRt {
-    fn new(cfg: JobConfig) -> JobRt {
-        JobRt {
-            policy: Policy::from(&cfg),
-            cfg,
-            m: Job::default(),
-            lock: None,
-            started_at: None,
-            removed: false,
-            check_duplicates: true,
-            dup_termed: HashSet::new(),
-            last_wait_logged: None,
-            start_pending: false,
-            awaiting: Awaiting::Nothing,
-            queued: false,
-            signal_due: None,
-        }
-    }
-}
-
-fn unknown_job(names: &[String]) -> Response {
-    Response::err(ErrorKind::UnknownJob, format!("no such job: {}", names.join(", ")))
-}

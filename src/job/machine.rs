@@ -13,7 +13,9 @@ use nix::sys::signal::Signal;
 use super::backoff;
 use crate::config::{Backoff, JobConfig, RestartPolicy};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// A job's state (SPEC §4). The serde names are the stable names of `status --json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum State {
     Stopped,
     Starting,
@@ -48,6 +50,11 @@ impl State {
             State::Fatal => "fatal",
             State::Waiting => "waiting",
         }
+    }
+
+    /// The state named `name` (as `as_str` writes it).
+    pub fn parse(name: &str) -> Option<State> {
+        State::ALL.into_iter().find(|s| s.as_str() == name)
     }
 
     /// A process exists (or is about to) for this job.

@@ -47,6 +47,21 @@ pub fn resolve<'a>(name: &str, bases: &'a BTreeMap<String, Option<String>>) -> V
     bases.iter().filter(|(_, b)| b.as_deref() == Some(name)).map(|(k, _)| k.as_str()).collect()
 }
 
+/// Names as a verb got them, with `NAME` of a job with `instances` replaced by all of its
+/// instances (`NAME.i` and plain job names stay as they are).
+pub fn expand_instances(names: &[String], bases: &BTreeMap<String, Option<String>>) -> Vec<String> {
+    let mut out = Vec::new();
+    for n in names {
+        let targets = resolve(n, bases);
+        if targets.is_empty() {
+            out.push(n.clone());
+        } else {
+            out.extend(targets.into_iter().map(str::to_string));
+        }
+    }
+    out
+}
+
 /// The first dependency of `deps` whose condition does not hold, as the waiting reason
 /// (`dependency <name> (...)`), or None when the job may start.
 pub fn hold(deps: &BTreeMap<String, Condition>, bases: &BTreeMap<String, Option<String>>, view: &dyn Fn(&str) -> Option<View>) -> Option<String> {
@@ -196,6 +211,8 @@ mod tests {
         assert_eq!(resolve("web.1", &b), vec!["web.1"]);
         assert_eq!(resolve("api", &b), vec!["api"]);
         assert!(resolve("nope", &b).is_empty());
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(expand_instances(&names(&["web", "api", "nope", "web.1"]), &b), names(&["web.0", "web.1", "api", "nope", "web.1"]));
     }
 
     #[test]

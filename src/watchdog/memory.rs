@@ -31,7 +31,8 @@ pub struct Sample {
     pub processes: u32,
 }
 
-/// Shared between the actor (which registers runs and reads samples) and the sampler.
+/// The runs to measure, shared between the actor (which registers and drops runs) and the
+/// sampler. Samples go back to the actor as messages; it keeps them and decides.
 #[derive(Clone, Default)]
 pub struct Memory {
     inner: Arc<Mutex<Inner>>,
@@ -40,8 +41,7 @@ pub struct Memory {
 #[derive(Default)]
 struct Inner {
     tracked: BTreeMap<String, Tracked>,
-    samples: HashMap<String, Sample>,
-    /// Walks done and their total time (for `/metrics` and the cost figures).
+    /// Walks done and their total time (the cost figures).
     walks: u64,
     walk_time: Duration,
 }
@@ -50,18 +50,10 @@ impl Memory {
     pub fn track(&self, job: &str, pid: i32, max: Option<u64>) {
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         g.tracked.insert(job.to_string(), Tracked { pid, max });
-        g.samples.remove(job);
     }
 
     pub fn untrack(&self, job: &str) {
-        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        g.tracked.remove(job);
-        g.samples.remove(job);
-    }
-
-    /// The last sample of `job`'s current run.
-    pub fn sample(&self, job: &str) -> Option<Sample> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).samples.get(job).copied()
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).tracked.remove(job);
     }
 
     pub fn walks(&self) -> (u64, Duration) {
@@ -69,22 +61,18 @@ impl Memory {
         (g.walks, g.walk_time)
     }
 
-    fn wanted(&self) -> bool {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).tracked.values().any(|t| t.max.is_some())
-    }
-
-    /// Sample every `interval` while some job has a limit; `over(job, pid, sample, max)` is
-    /// called for each tree above its limit.
-    pub async fn run(self, interval: Duration, over: Rc<dyn Fn(String, i32, Sample, u64)>) {
+    /// Sample every `interval` while some job has a limit; `report` gets every tracked run's
+    /// sample of one walk.
+    pub async fn run(self, interval: Duration, report: Rc<dyn Fn(Vec<(String, Sample)>)>) {
         let mut delay = interval;
         loop {
             tokio::time::sleep(delay).await;
-            if !self.wanted() {
-                delay = interval;
-                continue;
-            }
             let tracked: Vec<(String, Tracked)> = {
                 let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+                if !g.tracked.values().any(|t| t.max.is_some()) {
+                    delay = interval;
+                    continue;
+                }
                 g.tracked.iter().map(|(k, v)| (k.clone(), *v)).collect()
             };
             let started = Instant::now();
@@ -93,26 +81,13 @@ impl Memory {
             let took = started.elapsed();
             // At most 2% of a core: a walk of 5 ms allows one every 250 ms.
             delay = interval.max(took * 50);
-            let mut overs = Vec::new();
             {
                 let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
                 g.walks += 1;
                 g.walk_time += took;
-                for ((job, t), sample) in tracked.iter().zip(trees) {
-                    // Registered again (a new run) while we walked: that run is not measured yet.
-                    if g.tracked.get(job).map(|x| x.pid) != Some(t.pid) {
-                        continue;
-                    }
-                    let s = Sample { pid: t.pid, rss: sample.0, processes: sample.1 };
-                    g.samples.insert(job.clone(), s);
-                    if let Some(max) = t.max.filter(|m| s.rss > *m) {
-                        overs.push((job.clone(), t.pid, s, max));
-                    }
-                }
             }
-            for (job, pid, s, max) in overs {
-                over(job, pid, s, max);
-            }
+            let samples = tracked.into_iter().zip(trees).map(|((job, t), (rss, processes))| (job, Sample { pid: t.pid, rss, processes })).collect();
+            report(samples);
         }
     }
 }

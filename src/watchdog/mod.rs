@@ -91,10 +91,10 @@ impl Watchdog {
     }
 
     /// Start the memory sampler once (it idles while no job has a limit).
-    pub fn ensure_sampler(&mut self, over: Rc<dyn Fn(String, i32, memory::Sample, u64)>) {
+    pub fn ensure_sampler(&mut self, report: Rc<dyn Fn(Vec<(String, memory::Sample)>)>) {
         if !self.sampler {
             self.sampler = true;
-            tokio::task::spawn_local(self.memory.clone().run(MEMORY_INTERVAL, over));
+            tokio::task::spawn_local(self.memory.clone().run(MEMORY_INTERVAL, report));
         }
     }
 
@@ -118,9 +118,5 @@ impl Watchdog {
     /// The liveness probe of `job`'s current run is not failing.
     pub fn alive(&self, job: &str) -> bool {
         self.runs.get(job).is_none_or(|r| !r.failing)
-    }
-
-    pub fn rss(&self, job: &str, pid: Option<i32>) -> Option<u64> {
-        self.memory.sample(job).filter(|s| Some(s.pid) == pid).map(|s| s.rss)
     }
 }

@@ -16,7 +16,8 @@ use crate::config::watch::{format_size, Condition};
 use crate::daemon::history::Kind;
 use crate::job::machine::Cause;
 use crate::job::{Exit, Input, State, TimerKind};
-use crate::watchdog::{deps, LineWatch, Report};
+use crate::watchdog::memory::Sample;
+use crate::watchdog::{deps, verdict, LineWatch, Report};
 
 /// What a watch sends to the actor about one run.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,14 +27,33 @@ pub enum WatchMsg {
     Memory { rss: u64, processes: u32, max: u64 },
 }
 
+impl Supervisor {
+    /// A walk of the process trees: keep each job's RSS for status, and restart the trees
+    /// above their `memory_max` (decided by `verdict::over_memory`).
+    pub(super) fn on_memory(&mut self, samples: Vec<(String, Sample)>) {
+        let mut over = Vec::new();
+        for (name, s) in samples {
+            let Some(j) = self.jobs.get_mut(&name) else { continue };
+            if j.m.pid != Some(s.pid) {
+                continue;
+            }
+            j.rss = Some((s.pid, s.rss));
+            if let Some(max) = j.cfg.watch.memory_max.filter(|m| verdict::over_memory(s.rss, Some(*m))) {
+                over.push((name, s, max));
+            }
+        }
+        for (name, s, max) in over {
+            self.on_watch(name, s.pid, WatchMsg::Memory { rss: s.rss, processes: s.processes, max });
+        }
+    }
+}
+
 /// Per-actor watchdog state that is not per job.
 #[derive(Default)]
 pub(super) struct DepState {
     /// Which conditions held for each job after the last input: a change releases the jobs
     /// waiting for a dependency at once instead of at their next retry.
     signature: Vec<(String, [bool; 4])>,
-    /// Jobs asked to stop that wait for their dependents to stop first.
-    pub stop_pending: BTreeSet<String>,
 }
 
 impl Supervisor {
@@ -43,8 +63,8 @@ impl Supervisor {
         let job = self.jobs.get(name)?;
         if job.cfg.watch.memory_max.is_some() {
             let tx = self.tx.clone();
-            self.watchdog.ensure_sampler(Rc::new(move |job, pid, s, max| {
-                let _ = tx.send(Event::Watch { job, pid, msg: WatchMsg::Memory { rss: s.rss, processes: s.processes, max } });
+            self.watchdog.ensure_sampler(Rc::new(move |samples| {
+                let _ = tx.send(Event::MemorySamples(samples));
             }));
         }
         let tx = self.tx.clone();
@@ -176,45 +196,32 @@ impl Supervisor {
             }
             return;
         }
-        self.deps.stop_pending.extend(names.iter().cloned());
+        for name in names {
+            if let Some(j) = self.jobs.get_mut(name) {
+                j.stop_pending = true;
+            }
+        }
         self.release_stops();
     }
 
     fn release_stops(&mut self) {
         loop {
-            if self.deps.stop_pending.is_empty() {
+            let pending: BTreeSet<String> = self.jobs.iter().filter(|(_, j)| j.stop_pending).map(|(n, _)| n.clone()).collect();
+            if pending.is_empty() {
                 return;
             }
-            self.deps.stop_pending.retain(|n| self.jobs.contains_key(n));
             let dependents = deps::dependents(&self.resolved_deps());
-            let pending = self.deps.stop_pending.clone();
-            let live = |n: &str| self.jobs.get(n).is_some_and(|j| j.m.state.is_live() && (pending.contains(n) || j.m.state == State::Stopping));
+            let live = |n: &str| self.jobs.get(n).is_some_and(|j| j.m.state.is_live() && (j.stop_pending || j.m.state == State::Stopping));
             let go = deps::stoppable(&pending, &dependents, &live);
             if go.is_empty() {
                 return;
             }
             for name in go {
-                self.deps.stop_pending.remove(&name);
+                if let Some(j) = self.jobs.get_mut(&name) {
+                    j.stop_pending = false;
+                }
                 self.feed(&name, Input::Stop);
             }
         }
-    }
-
-    /// `NAME` of a job with `instances` stands for all of its instances (SPEC §2).
-    pub(super) fn expand_instances(&self, names: &[String]) -> Vec<String> {
-        let mut out = Vec::new();
-        for n in names {
-            if self.jobs.contains_key(n) {
-                out.push(n.clone());
-                continue;
-            }
-            let copies: Vec<String> = self.jobs.iter().filter(|(_, j)| j.cfg.watch.instance.as_ref().is_some_and(|i| &i.base == n)).map(|(k, _)| k.clone()).collect();
-            if copies.is_empty() {
-                out.push(n.clone());
-            } else {
-                out.extend(copies);
-            }
-        }
-        out
     }
 }

@@ -1,0 +1,114 @@
+//! The job table: the one record per job that the actor owns (SPEC §4, §7). Only the actor
+//! holds a `JobTable`; concerns get it by reference and return what to change.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Instant;
+
+use super::admission::Awaiting;
+use super::budget::{Budget, JobView};
+use crate::config::JobConfig;
+use crate::job::{Exit, Job, Policy, State};
+use crate::process::lock::JobLock;
+use crate::process::output::LogStore;
+use crate::protocol::{ExitInfo, JobStatus, WaitReason};
+
+/// Every job by name (sorted: `status` lists them in name order).
+pub type JobTable = BTreeMap<String, JobRt>;
+
+pub struct JobRt {
+    pub cfg: JobConfig,
+    pub policy: Policy,
+    pub m: Job,
+    pub lock: Option<JobLock>,
+    pub started_at: Option<Instant>,
+    /// Removed from the config: delete the entry once stopped.
+    pub removed: bool,
+    /// Next spawn is a deliberate start (not a crash restart): check for duplicates.
+    pub check_duplicates: bool,
+    /// Duplicates we already sent SIGTERM to (next time: SIGKILL).
+    pub dup_termed: HashSet<i32>,
+    /// The waiting reason last logged (to log each wait once).
+    pub last_wait_logged: Option<String>,
+    /// About to be started (autostart, reload): counted as wanting budget so
+    /// the first jobs started do not take everything before the others ask.
+    pub start_pending: bool,
+    /// Held back until the next database answer: a fleet sync (grant or lock), or a
+    /// usage reading (the previous run's connections closing). `start` waits for it.
+    pub awaiting: Awaiting,
+    /// Held back only until connections being given back are confirmed free: `start` waits
+    /// for it (up to QUEUED_START_WAIT), then says it is queued rather than failed.
+    pub queued: bool,
+    /// A quota change reached this process before it could have installed its
+    /// `quota_signal` handler: the signal is sent once it is old enough.
+    pub signal_due: Option<i32>,
+    /// Why admission held the job back last (current while the job is `waiting`, the only
+    /// way into which is a hold): decides what may release it.
+    pub hold: Option<WaitReason>,
+    /// Asked to stop, waiting for the jobs that depend on it to stop first (`depends_on`).
+    pub stop_pending: bool,
+    /// The last tree-memory sample of the current process: (pid, RSS bytes).
+    pub rss: Option<(i32, u64)>,
+}
+
+impl JobRt {
+    pub fn new(cfg: JobConfig) -> JobRt {
+        JobRt {
+            policy: Policy::from(&cfg),
+            cfg,
+            m: Job::default(),
+            lock: None,
+            started_at: None,
+            removed: false,
+            check_duplicates: true,
+            dup_termed: HashSet::new(),
+            last_wait_logged: None,
+            start_pending: false,
+            awaiting: Awaiting::Nothing,
+            queued: false,
+            signal_due: None,
+            hold: None,
+            stop_pending: false,
+            rss: None,
+        }
+    }
+}
+
+/// The jobs as the budget sees them.
+pub fn job_views(jobs: &BTreeMap<String, JobRt>) -> Vec<JobView<'_>> {
+    jobs.values()
+        .map(|j| JobView {
+            cfg: &j.cfg,
+            wants_to_run: (j.m.state.wants_to_run() || j.start_pending) && !j.removed,
+            live: j.m.pid.is_some(),
+        })
+        .collect()
+}
+
+/// One job's line of `status` (SPEC §4).
+pub fn job_status(jobs: &JobTable, budget: Option<&Budget>, logs: &LogStore, name: &str) -> Option<JobStatus> {
+        let j = jobs.get(name)?;
+        let live = j.m.state.is_live() && j.m.pid.is_some();
+        Some(JobStatus {
+            name: name.to_string(),
+            state: j.m.state,
+            pid: j.m.pid,
+            uptime_s: if live { j.started_at.map(|t| (t.elapsed().as_secs_f64() * 10.0).round() / 10.0) } else { None },
+            restarts: j.m.restarts,
+            last_exit: j.m.last_exit.map(|e| match e {
+                Exit::Code(c) => ExitInfo { code: Some(c), signal: None },
+                Exit::Signal(s) => ExitInfo { code: None, signal: Some(s) },
+            }),
+            quota: budget.filter(|_| j.cfg.connections.is_some() && j.m.state.wants_to_run()).and_then(|b| b.jobs.get(name)).map(|b| b.grant),
+            connections: budget.filter(|_| j.cfg.connections.is_some()).and_then(|b| b.jobs.get(name)).and_then(|b| b.live),
+            reason: match j.m.state {
+                State::Fatal | State::Waiting | State::Backoff => j.m.reason.clone(),
+                State::Stopping if j.m.forced.is_some() => j.m.reason.clone(),
+                _ => None,
+            },
+            output_dropped: logs.dropped(name),
+            ready: j.m.ready,
+            restart_reason: j.m.cause.map(|c| c.as_str().to_string()),
+            rss_bytes: j.rss.filter(|(pid, _)| Some(*pid) == j.m.pid).map(|(_, b)| b),
+        })
+    }
+

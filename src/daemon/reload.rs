@@ -1,0 +1,109 @@
+//! Reload's own state (SPEC §8): who asked for a read of the config file, and the read
+//! itself, on a thread of its own so that a file of any size never stalls the actor. The
+//! actor applies the validated config (it feeds the jobs) and hands the answer back here to
+//! fan out to everyone who asked.
+
+use std::path::PathBuf;
+
+use tokio::sync::oneshot;
+use tracing::error;
+
+use super::notify::Notifier;
+use super::supervisor::{Event, EventTx};
+use crate::config;
+use crate::protocol::{ErrorKind, Response};
+
+/// Who asked for a reload: the watcher and SIGHUP (`apply`, no reply), `corral reload` (a reply,
+/// maybe `--dry-run`).
+#[derive(Default)]
+pub struct ReloadAsk {
+    pub apply: bool,
+    pub replies: Vec<(oneshot::Sender<Response>, bool)>,
+}
+
+/// The file is read and validated on a thread of its own, so a file of any size never stalls
+/// the actor. At most one read runs; asks arriving meanwhile wait for the next read.
+#[derive(Default)]
+pub struct Reloads {
+    /// Answered by the read in flight.
+    current: Option<ReloadAsk>,
+    /// Asked after that read started: they need a fresh one.
+    next: Option<ReloadAsk>,
+}
+
+impl Reloads {
+    /// Somebody asks for a read; `apply` unless only dry runs ask. True when a read must
+    /// start now (none is in flight).
+    pub fn ask(&mut self, apply: bool, reply: Option<(oneshot::Sender<Response>, bool)>) -> bool {
+        let slot = if self.current.is_some() { &mut self.next } else { &mut self.current };
+        let ask = slot.get_or_insert_with(ReloadAsk::default);
+        ask.apply |= apply;
+        ask.replies.extend(reply);
+        self.next.is_none()
+    }
+
+    /// Read and validate the file on a thread; the result comes back as `ConfigLoaded`.
+    /// A reload is framed for systemd by RELOADING=1 and READY=1 (also when the new file is
+    /// rejected: the old config keeps running, so we are ready).
+    pub fn start(&mut self, path: PathBuf, tx: EventTx, notify: &Notifier) {
+        if self.current.as_ref().is_some_and(|a| a.apply) {
+            notify.reloading();
+        }
+        let spawned = std::thread::Builder::new()
+            .name("corral-reload".into())
+            // The parser's own limits keep it far below this; a thread's default is 2 MiB.
+            .stack_size(16 << 20)
+            .spawn(move || {
+                let _ = tx.send(Event::ConfigLoaded(Box::new(config::load_settled(&path))));
+            });
+        if let Err(e) = spawned {
+            error!("cannot start a thread to read the config: {e}");
+            let message = format!("cannot reload now (no thread to read the config: {e}); try again");
+            for (reply, _) in self.current.take().map(|a| a.replies).unwrap_or_default() {
+                let _ = reply.send(Response::err(ErrorKind::Refused, message.clone()));
+            }
+            notify.ready();
+        }
+    }
+
+    /// The read in flight came back: who asked for it.
+    pub fn finished(&mut self) -> ReloadAsk {
+        self.current.take().unwrap_or_default()
+    }
+
+    /// Asks that came in during the read become current: true when a read must start.
+    pub fn promote_next(&mut self) -> bool {
+        match self.next.take() {
+            Some(next) => {
+                self.current = Some(next);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl ReloadAsk {
+    /// Answer everyone: a dry run gets `dry` when there is one (the plan, not applied), the
+    /// others `resp`.
+    pub fn answer(self, dry: Option<&Response>, resp: &Response) {
+        for (reply, dry_run) in self.replies {
+            let answer = match (dry, dry_run) {
+                (Some(dry), true) => dry.clone(),
+                _ => resp.clone(),
+            };
+            let _ = reply.send(answer);
+        }
+    }
+}
+
+/// Give back to the system what a big manifest's parse used: glibc keeps freed memory (and
+/// the reload thread's arena) cached, which would show as RSS kept after every large reload.
+pub fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free memory; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
