@@ -19,6 +19,8 @@
 //!              the file watcher, timers, the probe task and the fleet task send it events.
 //!              Only the actor mutates jobs; each concern (admission, control verbs, reload,
 //!              fleet schedule, budget, shutdown) has its own state and returns decisions.
+//! - `watchdog` per-run watch tasks (stall timer, ready and liveness probes), tree memory
+//!              sampling, and the pure dependency and liveness decisions; reports go to the actor.
 //! - `cli`      the client verbs: clap, socket client, rendering, `corral top`.
 //! - `view`     the budget report drawn as bar segments for `/metrics` and `corral top`.
 //!
