@@ -21,6 +21,8 @@
 //!              the file watcher, timers, the probe task and the fleet task send it events.
 //!              Only the actor mutates jobs; each concern (admission, control verbs, reload,
 //!              fleet schedule, budget, shutdown) has its own state and returns decisions.
+//! - `watchdog` per-run watch tasks (stall timer, ready and liveness probes), tree memory
+//!              sampling, and the pure dependency and liveness decisions; reports go to the actor.
 //! - `cli`      the client verbs: clap, socket client, rendering, `corral top`.
 //! - `view`     the budget report drawn as bar segments for `/metrics` and `corral top`.
 //! - `alerts`   `[alerts]`: the actor reports facts through a bounded hook; a router task
@@ -44,3 +46,4 @@ pub mod process;
 pub mod protocol;
 pub mod schedule;
 pub mod view;
+pub mod watchdog;

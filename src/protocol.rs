@@ -191,6 +191,15 @@ pub struct JobStatus {
     /// enough (SPEC §7); `corral logs` still has them.
     #[serde(default)]
     pub output_dropped: u64,
+    /// The current process is ready (its `ready` probe passed, or `healthy_after`).
+    #[serde(default)]
+    pub ready: bool,
+    /// The cause of the last restart the watchdog forced: "unhealthy", "stalled", "memory".
+    #[serde(default)]
+    pub restart_reason: Option<String>,
+    /// RSS of the job's whole process tree, sampled while some job has `memory_max`.
+    #[serde(default)]
+    pub rss_bytes: Option<u64>,
     /// RFC 3339 time of a scheduled job's next run, else null (SPEC §4).
     #[serde(default)]
     pub next_run: Option<String>,
@@ -279,6 +288,8 @@ pub enum WaitReason {
     Budget(String),
     /// corral is stopping: nothing starts any more.
     ShuttingDown,
+    /// `dependency <name>: ...`: a `depends_on` condition does not hold yet.
+    Dependency(String),
 }
 
 impl WaitReason {
@@ -297,6 +308,8 @@ impl WaitReason {
             WaitReason::Lock(text.to_string())
         } else if text.starts_with("duplicate: ") {
             WaitReason::Duplicate(text.to_string())
+        } else if text.starts_with("dependency ") {
+            WaitReason::Dependency(text.to_string())
         } else if text == SHUTTING_DOWN {
             WaitReason::ShuttingDown
         } else {
@@ -310,7 +323,7 @@ const SHUTTING_DOWN: &str = "supervisor is shutting down";
 impl std::fmt::Display for WaitReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            WaitReason::Lock(t) | WaitReason::Duplicate(t) | WaitReason::Budget(t) => f.write_str(t),
+            WaitReason::Lock(t) | WaitReason::Duplicate(t) | WaitReason::Budget(t) | WaitReason::Dependency(t) => f.write_str(t),
             WaitReason::ShuttingDown => f.write_str(SHUTTING_DOWN),
         }
     }

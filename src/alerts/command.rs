@@ -52,8 +52,8 @@ impl Children {
                 let result = spawn(&argv).map(|(pid, stdin, stdout, stderr)| {
                     let (tx, rx) = oneshot::channel();
                     self.by_pid.insert(pid, tx);
-                    output::start_reader(stdout, LOG_NAME.to_string(), "stdout", format, logs.clone());
-                    output::start_reader(stderr, LOG_NAME.to_string(), "stderr", format, logs.clone());
+                    output::start_reader(stdout, LOG_NAME.to_string(), "stdout", format, logs.clone(), None);
+                    output::start_reader(stderr, LOG_NAME.to_string(), "stderr", format, logs.clone(), None);
                     Started { pid, stdin, exit: rx }
                 });
                 if let Err(e) = &result {

@@ -189,7 +189,7 @@ pub fn status_table_styled(jobs: &[JobStatus], colour: bool) -> String {
                     .unwrap_or_else(|| "-".into()),
                 j.quota.map(|q| q.to_string()).unwrap_or_else(|| "-".into()),
                 j.connections.map(|q| q.to_string()).unwrap_or_else(|| "-".into()),
-                reason_or_schedule(j),
+                { let r = reason_or_schedule(j); if r.is_empty() { watch_note(j) } else { r } },
             ]
         })
         .collect();
@@ -255,6 +255,16 @@ fn short_secs(s: f64) -> String {
         format!("{s:.1}s")
     } else {
         uptime(s)
+    }
+}
+
+/// The watchdog's word on a job without a reason: a running process that is not ready yet,
+/// or what the last forced restart was for (SPEC §4).
+fn watch_note(j: &JobStatus) -> String {
+    match (j.state.as_str(), j.ready, &j.restart_reason) {
+        ("running", false, _) => "not ready".into(),
+        (_, _, Some(r)) => format!("last restart: {r}"),
+        _ => String::new(),
     }
 }
 
@@ -581,6 +591,9 @@ mod tests {
             output_dropped: 0,
             next_run: None,
             schedule: None,
+            ready: false,
+            restart_reason: None,
+            rss_bytes: None,
         }
     }
 

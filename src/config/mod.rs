@@ -11,6 +11,7 @@ mod expand;
 mod raw;
 mod secrets;
 mod validate;
+pub mod watch;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -181,6 +182,8 @@ pub struct JobConfig {
     pub quota_signal: Option<Signal>,
     /// A scheduled job (SPEC §2): runs when its schedule says, `scheduled` in between.
     pub schedule: Option<crate::schedule::ScheduleConfig>,
+    /// Probes, stall and memory limits, dependencies, instance (config::watch).
+    pub watch: watch::Watch,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

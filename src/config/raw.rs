@@ -112,6 +112,30 @@ pub(super) struct RawJob {
     pub concurrency: Option<Str>,
     pub starting_deadline: Option<Str>,
     pub catch_up: Option<Spanned<bool>>,
+    // The watchdog keys (config::watch).
+    pub env_file: Option<Str>,
+    pub instances: Option<Spanned<i64>>,
+    /// An array of names, or a table name → condition.
+    pub depends_on: Option<Spanned<toml::Value>>,
+    pub ready: Option<RawProbe>,
+    pub liveness: Option<RawProbe>,
+    pub stall_after: Option<Str>,
+    /// A size string (`"2GiB"`) or an integer of bytes.
+    pub memory_max: Option<Spanned<toml::Value>>,
+}
+
+/// `ready` / `liveness`: exactly one check key, then its timing.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawProbe {
+    pub http: Option<Str>,
+    pub tcp: Option<Str>,
+    pub command: Option<Spanned<toml::Value>>,
+    pub log: Option<Str>,
+    pub interval: Option<Str>,
+    pub timeout: Option<Str>,
+    pub failures: Option<Spanned<i64>>,
+    pub initial_delay: Option<Str>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -59,7 +59,8 @@ impl Waiters {
             let patient = self.waiting[i].verb != "stop" && self.waiting[i].since + QUEUED_START_WAIT > now;
             let pending = names.iter().any(|n| {
                 jobs.get(n).is_some_and(|j| {
-                    j.m.state == State::Stopping
+                    j.stop_pending
+                        || j.m.state == State::Stopping
                         || (j.m.state == State::Waiting && (j.awaiting != Awaiting::Nothing || (j.queued && patient)))
                 })
             });
@@ -103,9 +104,11 @@ pub fn check_names(jobs: &JobTable, names: &[String]) -> Result<Vec<String>, Res
     if names.is_empty() || names.iter().any(|j| j == "all") {
         return Ok(jobs.keys().cloned().collect());
     }
+    // `NAME` of a job with `instances` stands for all of them (SPEC §2).
+    let names = crate::watchdog::deps::expand_instances(names, &jobs.iter().map(|(n, j)| (n.clone(), j.cfg.watch.instance.as_ref().map(|i| i.base.clone()))).collect());
     let unknown: Vec<String> = names.iter().filter(|j| !jobs.contains_key(*j)).cloned().collect();
     if unknown.is_empty() {
-        Ok(names.to_vec())
+        Ok(names)
     } else {
         Err(unknown_job(&unknown))
     }

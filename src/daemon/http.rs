@@ -238,7 +238,12 @@ pub fn render_metrics(
     let quota = Family::<JobLabel, Gauge>::default();
     let dropped = Family::<JobLabel, Counter>::default();
     let uptime = Family::<JobLabel, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+    let (ready, rss) = (Family::<JobLabel, Gauge>::default(), Family::<JobLabel, Gauge>::default());
     for j in &status.jobs {
+        ready.get_or_create(&JobLabel { job: j.name.clone() }).set(i64::from(j.ready));
+        if let Some(b) = j.rss_bytes {
+            rss.get_or_create(&JobLabel { job: j.name.clone() }).set(i64::try_from(b).unwrap_or(i64::MAX));
+        }
         let l = JobLabel { job: j.name.clone() };
         up.get_or_create(&l).set(i64::from(j.state == JobState::Running));
         // One series per state, 1 for the current one (the kube-state-metrics way): a
@@ -264,6 +269,8 @@ pub fn render_metrics(
     reg.register("corral_job_connections", "Live database connections of the job at the last reading", connections);
     reg.register("corral_job_quota", "The job's granted connection quota", quota);
     reg.register_with_unit("corral_job_uptime", "How long the job's current process has run", Unit::Seconds, uptime);
+    reg.register("corral_job_ready", "1 when the job's current process is ready (ready probe, or healthy_after)", ready);
+    reg.register_with_unit("corral_job_tree_rss", "RSS of the job's whole process tree (sampled while some job has memory_max)", Unit::Bytes, rss);
 
     reg.register(
         "corral_job_output_dropped_lines",
@@ -422,6 +429,9 @@ mod tests {
                     output_dropped: 7,
                     next_run: None,
                     schedule: None,
+                    ready: false,
+                    restart_reason: None,
+                    rss_bytes: None,
                 },
                 JobStatus {
                     name: "b".into(),
@@ -436,6 +446,9 @@ mod tests {
                     output_dropped: 0,
                     next_run: None,
                     schedule: None,
+                    ready: false,
+                    restart_reason: None,
+                    rss_bytes: None,
                 },
             ],
             config_error: None,

@@ -44,6 +44,10 @@ pub struct JobRt {
     /// Why admission held the job back last (current while the job is `waiting`, the only
     /// way into which is a hold): decides what may release it.
     pub hold: Option<WaitReason>,
+    /// Asked to stop, waiting for the jobs that depend on it to stop first (`depends_on`).
+    pub stop_pending: bool,
+    /// The last tree-memory sample of the current process: (pid, RSS bytes).
+    pub rss: Option<(i32, u64)>,
 }
 
 impl JobRt {
@@ -63,6 +67,8 @@ impl JobRt {
             queued: false,
             signal_due: None,
             hold: None,
+            stop_pending: false,
+            rss: None,
         }
     }
 }
@@ -96,12 +102,16 @@ pub fn job_status(jobs: &JobTable, budget: Option<&Budget>, logs: &LogStore, nam
             connections: budget.filter(|_| j.cfg.connections.is_some()).and_then(|b| b.jobs.get(name)).and_then(|b| b.live),
             reason: match j.m.state {
                 State::Fatal | State::Waiting | State::Backoff => j.m.reason.clone(),
+                State::Stopping if j.m.forced.is_some() => j.m.reason.clone(),
                 _ => None,
             },
             output_dropped: logs.dropped(name),
             // Filled in for scheduled jobs by `daemon::schedule::Schedules::annotate`.
             next_run: None,
             schedule: None,
+            ready: j.m.ready,
+            restart_reason: j.m.cause.map(|c| c.as_str().to_string()),
+            rss_bytes: j.rss.filter(|(pid, _)| Some(*pid) == j.m.pid).map(|(_, b)| b),
         })
     }
 

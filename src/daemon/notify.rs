@@ -246,6 +246,9 @@ mod tests {
             output_dropped: 0,
             next_run: None,
             schedule: None,
+            ready: false,
+            restart_reason: None,
+            rss_bytes: None,
         }
     }
 

@@ -19,6 +19,8 @@ use tracing::{debug, error, info, warn};
 
 use std::sync::Arc;
 
+mod watchdog;
+
 use super::budget::{Budget, Observed};
 use super::fleet::{FleetCmd, FleetReport};
 use super::health::{self, DbReport, ProbeCmd};
@@ -40,7 +42,7 @@ use crate::job::{Effect, Input, Policy, State, TimerKind};
 use crate::process::lock::{JobLock, LockError};
 use crate::process::output::{self, LogStore};
 use crate::process::scan::Snapshot;
-use crate::process::{kill, reaper, spawn};
+use crate::process::{kill, spawn};
 use crate::protocol::{
     ErrorKind, HealthReport, JobStatus, ReloadReport, Reply, Request, Response, StatusReport, SupervisorInfo,
 };
@@ -101,6 +103,10 @@ pub enum Event {
     ScheduleWake { job: String, gen: u64 },
     /// The alert command worker: spawn or kill an alert command (`alerts::command`).
     Alert(crate::alerts::ActorCmd),
+    /// A run's watch (probes, stall timer, memory sampler) found something.
+    Watch { job: String, pid: i32, msg: watchdog::WatchMsg },
+    /// One walk of the jobs' process trees (while some job has `memory_max`).
+    MemorySamples(Vec<(String, crate::watchdog::memory::Sample)>),
 }
 
 pub type EventTx = mpsc::UnboundedSender<Event>;
@@ -154,6 +160,9 @@ pub struct Supervisor {
     alerts: crate::alerts::Hook,
     /// Alert commands this actor spawned; the reaper hands them their exit.
     alert_children: crate::alerts::Children,
+    /// Probes, stall timers, tree memory (`crate::watchdog`), and the dependency bookkeeping.
+    watchdog: crate::watchdog::Watchdog,
+    deps: watchdog::DepState,
 }
 
 impl Supervisor {
@@ -193,6 +202,8 @@ impl Supervisor {
             schedules,
             alerts: crate::alerts::Hook::disabled(),
             alert_children: crate::alerts::Children::default(),
+            watchdog: Default::default(),
+            deps: Default::default(),
         };
         sup.setup_budget();
         sup
@@ -432,6 +443,8 @@ impl Supervisor {
                 }
             }
             Event::Fleet(report) => self.on_fleet(report),
+            Event::Watch { job, pid, msg } => self.on_watch(job, pid, msg),
+            Event::MemorySamples(samples) => self.on_memory(samples),
             Event::FleetCheck => self.check_fleet_locks(),
             Event::ScheduleWake { job, gen } => {
                 let dos = self.schedules.wake(&job, gen);
@@ -480,6 +493,7 @@ impl Supervisor {
             }
             self.drop_if_removed(&name);
         }
+        self.after_feed();
     }
 
     fn execute(&mut self, name: &str, effect: Effect) {
@@ -520,6 +534,13 @@ impl Supervisor {
     /// answer), let [`admission::decide`] decide, and carry the decision out. Returns the
     /// machine's next input.
     fn try_spawn(&mut self, name: &str) -> Input {
+        // depends_on (pure: watchdog::deps) before any lock or scan is taken.
+        if let Some(reason) = self.dependency_hold(name).filter(|_| !self.shutdown.requested) {
+            if let Some(j) = self.jobs.get_mut(name) {
+                j.hold = Some(WaitReason::Dependency(reason.clone()));
+            }
+            return Input::Blocked { reason };
+        }
         let lock_dir = self.config.supervisor.lock_dir.clone();
         let Some(job) = self.jobs.get(name) else {
             return Input::SpawnFailed { error: "the job is no longer in the config".into() };
@@ -694,8 +715,9 @@ impl Supervisor {
                 }
                 job.dup_termed.clear();
                 self.by_pid.insert(child.pid, name.to_string());
-                output::start_reader(child.stdout, name.to_string(), "stdout", format, self.logs.clone());
-                output::start_reader(child.stderr, name.to_string(), "stderr", format, self.logs.clone());
+                let lines = self.watch_spawned(name, child.pid, &extra_env);
+                output::start_reader(child.stdout, name.to_string(), "stdout", format, self.logs.clone(), lines.clone());
+                output::start_reader(child.stderr, name.to_string(), "stderr", format, self.logs.clone(), lines);
                 Input::Spawned { pid: child.pid }
             }
             Err(e) => {
@@ -718,9 +740,11 @@ impl Supervisor {
     }
 
     fn reap(&mut self) {
-        for (pid, exit) in reaper::reap() {
+        // Probe commands' exits go to their probes; the rest are ours.
+        for (pid, exit) in self.watchdog.procs.reap() {
             match self.by_pid.remove(&pid) {
                 Some(name) => {
+                    self.watchdog.end_run(&name);
                     let uptime = self.jobs.get(&name).and_then(|j| j.started_at).map(|t| t.elapsed()).unwrap_or_default();
                     info!(job = %name, pid, uptime_s = format!("{:.1}", uptime.as_secs_f64()), "exited: {}", describe_exit(exit));
                     self.history.event(now_wall(), Kind::Exit, Some(&name), format!("exited: {} after {:.1}s", describe_exit(exit), uptime.as_secs_f64()));
@@ -847,11 +871,9 @@ impl Supervisor {
         info!("{why}: stopping all jobs");
         self.schedules.disarm_all();
         self.notify.stopping();
-        // Stop inputs signal every group at once, so jobs stop in parallel.
+        // Stop inputs signal every group at once, so jobs stop in parallel (dependents first).
         let names: Vec<String> = self.jobs.keys().cloned().collect();
-        for name in names {
-            self.feed(&name, Input::Stop);
-        }
+        self.stop_in_order(&names);
     }
 
     fn kill_all_now(&mut self) {
@@ -1009,7 +1031,13 @@ impl Supervisor {
                 return;
             }
         };
-        for name in &names {
+        if verb == "stop" {
+            for name in &names {
+                self.history.event(now_wall(), Kind::Control, Some(name), "stop requested");
+            }
+            self.stop_in_order(&names);
+        }
+        for name in names.iter().filter(|_| verb != "stop") {
             self.history.event(now_wall(), Kind::Control, Some(name), format!("{verb} requested"));
             if self.schedules.contains(name) {
                 // A scheduled job: `start` runs it now, `stop` also stops following the schedule.
@@ -1118,7 +1146,9 @@ impl Supervisor {
             (None, None) => {}
             _ => warn!("adding or removing [database] takes effect after a restart of corral"),
         }
-        for name in &plan.removed {
+        let mut removed = plan.removed.clone();
+        crate::watchdog::deps::highest_index_first(&mut removed);
+        for name in &removed {
             if let Some(j) = self.jobs.get_mut(name) {
                 j.removed = true;
             }

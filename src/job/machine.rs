@@ -81,6 +81,36 @@ pub enum Exit {
     Signal(i32),
 }
 
+/// Why the watchdog ended a run that had not exited (SPEC §4): shown as the reason of the
+/// restart, and what an alert names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Cause {
+    /// The liveness probe failed `failures` times in a row.
+    Unhealthy,
+    /// No output line for `stall_after`.
+    Stalled,
+    /// The process tree's RSS went above `memory_max`.
+    Memory,
+}
+
+impl Cause {
+    pub const ALL: [Cause; 3] = [Cause::Unhealthy, Cause::Stalled, Cause::Memory];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::Unhealthy => "unhealthy",
+            Cause::Stalled => "stalled",
+            Cause::Memory => "memory",
+        }
+    }
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The slice of the job's config the machine decides with.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
@@ -91,6 +121,8 @@ pub struct Policy {
     pub start_retries: u32,
     pub stop_signal: Signal,
     pub stop_timeout: Duration,
+    /// A `ready` probe decides readiness; without one, `healthy_after` does.
+    pub ready_probe: bool,
 }
 
 impl From<&JobConfig> for Policy {
@@ -103,6 +135,7 @@ impl From<&JobConfig> for Policy {
             start_retries: c.start_retries,
             stop_signal: c.stop_signal,
             stop_timeout: c.stop_timeout,
+            ready_probe: c.watch.ready.is_some(),
         }
     }
 }
@@ -139,6 +172,11 @@ pub enum Input {
     Timer { kind: TimerKind, epoch: u64 },
     /// Second Ctrl-C: no more grace.
     KillNow,
+    /// The ready probe of the current process passed.
+    Ready,
+    /// The watchdog found the run hung, unhealthy or too big: stop it (stop_signal,
+    /// stop_timeout), then restart it as after a crash, with `cause` as the reason.
+    Force { cause: Cause, detail: String },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -168,6 +206,12 @@ pub struct Job {
     pub epoch: u64,
     /// Set by `Restart` while stopping: start again once stopped.
     pub restart_after_stop: bool,
+    /// The current process is ready (SPEC §2 `ready`); false without a process.
+    pub ready: bool,
+    /// A watchdog stop in progress: once the process is gone, restart as after a crash.
+    pub forced: Option<Cause>,
+    /// The cause of the last restart the watchdog forced (`restart_reason` in status).
+    pub cause: Option<Cause>,
 }
 
 impl Default for Job {
@@ -181,6 +225,9 @@ impl Default for Job {
             reason: None,
             epoch: 0,
             restart_after_stop: false,
+            ready: false,
+            forced: None,
+            cause: None,
         }
     }
 }
@@ -190,6 +237,18 @@ pub const RETRY_WAIT: Duration = Duration::from_secs(1);
 
 /// Advance `job` by one input. `jitter` in `[0,1)` randomises backoff.
 pub fn step(job: &mut Job, policy: &Policy, input: Input, jitter: f64) -> Vec<Effect> {
+    let fx = transition(job, policy, input, jitter);
+    // Readiness belongs to a process, a pending watchdog stop to a stopping one.
+    if job.pid.is_none() {
+        job.ready = false;
+    }
+    if job.state != State::Stopping {
+        job.forced = None;
+    }
+    fx
+}
+
+fn transition(job: &mut Job, policy: &Policy, input: Input, jitter: f64) -> Vec<Effect> {
     let mut fx = Vec::new();
     match input {
         Input::Start => match job.state {
@@ -207,10 +266,11 @@ pub fn step(job: &mut Job, policy: &Policy, input: Input, jitter: f64) -> Vec<Ef
                 begin_stop(job, policy, &mut fx);
             }
             State::Stopping => job.restart_after_stop = true,
-            _ => return step(job, policy, Input::Start, jitter),
+            _ => return transition(job, policy, Input::Start, jitter),
         },
         Input::Stop => {
             job.restart_after_stop = false;
+            job.forced = None;
             match job.state {
                 State::Starting | State::Running => begin_stop(job, policy, &mut fx),
                 State::Backoff | State::Waiting => {
@@ -231,9 +291,11 @@ pub fn step(job: &mut Job, policy: &Policy, input: Input, jitter: f64) -> Vec<Ef
             job.pid = Some(pid);
             job.reason = None;
             job.epoch += 1;
+            job.ready = false;
             if policy.healthy_after.is_zero() {
                 job.state = State::Running;
                 job.failures = 0;
+                job.ready = !policy.ready_probe;
             } else {
                 job.state = State::Starting;
                 fx.push(Effect::ArmTimer { kind: TimerKind::Healthy, after: policy.healthy_after, epoch: job.epoch });
@@ -256,6 +318,7 @@ pub fn step(job: &mut Job, policy: &Policy, input: Input, jitter: f64) -> Vec<Ef
                 job.state = State::Running;
                 job.failures = 0;
             }
+            job.ready = false;
             on_exit(job, policy, exit, jitter, &mut fx)
         }
         Input::Timer { kind, epoch } => {
@@ -266,6 +329,7 @@ pub fn step(job: &mut Job, policy: &Policy, input: Input, jitter: f64) -> Vec<Ef
                 (TimerKind::Healthy, State::Starting) => {
                     job.state = State::Running;
                     job.failures = 0;
+                    job.ready |= !policy.ready_probe && job.pid.is_some();
                 }
                 (TimerKind::Backoff, State::Backoff) | (TimerKind::RetryWait, State::Waiting) => {
                     begin_start(job, &mut fx);
@@ -276,6 +340,20 @@ pub fn step(job: &mut Job, policy: &Policy, input: Input, jitter: f64) -> Vec<Ef
                     }
                 }
                 _ => {}
+            }
+        }
+        Input::Ready => {
+            if matches!(job.state, State::Starting | State::Running) && job.pid.is_some() {
+                job.ready = true;
+            }
+        }
+        Input::Force { cause, detail } => {
+            if matches!(job.state, State::Starting | State::Running) && job.pid.is_some() {
+                job.forced = Some(cause);
+                job.cause = Some(cause);
+                job.reason = Some(format!("{cause}: {detail}"));
+                job.restart_after_stop = false;
+                begin_stop(job, policy, &mut fx);
             }
         }
     }
@@ -314,9 +392,15 @@ fn on_exit(job: &mut Job, policy: &Policy, exit: Exit, jitter: f64, fx: &mut Vec
         State::Stopping => {
             // Keep the epoch: the pending StopTimeout is harmless once pid is None.
             job.state = State::Stopped;
+            let forced = job.forced.take();
             if std::mem::take(&mut job.restart_after_stop) {
+                job.reason = None;
                 job.failures = 0;
                 begin_start(job, fx);
+            } else if forced.is_some() && policy.restart != RestartPolicy::Never {
+                // A watchdog restart counts as a restart after a crash: backoff, reason kept.
+                job.restarts += 1;
+                schedule_restart(job, policy, 1, jitter, fx);
             } else {
                 fx.push(Effect::Release);
             }
@@ -421,6 +505,7 @@ mod tests {
             start_retries: 2,
             stop_signal: Signal::SIGTERM,
             stop_timeout: Duration::from_secs(5),
+            ready_probe: false,
         }
     }
 
@@ -551,6 +636,54 @@ mod tests {
         assert_eq!(j.state, State::Stopped);
     }
 
+    #[test]
+    fn a_forced_stop_restarts_with_its_cause_and_backoff() {
+        let p = policy();
+        let mut j = started(&p);
+        let fx = step(&mut j, &p, Input::Force { cause: Cause::Stalled, detail: "no output for 10m".into() }, 0.0);
+        assert_eq!(fx[0], Effect::Signal { pgid: 42, signal: Signal::SIGTERM });
+        assert!(fx.iter().any(|e| matches!(e, Effect::ArmTimer { kind: TimerKind::StopTimeout, .. })));
+        assert_eq!(j.state, State::Stopping);
+        let fx = step(&mut j, &p, Input::Exited(Exit::Signal(libc::SIGTERM), Duration::from_secs(700)), 0.0);
+        assert_eq!(j.state, State::Backoff);
+        assert_eq!((j.restarts, j.cause), (1, Some(Cause::Stalled)));
+        assert_eq!(j.reason.as_deref(), Some("stalled: no output for 10m"));
+        assert!(!fx.contains(&Effect::Release));
+        // a user's stop during the forced stop wins
+        let mut j = started(&p);
+        step(&mut j, &p, Input::Force { cause: Cause::Memory, detail: "2 GiB".into() }, 0.0);
+        step(&mut j, &p, Input::Stop, 0.0);
+        step(&mut j, &p, Input::Exited(Exit::Signal(libc::SIGTERM), Duration::ZERO), 0.0);
+        assert_eq!(j.state, State::Stopped);
+        // restart = "never": the hung run is stopped, not restarted
+        let p = Policy { restart: RestartPolicy::Never, ..policy() };
+        let mut j = started(&p);
+        step(&mut j, &p, Input::Force { cause: Cause::Unhealthy, detail: "3 failures".into() }, 0.0);
+        let fx = step(&mut j, &p, Input::Exited(Exit::Signal(libc::SIGTERM), Duration::ZERO), 0.0);
+        assert_eq!(j.state, State::Stopped);
+        assert!(fx.contains(&Effect::Release));
+    }
+
+    #[test]
+    fn ready_comes_from_the_probe_or_healthy_after() {
+        let p = policy();
+        let mut j = started(&p);
+        assert!(!j.ready);
+        let e = j.epoch;
+        step(&mut j, &p, Input::Timer { kind: TimerKind::Healthy, epoch: e }, 0.0);
+        assert!(j.ready);
+        let p = Policy { ready_probe: true, ..policy() };
+        let mut j = started(&p);
+        let e = j.epoch;
+        step(&mut j, &p, Input::Timer { kind: TimerKind::Healthy, epoch: e }, 0.0);
+        assert!(!j.ready);
+        step(&mut j, &p, Input::Ready, 0.0);
+        assert!(j.ready);
+        // readiness drops with the process
+        step(&mut j, &p, Input::Exited(Exit::Code(1), Duration::from_secs(60)), 0.0);
+        assert!(!j.ready);
+    }
+
     /// Walk every (state, input) pair: nothing panics, and the machine's
     /// invariants hold after each step.
     #[test]
@@ -572,16 +705,57 @@ mod tests {
                 Input::Timer { kind: TimerKind::Backoff, epoch },
                 Input::Timer { kind: TimerKind::StopTimeout, epoch },
                 Input::Timer { kind: TimerKind::RetryWait, epoch },
+                Input::Ready,
+                Input::Force { cause: Cause::Unhealthy, detail: "probe failed".into() },
+                Input::Force { cause: Cause::Stalled, detail: "no output".into() },
+                Input::Force { cause: Cause::Memory, detail: "2 GiB".into() },
             ]
         };
-        for state in State::ALL {
-            for pid in [None, Some(5)] {
-                if pid.is_some() && !state.is_live() {
-                    continue; // not a reachable combination
-                }
+        let forced_states = [None, Some(Cause::Stalled)];
+        for (state, pid, ready, forced, ready_probe) in State::ALL
+            .into_iter()
+            .flat_map(|s| [None, Some(5)].map(move |p| (s, p)))
+            .flat_map(|(s, p)| [false, true].map(move |r| (s, p, r)))
+            .flat_map(|(s, p, r)| forced_states.map(move |f| (s, p, r, f)))
+            .flat_map(|(s, p, r, f)| [false, true].map(move |rp| (s, p, r, f, rp)))
+        {
+            // Reachable combinations only: a pid only while live, ready only with a pid,
+            // a pending watchdog stop only while stopping.
+            if (pid.is_some() && !state.is_live()) || (ready && pid.is_none()) || (forced.is_some() && state != State::Stopping) {
+                continue;
+            }
+            let p = Policy { ready_probe, ..p.clone() };
+            {
                 for input in inputs(3) {
-                    let mut j = Job { state, pid, epoch: 3, ..Job::default() };
+                    let mut j = Job { state, pid, ready, forced, epoch: 3, ..Job::default() };
                     let fx = step(&mut j, &p, input.clone(), 0.5);
+                    // Ready only with a live process.
+                    if j.ready {
+                        assert!(j.pid.is_some() && matches!(j.state, State::Starting | State::Running | State::Stopping), "{state:?} {input:?} -> {j:?}");
+                    }
+                    // Without a ready probe nothing but healthy_after makes a job ready.
+                    if input == Input::Ready && !ready {
+                        assert_eq!(j.ready, pid.is_some() && matches!(state, State::Starting | State::Running), "{state:?}");
+                    }
+                    // A watchdog stop is pending only while stopping.
+                    if j.forced.is_some() {
+                        assert_eq!(j.state, State::Stopping, "{state:?} {input:?}");
+                    }
+                    // A forced stop signals the live group and says why.
+                    if let Input::Force { cause, .. } = &input {
+                        if pid.is_some() && matches!(state, State::Starting | State::Running) {
+                            assert_eq!((j.state, j.forced, j.cause), (State::Stopping, Some(*cause), Some(*cause)));
+                            assert!(j.reason.as_deref().is_some_and(|r| r.starts_with(cause.as_str())));
+                            assert!(fx.contains(&Effect::Signal { pgid: 5, signal: p.stop_signal }));
+                        } else {
+                            assert!(fx.is_empty(), "{state:?} {pid:?} {input:?} {fx:?}");
+                        }
+                    }
+                    // The exit of a forced stop restarts (backoff), never stays stopped.
+                    if forced.is_some() && matches!(input, Input::Exited(..)) && pid.is_some() {
+                        assert_eq!(j.state, State::Backoff, "{input:?} -> {j:?}");
+                        assert_eq!(j.restarts, 1);
+                    }
                     // A spawn is requested only from the starting state, without a pid.
                     if fx.contains(&Effect::Spawn) {
                         assert_eq!((j.state, j.pid), (State::Starting, None), "{state:?} {input:?}");

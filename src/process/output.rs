@@ -128,8 +128,9 @@ impl LogStore {
     }
 }
 
-/// Read `fd` line by line until EOF, printing and storing each line.
-pub fn start_reader(fd: OwnedFd, job: String, stream: &'static str, format: LogFormat, store: LogStore) {
+/// Read `fd` line by line until EOF, printing and storing each line; `watch` (the stall timer,
+/// a ready log regex) sees each line too.
+pub fn start_reader(fd: OwnedFd, job: String, stream: &'static str, format: LogFormat, store: LogStore, watch: Option<Arc<crate::watchdog::LineWatch>>) {
     let Ok(pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
         return;
     };
@@ -148,6 +149,9 @@ pub fn start_reader(fd: OwnedFd, job: String, stream: &'static str, format: LogF
                 buf.pop();
             }
             let text = String::from_utf8_lossy(&buf).into_owned();
+            if let Some(w) = &watch {
+                w.line(&text);
+            }
             let now = std::time::SystemTime::now();
             let line = LogLine { job: job.clone(), stream: stream.to_string(), ts: unix_seconds(now), line: text };
             if stdout_sink().push(format_line(&line, now, format)) {

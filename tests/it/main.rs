@@ -24,3 +24,4 @@ mod reload;
 mod schedule;
 mod tls;
 mod top;
+mod watchdog;

@@ -284,6 +284,7 @@ mod tests {
                 connections: None,
                 quota_signal: None,
                 schedule: None,
+                watch: Default::default(),
             }
         );
     }

@@ -48,7 +48,7 @@ const START_RETRIES_MAX: i64 = 10_000;
 const PRIORITY_RANGE: (i64, i64) = (-1_000_000, 1_000_000);
 
 impl Cx<'_> {
-    pub(super) fn job(&mut self, name: &Str, raw: &RawJob, supervisor: &SupervisorConfig, has_database: bool, service: &str) -> JobConfig {
+    pub(super) fn job(&mut self, name: &Str, raw: &RawJob, supervisor: &SupervisorConfig, has_database: bool, service: &str) -> (JobConfig, Option<u32>) {
         let job_name = name.get_ref();
         self.job_name(name, raw.connections.is_some(), service);
         let command = match &raw.command {
@@ -63,7 +63,8 @@ impl Cx<'_> {
                 Vec::new()
             }
         };
-        let mut env = BTreeMap::new();
+        // env_file first: `env` overrides it.
+        let mut env = self.env_file(raw);
         for (key, value) in &raw.env {
             let k = key.get_ref();
             if k.is_empty() || k.contains(['=', '\0']) {
@@ -86,7 +87,8 @@ impl Cx<'_> {
             }
             self.connections(v)
         });
-        JobConfig {
+        let (watch, instances) = self.watch(name, raw);
+        let job = JobConfig {
             name: job_name.clone(),
             command,
             cwd: raw.cwd.as_ref().and_then(|v| self.path("cwd", v)),
@@ -127,7 +129,9 @@ impl Cx<'_> {
             connections,
             quota_signal: raw.quota_signal.as_ref().and_then(|v| self.signal("quota_signal", v)),
             schedule: self.schedule(name, raw),
-        }
+            watch,
+        };
+        (job, instances)
     }
 
     // ---- values with more than one form ----

@@ -24,6 +24,7 @@ mod scalars;
 mod schedule;
 mod signals;
 mod supervisor;
+mod watchdog;
 #[cfg(test)]
 mod test_support;
 
@@ -165,13 +166,17 @@ impl<'a> Cx<'a> {
             return None;
         }
         // Each job on its own, from the one parse: every broken job gets its own error.
+        let mut watch_spans = BTreeMap::new();
         for name in names.keys() {
             let raw = self.select::<RawJob>(&["jobs", name.get_ref()], Some(name.span())).ok().flatten();
             if let Some(raw) = raw {
-                let job = self.job(name, &raw, &supervisor, has_database, &budget.service);
+                let (job, instances) = self.job(name, &raw, &supervisor, has_database, &budget.service);
+                let spans = (raw.depends_on.as_ref().map(|v| v.span()), raw.instances.as_ref().map(|v| v.span()), instances);
+                watch_spans.insert(job.name.clone(), spans);
                 jobs.insert(job.name.clone(), job);
             }
         }
+        let jobs = self.finish_watch(jobs, &watch_spans);
         Some(Config {
             path: self.diagnostics.file().to_path_buf(),
             supervisor,
