@@ -555,6 +555,9 @@ mod tests {
             output_dropped: 0,
             next_run: sched.next_run.clone(),
             schedule: Some(sched),
+            ready: false,
+            restart_reason: None,
+            rss_bytes: None,
         };
         let status = StatusReport { jobs: vec![job], config_error: None, supervisor: SupervisorInfo::default(), budget: None };
         let text = render_metrics(&status, None, None, None);
