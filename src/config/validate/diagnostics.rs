@@ -73,7 +73,15 @@ impl std::fmt::Display for ConfigErrors {
             if i > 0 {
                 writeln!(f)?;
             }
-            write!(f, "{}: {e}", e.severity)?;
+            // The same long hint fifty times over (an unknown key in every job lists the valid
+            // keys) would make the message too long to read or to show in `status`.
+            let repeated = i > 0 && e.hint.is_some() && self.0[i - 1].hint == e.hint;
+            if repeated {
+                let short = Diagnostic { hint: Some("as above".into()), ..e.clone() };
+                write!(f, "{}: {short}", e.severity)?;
+            } else {
+                write!(f, "{}: {e}", e.severity)?;
+            }
         }
         Ok(())
     }
