@@ -214,7 +214,7 @@ ready = {{ tcp = "127.0.0.1:{port}", interval = "100ms" }}
 
 [jobs.tail]
 command = ["sh", "-c", "date +%s%N > {{dir}}/tail.start; trap 'date +%s%N > {{dir}}/tail.stop; exit 0' TERM; sleep 1000 & wait"]
-depends_on = ["web"]
+depends_on = {{ web = "ready" }}
 "#
     ));
     // While migrate runs, the others wait and say for what.
