@@ -1034,22 +1034,25 @@ impl Supervisor {
         if verb == "stop" {
             for name in &names {
                 self.history.event(now_wall(), Kind::Control, Some(name), "stop requested");
+                // A scheduled job also stops following its schedule.
+                if self.schedules.contains(name) {
+                    if let Some(j) = self.jobs.get_mut(name) {
+                        j.check_duplicates = false;
+                    }
+                    self.schedules.disarm(name);
+                }
             }
             self.stop_in_order(&names);
         }
         for name in names.iter().filter(|_| verb != "stop") {
             self.history.event(now_wall(), Kind::Control, Some(name), format!("{verb} requested"));
             if self.schedules.contains(name) {
-                // A scheduled job: `start` runs it now, `stop` also stops following the schedule.
+                // A scheduled job: `start` runs it now, `restart` follows the schedule again.
                 if let Some(j) = self.jobs.get_mut(name) {
-                    j.check_duplicates = verb != "stop";
+                    j.check_duplicates = true;
                 }
                 let dos = match verb {
                     "start" => self.schedules.run_now(name),
-                    "stop" => {
-                        self.schedules.disarm(name);
-                        Vec::new()
-                    }
                     _ => self.schedules.ensure_armed(name),
                 };
                 let starts = dos.iter().any(|d| matches!(d, Do::Start(_)));
