@@ -261,7 +261,11 @@ fn lateness_of_thirty_runs() {
         max * 1000.0
     );
     assert!(late[0] >= 0.0, "a run started before its time: {late:?}");
-    assert!(max < 1.0, "a run started {max:.3}s late: {late:?}");
+    // Every occurrence ran once, none skipped or repeated. How late is a figure, printed above
+    // (a loaded 2-core CI machine stretches it); the bound only catches a wake that was lost.
+    let due: Vec<i64> = lines[1..31].iter().map(|l| wall(&l[0]).timestamp()).collect();
+    assert!(due.windows(2).all(|w| w[1] - w[0] == 1), "occurrences skipped or repeated: {due:?}");
+    assert!(max < 5.0, "a run started {max:.3}s late: {late:?}");
 }
 
 /// corral's own CPU use with 50 armed schedules and nothing running: wakes per job, no loop.
