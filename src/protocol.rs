@@ -208,6 +208,30 @@ pub struct JobStatus {
     pub schedule: Option<ScheduleStatus>,
 }
 
+#[cfg(test)]
+impl JobStatus {
+    /// A job that has only a name and a state: each test sets the fields it looks at.
+    pub fn named(name: &str, state: JobState) -> JobStatus {
+        JobStatus {
+            name: name.into(),
+            state,
+            pid: None,
+            uptime_s: None,
+            restarts: 0,
+            last_exit: None,
+            quota: None,
+            connections: None,
+            reason: None,
+            output_dropped: 0,
+            ready: false,
+            restart_reason: None,
+            rss_bytes: None,
+            next_run: None,
+            schedule: None,
+        }
+    }
+}
+
 /// A scheduled job in `status --json` (SPEC §4): stable names, as for [`JobStatus`].
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ScheduleStatus {

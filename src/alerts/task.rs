@@ -152,7 +152,7 @@ async fn sleep_until(at: Option<Instant>) {
 /// The job's last stderr lines, redacted (SPEC §10: passwords never leave corral).
 fn with_stderr(alert: Alert, cx: &Context) -> Alert {
     let Some(job) = alert.job.as_deref() else { return alert };
-    let (lines, _) = cx.logs.tail(Some(job), RING_LINES, false, None);
+    let (lines, _) = cx.logs.tail(Some(&[job.to_string()]), RING_LINES, false, None);
     let url = cx.database_url.as_deref().unwrap_or("");
     let stderr: Vec<&str> = lines.iter().filter(|l| l.stream == "stderr").map(|l| l.line.as_str()).collect();
     let tail: Vec<String> = stderr[stderr.len().saturating_sub(STDERR_LINES)..]

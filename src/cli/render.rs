@@ -133,10 +133,11 @@ fn signalled(jobs: &[JobStatus], signal: &str) -> String {
         .collect()
 }
 
-/// One job's lines as the job wrote them; every job's with time, job and stream in front:
+/// One job's lines as the job wrote them; several jobs' with time, job and stream in front:
 /// `2026-05-01T10:00:00.123Z layer1 stderr: message`.
 pub fn log_line(request: &Request, l: &LogLine, colour: bool) -> String {
-    if matches!(request, Request::Logs { job: Some(_), .. }) {
+    // `logs NAME` of a job with `instances` merges NAME.0, NAME.1, ...: those keep their name.
+    if matches!(request, Request::Logs { job: Some(j), .. } if *j == l.job) {
         return l.line.clone();
     }
     let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(l.ts.max(0.0));
@@ -578,23 +579,7 @@ mod tests {
     use super::*;
 
     fn job(name: &str, state: &str) -> JobStatus {
-        JobStatus {
-            name: name.into(),
-            state: JobState::parse(state).unwrap(),
-            pid: Some(7),
-            uptime_s: Some(61.0),
-            restarts: 0,
-            last_exit: None,
-            quota: None,
-            connections: None,
-            reason: None,
-            output_dropped: 0,
-            next_run: None,
-            schedule: None,
-            ready: false,
-            restart_reason: None,
-            rss_bytes: None,
-        }
+        JobStatus { pid: Some(7), uptime_s: Some(61.0), ..JobStatus::named(name, JobState::parse(state).unwrap()) }
     }
 
     #[test]

@@ -598,8 +598,6 @@ mod tests {
 
     fn job(name: &str, state: &str, quota: Option<u32>, conns: Option<u32>) -> JobStatus {
         JobStatus {
-            name: name.into(),
-            state: JobState::parse(state).unwrap(),
             pid: (state == "running").then_some(4242),
             uptime_s: (state == "running").then_some(75.0),
             restarts: 2,
@@ -607,12 +605,7 @@ mod tests {
             quota,
             connections: conns,
             reason: (state == "fatal").then(|| "exited too quickly 5 times".into()),
-            output_dropped: 0,
-            next_run: None,
-            schedule: None,
-            ready: false,
-            restart_reason: None,
-            rss_bytes: None,
+            ..JobStatus::named(name, JobState::parse(state).unwrap())
         }
     }
 

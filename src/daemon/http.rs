@@ -417,39 +417,15 @@ mod tests {
         let status = StatusReport {
             jobs: vec![
                 JobStatus {
-                    name: "a".into(),
-                    state: JobState::Running,
                     pid: Some(10),
                     uptime_s: Some(1.0),
                     restarts: 3,
-                    last_exit: None,
                     quota: Some(5),
                     connections: Some(2),
-                    reason: None,
                     output_dropped: 7,
-                    next_run: None,
-                    schedule: None,
-                    ready: false,
-                    restart_reason: None,
-                    rss_bytes: None,
+                    ..JobStatus::named("a", JobState::Running)
                 },
-                JobStatus {
-                    name: "b".into(),
-                    state: JobState::Fatal,
-                    pid: None,
-                    uptime_s: None,
-                    restarts: 0,
-                    last_exit: None,
-                    quota: None,
-                    connections: None,
-                    reason: Some("x".into()),
-                    output_dropped: 0,
-                    next_run: None,
-                    schedule: None,
-                    ready: false,
-                    restart_reason: None,
-                    rss_bytes: None,
-                },
+                JobStatus { reason: Some("x".into()), ..JobStatus::named("b", JobState::Fatal) },
             ],
             config_error: None,
             supervisor: SupervisorInfo { zombies_reaped: 4, orphans_killed: 1, version: "9.9.9".into(), started_at: 1700000000.5, ..Default::default() },
@@ -542,23 +518,7 @@ mod tests {
             last_run: Some(crate::protocol::LastRun { duration_s: Some(1.25), ..Default::default() }),
             ..Default::default()
         };
-        let job = JobStatus {
-            name: "nightly".into(),
-            state: crate::protocol::JobState::Scheduled,
-            pid: None,
-            uptime_s: None,
-            restarts: 0,
-            last_exit: None,
-            quota: None,
-            connections: None,
-            reason: None,
-            output_dropped: 0,
-            next_run: sched.next_run.clone(),
-            schedule: Some(sched),
-            ready: false,
-            restart_reason: None,
-            rss_bytes: None,
-        };
+        let job = JobStatus { next_run: sched.next_run.clone(), schedule: Some(sched), ..JobStatus::named("nightly", crate::protocol::JobState::Scheduled) };
         let status = StatusReport { jobs: vec![job], config_error: None, supervisor: SupervisorInfo::default(), budget: None };
         let text = render_metrics(&status, None, None, None);
         for line in [

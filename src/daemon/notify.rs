@@ -233,23 +233,7 @@ mod tests {
     use crate::protocol::{JobStatus, SupervisorInfo};
 
     fn job(name: &str, state: &str) -> JobStatus {
-        JobStatus {
-            name: name.into(),
-            state: JobState::parse(state).unwrap(),
-            pid: None,
-            uptime_s: None,
-            restarts: 0,
-            last_exit: None,
-            quota: None,
-            connections: None,
-            reason: None,
-            output_dropped: 0,
-            next_run: None,
-            schedule: None,
-            ready: false,
-            restart_reason: None,
-            rss_bytes: None,
-        }
+        JobStatus::named(name, JobState::parse(state).unwrap())
     }
 
     #[test]

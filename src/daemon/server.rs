@@ -173,20 +173,29 @@ impl Connection {
                 Ok(Ok(LineRead::Line)) => match protocol::decode_request(&buf) {
                     Err(r) => r,
                     Ok(Request::Logs { job, lines, follow, since }) => {
-                        let check = super::ask::request(&self.tx, Request::Logs { job: job.clone(), lines, follow, since }).await;
-                        if !check.ok {
-                            check
-                        } else {
-                            let (tail, rx) = self.logs.tail(job.as_deref(), lines, follow, since);
-                            let r = Response::ok(Reply::Logs { lines: tail });
-                            if write.write_all(protocol::encode_response(&r).as_bytes()).await.is_err() {
-                                return;
+                        // The actor knows the jobs: `NAME` of a job with `instances` is all of them.
+                        let jobs = match job {
+                            None => Ok(None),
+                            Some(job) => match super::ask::request(&self.tx, Request::Status { jobs: vec![job] }).await {
+                                Response { ok: true, result: Some(Reply::Status(report)), .. } => Ok(Some(report.jobs.into_iter().map(|j| j.name).collect::<Vec<_>>())),
+                                other => Err(other),
+                            },
+                        };
+                        match jobs {
+                            Err(refused) => refused,
+                            Ok(jobs) => {
+                                let (tail, rx) = self.logs.tail(jobs.as_deref(), lines, follow, since);
+                                let r = Response::ok(Reply::Logs { lines: tail });
+                                if write.write_all(protocol::encode_response(&r).as_bytes()).await.is_err() {
+                                    return;
+                                }
+                                if let Some(rx) = rx {
+                                    let only = jobs.filter(|js| js.len() > 1);
+                                    self.follow_logs(rx, only, reader, write).await;
+                                    return;
+                                }
+                                continue;
                             }
-                            if let Some(rx) = rx {
-                                self.follow_logs(rx, reader, write).await;
-                                return;
-                            }
-                            continue;
                         }
                     }
                     Ok(req) => super::ask::request(&self.tx, req).await,
@@ -203,6 +212,7 @@ impl Connection {
     async fn follow_logs(
         mut self,
         mut rx: broadcast::Receiver<crate::protocol::LogLine>,
+        only: Option<Vec<String>>,
         mut reader: BufReader<OwnedReadHalf>,
         mut write: OwnedWriteHalf,
     ) {
@@ -210,6 +220,7 @@ impl Connection {
         loop {
             tokio::select! {
                 line = rx.recv() => match line {
+                    Ok(line) if only.as_ref().is_some_and(|js| !js.contains(&line.job)) => {}
                     Ok(line) => {
                         let r = Response::ok(Reply::Log(line));
                         if write.write_all(protocol::encode_response(&r).as_bytes()).await.is_err() {

@@ -72,24 +72,29 @@ impl LogStore {
         log.lines.push_back(line);
     }
 
-    /// The last `n` lines of `job` (of every job, merged by time, when `None`) written at or
-    /// after `since`, and, when `follow`, a receiver for the next ones (taken under the same
-    /// lock so no line falls between the two).
-    pub fn tail(&self, job: Option<&str>, n: usize, follow: bool, since: Option<f64>) -> (Vec<LogLine>, Option<broadcast::Receiver<LogLine>>) {
+    /// The last `n` lines of `jobs` (of every job when `None`; several are merged by time)
+    /// written at or after `since`, and, when `follow`, a receiver for the next ones (taken
+    /// under the same lock so no line falls between the two). Following several jobs receives
+    /// every job's lines: the caller keeps those of `jobs`.
+    pub fn tail(&self, jobs: Option<&[String]>, n: usize, follow: bool, since: Option<f64>) -> (Vec<LogLine>, Option<broadcast::Receiver<LogLine>>) {
         let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let recent = |log: &JobLog| {
             let fresh: Vec<&LogLine> = log.lines.iter().filter(|l| since.is_none_or(|t| l.ts >= t)).collect();
             fresh[fresh.len().saturating_sub(n)..].iter().map(|l| (*l).clone()).collect::<Vec<_>>()
         };
+        let job = match jobs {
+            Some([job]) => Some(job),
+            _ => None,
+        };
         let Some(job) = job else {
-            let mut lines: Vec<LogLine> = map.values().flat_map(recent).collect();
+            let mut lines: Vec<LogLine> = map.iter().filter(|(name, _)| jobs.is_none_or(|js| js.contains(name))).flat_map(|(_, log)| recent(log)).collect();
             lines.sort_by(|a, b| a.ts.total_cmp(&b.ts));
             let lines = lines.split_off(lines.len().saturating_sub(n));
             let mut all = self.all.lock().unwrap_or_else(|e| e.into_inner());
             let rx = follow.then(|| all.get_or_insert_with(|| broadcast::channel(1024).0).subscribe());
             return (lines, rx);
         };
-        let log = map.entry(job.to_string()).or_default();
+        let log = map.entry(job.clone()).or_default();
         let lines = recent(log);
         let rx = follow.then(|| log.follow.get_or_insert_with(|| broadcast::channel(1024).0).subscribe());
         (lines, rx)

@@ -103,8 +103,7 @@ pub struct Proc {
 
 /// Every process of this namespace (blocking: a thread of its own calls it).
 pub fn read_proc() -> Vec<Proc> {
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten().unwrap_or(4096).max(4096) as u64;
     let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
     let mut out = Vec::new();
     for e in dir.flatten() {

@@ -368,6 +368,43 @@ command = ["sh", "-c", "i=0; while :; do i=$((i+1)); echo tick $i; sleep 0.05; d
 }
 
 #[test]
+fn logs_follow_of_a_job_with_instances_streams_all_of_them_and_nothing_else() {
+    let c = Corral::start(
+        r#"
+[jobs.t]
+command = ["sh", "-c", "while :; do echo tick $$CORRAL_INSTANCE; sleep 0.05; done"]
+instances = 2
+
+[jobs.other]
+command = ["sh", "-c", "while :; do echo other; sleep 0.05; done"]
+"#,
+    );
+    let mut child = Command::new(bin())
+        .args(["-s"])
+        .arg(&c.socket)
+        .args(["logs", "t", "-n", "0", "-f"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let rx = line_reader(child.stdout.take().unwrap());
+    let mut got = Vec::new();
+    let deadline = Instant::now() + 10 * SEC;
+    while got.len() < 40 && Instant::now() < deadline {
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
+            got.push(l);
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(got.len() >= 40, "follow streamed only {got:?}");
+    for i in 0..2 {
+        assert!(got.iter().any(|l| l.contains(&format!(" t.{i} stdout: tick {i}"))), "no line of t.{i}: {got:?}");
+    }
+    assert!(got.iter().all(|l| l.contains(" t.0 stdout: tick 0") || l.contains(" t.1 stdout: tick 1")), "{got:?}");
+}
+
+#[test]
 fn a_logs_follow_client_that_goes_away_is_dropped_even_when_the_job_is_silent() {
     let c = Corral::start(
         r#"

@@ -284,7 +284,7 @@ fn instances_run_as_name_dot_i_and_verbs_take_both_forms() {
     let c = Corral::start(
         r#"
 [jobs.w]
-command = ["sh", "-c", "echo $$CORRAL_INSTANCE $$CORRAL_JOB > {dir}/w.$$CORRAL_INSTANCE; trap 'exit 0' TERM; sleep 1000 & wait"]
+command = ["sh", "-c", "echo hello from $$CORRAL_INSTANCE; echo $$CORRAL_INSTANCE $$CORRAL_JOB > {dir}/w.$$CORRAL_INSTANCE; trap 'exit 0' TERM; sleep 1000 & wait"]
 instances = 3
 "#,
     );
@@ -294,6 +294,10 @@ instances = 3
         assert!(poll(Duration::from_secs(5), || read(&f).contains('w')));
         assert_eq!(read(&f).trim(), format!("{i} w.{i}"));
     }
+    // `logs w` merges the instances, each line under its instance's name; `logs w.1` is one.
+    let merged = |out: &str| (0..3).all(|i| out.lines().any(|l| l.contains(&format!(" w.{i} stdout: hello from {i}"))));
+    assert!(poll(Duration::from_secs(5), || merged(&stdout(&c.ctl(&["logs", "w"])))), "{}", stdout(&c.ctl(&["logs", "w"])));
+    assert_eq!(stdout(&c.ctl(&["logs", "w.1"])).trim(), "hello from 1");
     assert!(c.ctl(&["stop", "w.1"]).status.success());
     assert_eq!(c.job("w.1")["state"], "stopped");
     assert_eq!(c.job("w.0")["state"], "running");
