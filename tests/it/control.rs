@@ -719,7 +719,7 @@ fn a_stale_socket_is_replaced() {
     let c = Corral::spawn_in(dir, config, socket, &[]);
     c.wait_ready();
     c.wait_state("alpha", "running", 10 * SEC);
-    assert!(c.output().contains("stale socket"), "{}", c.output());
+    c.wait_output("stale socket", Duration::from_secs(5));
 }
 
 #[test]

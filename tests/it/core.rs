@@ -374,7 +374,7 @@ on_duplicate = "kill"
     assert_eq!(status.unwrap().signal(), Some(libc::SIGTERM));
     let j = c.wait_state("dup", "running", 10 * SEC);
     assert_ne!(j["pid"].as_i64().unwrap() as i32, dup_pid);
-    assert!(c.output().contains("killing duplicate"));
+    c.wait_output("killing duplicate", 5 * SEC);
 }
 
 // ----- shutdown -----

@@ -132,7 +132,7 @@ command = ["sh", "-c", "i=0; while [ $i -lt 1000 ]; do (true &); i=$((i+1)); don
     );
     let c = &ns.c;
     assert!(poll(Duration::from_secs(30), || c.path("spawned").exists()), "the job did not finish spawning\n{}", c.output());
-    assert!(c.output().contains("running as PID 1"), "{}", c.output());
+    c.wait_output("running as PID 1", Duration::from_secs(5));
 
     // Every one of the 1,000 orphans was adopted and reaped by corral...
     let reaped = || c.status()["supervisor"]["zombies_reaped"].as_u64().unwrap_or(0);

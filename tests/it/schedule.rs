@@ -160,7 +160,7 @@ fn a_run_that_cannot_start_before_its_deadline_is_missed_and_the_next_one_runs()
     let j = c.wait_job("locked", 20 * SEC, "two missed runs", |j| j["schedule"]["missed"].as_u64().unwrap_or(0) >= 2);
     assert_eq!(j["schedule"]["runs"], 0, "{j}");
     c.wait_job("locked", 10 * SEC, "scheduled after a miss", |j| j["state"] == "scheduled" && j["schedule"]["last_run"]["result"] == "missed");
-    assert!(c.output().contains("schedule_missed"), "{}", c.output());
+    c.wait_output("schedule_missed", Duration::from_secs(5));
     drop(file);
     wait_runs(&c, &c.path("runs"), 1, 10 * SEC);
 }

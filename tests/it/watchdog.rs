@@ -80,7 +80,7 @@ backoff = { initial = "100ms", max = "1s" }
     let latency = ms(stops[0] - starts[0]) - 1000.0;
     eprintln!("stall detection latency: {latency:.1} ms past stall_after");
     assert!(latency >= -5.0 && latency < 500.0, "{latency}");
-    assert!(c.output().contains("no output line for"), "{}", c.output());
+    c.wait_output("no output line for", Duration::from_secs(5));
     // A job that keeps writing is never stalled.
     let c = Corral::start(
         r#"
@@ -120,7 +120,7 @@ backoff = { initial = "100ms", max = "1s" }
     // 3 failures 100 ms apart: about 200-300 ms after the file went away.
     eprintln!("liveness detection latency: {latency:.1} ms (3 failures at 100ms)");
     assert!(latency < 1500.0, "{latency}");
-    assert!(c.output().contains("liveness probe failed 3 time(s) in a row"), "{}", c.output());
+    c.wait_output("liveness probe failed 3 time(s) in a row", Duration::from_secs(5));
     // The restarted job is healthy again (it recreated the file) and stays up.
     c.wait_job("api", Duration::from_secs(10), "running again", |j| j["state"] == "running" && j["pid"].is_number());
 }
@@ -139,7 +139,7 @@ backoff = {{ initial = "100ms", max = "1s" }}
 "#
     ));
     c.wait_job("svc", Duration::from_secs(10), "unhealthy", |j| j["restart_reason"] == "unhealthy");
-    assert!(c.output().contains("timed out after 200ms (process group killed)"), "{}", c.output());
+    c.wait_output("timed out after 200ms (process group killed)", Duration::from_secs(5));
     c.ctl(&["stop", "svc"]);
     // Every probe process (and what it forked) is gone, none left as a zombie.
     let left = || {
@@ -346,7 +346,7 @@ backoff = { initial = "100ms", max = "1s" }
     let latency = ms(stops[0].saturating_sub(over[0]));
     eprintln!("memory detection latency: {latency:.1} ms after the tree passed memory_max (sampling every 1 s)");
     assert!(latency < 3000.0, "{latency}");
-    assert!(c.output().contains("above memory_max 64.0 MiB"), "{}", c.output());
+    c.wait_output("above memory_max 64.0 MiB", Duration::from_secs(5));
     // The tree's RSS is in status --json while it runs again.
     let j = c.wait_job("scraper", Duration::from_secs(10), "rss sampled", |j| j["rss_bytes"].as_u64().is_some_and(|b| b > 0));
     assert!(j["rss_bytes"].as_u64().unwrap() > 1 << 20);
