@@ -147,7 +147,93 @@ pub enum Reply {
     Budget(Box<BudgetReport>),
     Health(HealthReport),
     Done { message: String },
-    History(serde_json::Value),
+    History(Box<HistoryReport>),
+}
+
+/// The `history` reply (`GET /history`, the dashboard): the round trip of corral's database
+/// readings over the last hour and the recent events, the newest last. Names are stable.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HistoryReport {
+    /// Unix seconds when the reply was made.
+    pub now: f64,
+    pub latency: LatencyHistory,
+    pub events: Vec<EventRecord>,
+    /// Events since corral started, by kind (they outlive the ring of `events`).
+    pub event_counts: std::collections::BTreeMap<EventKind, u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LatencyHistory {
+    pub window_s: u64,
+    pub spacing_s: u64,
+    pub samples: Vec<LatencySample>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LatencySample {
+    /// Unix seconds.
+    pub at: f64,
+    /// The round trip in ms; null when the reading failed.
+    pub ms: Option<f64>,
+    pub failed: bool,
+    pub reading: Reading,
+}
+
+/// Which database reading a latency sample comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reading {
+    /// `SELECT 1` of a full health check.
+    Health,
+    /// The usage query (`pg_stat_activity`) between health checks.
+    Usage,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub seq: u64,
+    /// Unix seconds.
+    pub at: f64,
+    pub kind: EventKind,
+    pub job: Option<String>,
+    pub message: String,
+}
+
+/// What happened. The names are stable: the page and `/metrics` use them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A job's process exited.
+    Exit,
+    /// A restart was scheduled (backoff).
+    Restart,
+    Fatal,
+    Waiting,
+    /// A job was told a new quota.
+    Quota,
+    /// start, stop or restart requested over the control socket or HTTP.
+    Control,
+    Reload,
+    DatabaseDown,
+    DatabaseUp,
+    Warning,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Exit => "exit",
+            EventKind::Restart => "restart",
+            EventKind::Fatal => "fatal",
+            EventKind::Waiting => "waiting",
+            EventKind::Quota => "quota",
+            EventKind::Control => "control",
+            EventKind::Reload => "reload",
+            EventKind::DatabaseDown => "database_down",
+            EventKind::DatabaseUp => "database_up",
+            EventKind::Warning => "warning",
+        }
+    }
 }
 
 /// `status --json` (SPEC §4): stable names, fields may be added but never renamed.
@@ -174,6 +260,9 @@ pub struct SupervisorInfo {
     pub started_at: f64,
     pub zombies_reaped: u64,
     pub orphans_killed: u64,
+    /// corral's own log lines dropped because its stderr was not read fast enough (SPEC §7).
+    #[serde(default)]
+    pub log_lines_dropped: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -670,7 +759,9 @@ mod tests {
         /// Every response corral can build encodes to one line of JSON that reads back.
         #[test]
         fn responses_always_encode_to_one_line(message in "\\PC{0,200}", value in any_json()) {
-            for resp in [Response::err(ErrorKind::Refused, message.clone()), Response::ok(Reply::History(value.clone())), Response::ok(Reply::Done { message: message.clone() })] {
+            let event = EventRecord { seq: 1, at: 1.5, kind: EventKind::Warning, job: Some(message.clone()), message: value.to_string() };
+            let history = HistoryReport { events: vec![event], ..Default::default() };
+            for resp in [Response::err(ErrorKind::Refused, message.clone()), Response::ok(Reply::History(Box::new(history))), Response::ok(Reply::Done { message: message.clone() })] {
                 let line = encode_response(&resp);
                 proptest::prop_assert!(line.ends_with('\n') && !line.trim_end().contains('\n'));
                 let back: Response = serde_json::from_str(&line).unwrap();

@@ -205,27 +205,13 @@ pub struct HistoryView {
     pub events: Vec<EventView>,
 }
 
-fn text(v: &Value, key: &str) -> Option<String> {
-    v.get(key).and_then(Value::as_str).map(str::to_string)
-}
-
 impl HistoryView {
-    pub fn from_json(v: &Value) -> HistoryView {
-        let events = v
-            .get("events")
-            .and_then(Value::as_array)
-            .map(|es| {
-                es.iter()
-                    .map(|e| EventView {
-                        seq: e.get("seq").and_then(Value::as_u64).unwrap_or(0),
-                        at: e.get("at").and_then(Value::as_f64).unwrap_or(0.0),
-                        kind: text(e, "kind").unwrap_or_default(),
-                        job: text(e, "job"),
-                        message: text(e, "message").unwrap_or_default(),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+    pub fn from_report(h: &crate::protocol::HistoryReport) -> HistoryView {
+        let events = h
+            .events
+            .iter()
+            .map(|e| EventView { seq: e.seq, at: e.at, kind: e.kind.as_str().to_string(), job: e.job.clone(), message: e.message.clone() })
+            .collect();
         HistoryView { events }
     }
 }
@@ -333,14 +319,14 @@ mod tests {
 
     #[test]
     fn history_events_read_oldest_first() {
-        let v = json!({"events": [
+        let v = json!({"now": 12.0, "latency": {"window_s": 3600, "spacing_s": 10, "samples": []}, "event_counts": {}, "events": [
             {"seq": 1, "at": 10.5, "kind": "exit", "job": "w", "message": "exited: exit code 1 after 2.0s"},
             {"seq": 2, "at": 11.0, "kind": "database_down", "job": null, "message": "down"},
         ]});
-        let h = HistoryView::from_json(&v);
+        let h = HistoryView::from_report(&serde_json::from_value(v).unwrap());
         assert_eq!(h.events.len(), 2);
         assert_eq!((h.events[0].seq, h.events[0].kind.as_str(), h.events[0].job.as_deref()), (1, "exit", Some("w")));
         assert_eq!((h.events[1].at, h.events[1].job.as_deref()), (11.0, None));
-        assert!(HistoryView::from_json(&json!(null)).events.is_empty());
+        assert!(HistoryView::from_report(&Default::default()).events.is_empty());
     }
 }

@@ -68,7 +68,7 @@ pub fn response(request: &Request, resp: &Response, json: bool) {
             Reply::Logs { lines } => serde_json::to_value(serde_json::json!({ "lines": lines })),
             Reply::Log(l) => serde_json::to_value(l),
             Reply::Budget(b) => serde_json::to_value(b),
-            Reply::History(h) => Ok(h.clone()),
+            Reply::History(h) => serde_json::to_value(h),
             Reply::Health(h) => serde_json::to_value(h),
             Reply::Done { message } => Ok(serde_json::json!({ "message": message })),
         };

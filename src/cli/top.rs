@@ -296,7 +296,7 @@ pub fn fetch(socket: &Path, logs_of: Option<&str>) -> Snapshot {
         snap.budget = Some(BudgetView::from_report(&b));
     }
     if let Ok(Response { result: Some(Reply::History(h)), .. }) = client::ask(socket, &Request::History, ASK_TIMEOUT) {
-        snap.events = HistoryView::from_json(&h).events;
+        snap.events = HistoryView::from_report(&h).events;
     }
     if let Some(job) = logs_of {
         let req = Request::Logs { job: Some(job.to_string()), lines: LOG_LINES, follow: false, since: None };

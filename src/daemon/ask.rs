@@ -19,7 +19,7 @@ pub struct Snapshot {
     /// The last reading's answer (no fresh database check).
     pub health: HealthReport,
     /// Present when asked for.
-    pub history: Option<serde_json::Value>,
+    pub history: Option<crate::protocol::HistoryReport>,
 }
 
 /// Why no answer came.

@@ -10,10 +10,9 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, SystemTime};
 
-use serde::Serialize;
-use serde_json::json;
-
 use crate::job::State;
+pub use crate::protocol::{EventKind as Kind, Reading};
+use crate::protocol::{EventRecord, HistoryReport, LatencyHistory, LatencySample};
 
 /// How far back the latency history reaches.
 pub const LATENCY_WINDOW: Duration = Duration::from_secs(3600);
@@ -21,16 +20,6 @@ pub const LATENCY_WINDOW: Duration = Duration::from_secs(3600);
 pub const SAMPLE_SPACING: Duration = Duration::from_secs(10);
 /// Events kept; older ones fall off (their counts stay).
 pub const MAX_EVENTS: usize = 100;
-
-/// Which database reading a latency sample comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Reading {
-    /// `SELECT 1` of a full health check.
-    Health,
-    /// The usage query (`pg_stat_activity`) between health checks.
-    Usage,
-}
 
 #[derive(Debug, Clone, PartialEq)]
 struct Sample {
@@ -41,47 +30,9 @@ struct Sample {
     reading: Reading,
 }
 
-/// What happened. The names are stable: the page and `/metrics` use them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Kind {
-    /// A job's process exited.
-    Exit,
-    /// A restart was scheduled (backoff).
-    Restart,
-    Fatal,
-    Waiting,
-    /// A job was told a new quota.
-    Quota,
-    /// start, stop or restart requested over the control socket or HTTP.
-    Control,
-    Reload,
-    DatabaseDown,
-    DatabaseUp,
-    Warning,
-}
-
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Exit => "exit",
-            Kind::Restart => "restart",
-            Kind::Fatal => "fatal",
-            Kind::Waiting => "waiting",
-            Kind::Quota => "quota",
-            Kind::Control => "control",
-            Kind::Reload => "reload",
-            Kind::DatabaseDown => "database_down",
-            Kind::DatabaseUp => "database_up",
-            Kind::Warning => "warning",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 struct Record {
     seq: u64,
-    #[serde(serialize_with = "unix_seconds")]
     at: SystemTime,
     kind: Kind,
     job: Option<String>,
@@ -150,31 +101,31 @@ impl History {
         self.event(at, kind, Some(job), message);
     }
 
-    /// The `history` reply: additive JSON, the newest event last.
-    pub fn to_json(&self, now: SystemTime) -> serde_json::Value {
-        let samples: Vec<_> = self
+    /// The `history` reply, the newest event last.
+    pub fn report(&self, now: SystemTime) -> HistoryReport {
+        let samples = self
             .samples
             .iter()
             .filter(|s| now.duration_since(s.at).unwrap_or_default() <= LATENCY_WINDOW)
-            .map(|s| json!({"at": secs(s.at), "ms": s.ms.map(|m| (m * 1000.0).round() / 1000.0), "failed": s.failed, "reading": s.reading}))
+            .map(|s| LatencySample { at: secs(s.at), ms: s.ms.map(|m| (m * 1000.0).round() / 1000.0), failed: s.failed, reading: s.reading })
             .collect();
-        let counts: BTreeMap<&str, u64> = self.counts.iter().map(|(k, n)| (k.as_str(), *n)).collect();
-        json!({
-            "now": secs(now),
-            "latency": {"window_s": LATENCY_WINDOW.as_secs(), "spacing_s": SAMPLE_SPACING.as_secs(), "samples": samples},
-            "events": self.events,
-            "event_counts": counts,
-        })
+        let events = self
+            .events
+            .iter()
+            .map(|r| EventRecord { seq: r.seq, at: secs(r.at), kind: r.kind, job: r.job.clone(), message: r.message.clone() })
+            .collect();
+        HistoryReport {
+            now: secs(now),
+            latency: LatencyHistory { window_s: LATENCY_WINDOW.as_secs(), spacing_s: SAMPLE_SPACING.as_secs(), samples },
+            events,
+            event_counts: self.counts.clone(),
+        }
     }
 }
 
 fn secs(t: SystemTime) -> f64 {
     let s = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
     (s * 1000.0).round() / 1000.0
-}
-
-fn unix_seconds<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_f64(secs(*t))
 }
 
 #[cfg(test)]
@@ -213,7 +164,7 @@ mod tests {
         }
         let n = h.samples.len() as u64;
         assert!(n <= LATENCY_WINDOW.as_secs() / SAMPLE_SPACING.as_secs() + 1, "{n}");
-        let json = h.to_json(t(7200));
+        let json = serde_json::to_value(h.report(t(7200))).unwrap();
         assert_eq!(json["latency"]["samples"].as_array().unwrap().len() as u64, n);
     }
 
@@ -225,7 +176,7 @@ mod tests {
         }
         h.event(t(500), Kind::DatabaseDown, None, "down");
         assert_eq!(h.events.len(), MAX_EVENTS);
-        let json = h.to_json(t(501));
+        let json = serde_json::to_value(h.report(t(501))).unwrap();
         let events = json["events"].as_array().unwrap();
         assert_eq!(events.last().unwrap()["kind"], "database_down");
         assert_eq!(events.last().unwrap()["job"], serde_json::Value::Null);

@@ -228,7 +228,7 @@ pub fn render_metrics(
     status: &StatusReport,
     budget: Option<&BudgetReport>,
     health: Option<&HealthReport>,
-    history: Option<&serde_json::Value>,
+    history: Option<&crate::protocol::HistoryReport>,
 ) -> String {
     let mut reg = Registry::default();
     let up = Family::<JobLabel, Gauge>::default();
@@ -324,10 +324,13 @@ pub fn render_metrics(
     let orphans = Counter::<u64>::default();
     orphans.inc_by(status.supervisor.orphans_killed);
     reg.register("corral_orphans_killed", "Stray orphans terminated by the sweep", orphans);
-    if let Some(counts) = history.and_then(|h| h.get("event_counts")).and_then(|c| c.as_object()) {
+    let own_dropped = Counter::<u64>::default();
+    own_dropped.inc_by(status.supervisor.log_lines_dropped);
+    reg.register("corral_log_lines_dropped", "corral's own log lines dropped because its stderr was not read fast enough", own_dropped);
+    if let Some(counts) = history.map(|h| &h.event_counts) {
         let events = Family::<KindLabel, Counter>::default();
         for (kind, n) in counts {
-            events.get_or_create(&KindLabel { kind: kind.clone() }).inc_by(n.as_u64().unwrap_or(0));
+            events.get_or_create(&KindLabel { kind: kind.as_str().to_string() }).inc_by(*n);
         }
         reg.register("corral_events", "Events since corral started, by kind (the dashboard's recent events)", events);
     }
@@ -428,7 +431,7 @@ mod tests {
                 JobStatus { reason: Some("x".into()), ..JobStatus::named("b", JobState::Fatal) },
             ],
             config_error: None,
-            supervisor: SupervisorInfo { zombies_reaped: 4, orphans_killed: 1, version: "9.9.9".into(), started_at: 1700000000.5, ..Default::default() },
+            supervisor: SupervisorInfo { zombies_reaped: 4, orphans_killed: 1, log_lines_dropped: 3, version: "9.9.9".into(), started_at: 1700000000.5, ..Default::default() },
             budget: None,
         };
         let budget: BudgetReport = serde_json::from_value(serde_json::json!({
@@ -438,7 +441,10 @@ mod tests {
             "database": {"healthy": true, "max_connections": 63},
         }))
         .unwrap();
-        let history = serde_json::json!({"event_counts": {"exit": 7, "quota": 2}});
+        let history = crate::protocol::HistoryReport {
+            event_counts: [(crate::protocol::EventKind::Exit, 7), (crate::protocol::EventKind::Quota, 2)].into(),
+            ..Default::default()
+        };
         let health = HealthReport {
             healthy: true,
             supervisor: true,
@@ -479,6 +485,7 @@ mod tests {
             "corral_db_health_latency_seconds 0.0025",
             "corral_zombies_reaped_total 4",
             "corral_orphans_killed_total 1",
+            "corral_log_lines_dropped_total 3",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }

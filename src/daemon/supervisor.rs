@@ -971,7 +971,7 @@ impl Supervisor {
                 }
             },
             Request::History => {
-                let _ = reply.send(Response::ok(Reply::History(self.history.to_json(now_wall()))));
+                let _ = reply.send(Response::ok(Reply::History(Box::new(self.history.report(now_wall())))));
             }
             Request::Shutdown => {
                 self.shutdown.wait(reply);
@@ -1086,6 +1086,7 @@ impl Supervisor {
                 started_at: self.started_wall.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
                 zombies_reaped: self.zombies_reaped,
                 orphans_killed: self.orphans_killed,
+                log_lines_dropped: output::stderr_sink().dropped(),
             },
             budget: self.budget.as_ref().map(|b| b.summary(Instant::now())),
         }
@@ -1502,7 +1503,7 @@ impl Supervisor {
             status: self.status(&names),
             budget: self.budget.as_ref().map(|b| b.report(&views, Instant::now())),
             health,
-            history: history.then(|| self.history.to_json(now_wall())),
+            history: history.then(|| self.history.report(now_wall())),
         }
     }
 

@@ -112,6 +112,9 @@ fn stdout_never_read_never_freezes_supervision() {
     assert!(logs.status.success() && harness::stdout(&logs).contains("nobody will ever read"), "{}", stderr(&logs));
     // And /metrics-style counters are on status: a second reading is not smaller.
     assert!(c.job("flood")["output_dropped"].as_u64().unwrap_or(0) >= dropped);
+    // corral's own lines that its unread stderr could not take are counted too.
+    let status: serde_json::Value = serde_json::from_slice(&c.ctl(&["status", "--json"]).stdout).unwrap_or_default();
+    assert!(status["supervisor"]["log_lines_dropped"].is_u64(), "{status}");
     let probe = prober.finish();
     let rss1 = rss_kb(pid);
     report("stdout and stderr never read, a job flooding output, a job crash-looping", probe, (rss0, rss1));
