@@ -21,7 +21,7 @@ use crate::db::fleet::{FleetView, LocalJob, LockOutcome, SyncRequest, SyncResult
 use crate::db::pooler::PgBouncerReading;
 use crate::db::tls::TlsInfo;
 use crate::db::{ServerLimits, Usage};
-use crate::protocol::{ErrorKind, HealthReport, Response, BudgetJob, BudgetReport, BudgetScope, BudgetSummary, Coordination, DbHealth, ExternalGroup, MemberRow, ReservationRow, ServiceRow, TlsReport};
+use crate::protocol::{ErrorKind, HealthReport, Response, BudgetJob, BudgetReport, BudgetScope, BudgetSummary, Coordination, DbHealth, ExternalGroup, ReservationRow, ServiceRow, TlsReport};
 
 /// How long an exited job's connections count as occupied without a reading.
 const DRAIN_FALLBACK: std::time::Duration = std::time::Duration::from_secs(5);
@@ -872,19 +872,7 @@ impl Budget {
             .iter()
             .map(|r| ReservationRow { name: r.name.clone(), count: r.count, created_by: Some(r.created_by.clone()), expires_in_s: r.expires_in_s })
             .collect();
-        let members = view
-            .members
-            .iter()
-            .map(|m| MemberRow {
-                id: m.id.clone(),
-                service: m.service.clone(),
-                host: m.host.clone(),
-                pid: m.pid,
-                heartbeat_age_s: m.heartbeat_age_s,
-                own: m.own,
-                base: m.base,
-            })
-            .collect();
+        let members = view.members.clone();
         BudgetReport {
             scope: BudgetScope::Fleet,
             service: self.cfg.service.clone(),

@@ -31,6 +31,8 @@ use super::error::{describe, DbError};
 use super::probe::{Probe, Session};
 use crate::budget::allocate::{self, Allocation, Process, Wants};
 use crate::budget::fleet::{self, FleetInput, FleetPlan, Member, Row};
+// A member as `corral budget` shows it: the protocol's row, filled straight from the table.
+use crate::protocol::MemberRow;
 
 /// First key of every advisory lock corral takes ("corr"); the second names what is locked.
 const LOCK_NS: i32 = 0x636f_7272;
@@ -166,23 +168,12 @@ pub enum LockOutcome {
 /// The whole fleet, for `corral budget`.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct FleetView {
-    pub members: Vec<MemberView>,
+    pub members: Vec<MemberRow>,
     pub jobs: Vec<JobView>,
     pub reservations: Vec<ReservationView>,
     /// Live backends per `corral/...` application_name.
     pub backends: BTreeMap<String, u32>,
     pub expired: Vec<String>,
-}
-
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct MemberView {
-    pub id: String,
-    pub service: String,
-    pub host: String,
-    pub pid: i32,
-    pub heartbeat_age_s: f64,
-    pub own: u32,
-    pub base: Option<u32>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -636,7 +627,7 @@ async fn report_demands(
 
 /// Everything the allocation needs, read under the allocation lock.
 struct FleetRows {
-    members: Vec<(Member, MemberView)>,
+    members: Vec<(Member, MemberRow)>,
     rows: Vec<Row>,
     /// Live connections each row's corral last reported, by row id.
     live_of: BTreeMap<String, Option<u32>>,
@@ -696,7 +687,7 @@ async fn read_fleet(tx: &Transaction<'_>) -> Result<FleetRows, tokio_postgres::E
         .iter()
         .map(|r| {
             let m = Member { id: r.get(0), service: r.get(1), base: known(r.get(4)), own: u(r.get(5)) };
-            let v = MemberView {
+            let v = MemberRow {
                 id: m.id.clone(),
                 service: m.service.clone(),
                 host: r.get(2),

@@ -336,6 +336,22 @@ fn line_reader(out: impl Read + Send + 'static) -> mpsc::Receiver<String> {
     rx
 }
 
+/// Run `corral logs ... -f` and collect up to `n` of its lines (10 s at most), then stop it.
+fn follow(c: &Corral, args: &[&str], n: usize) -> Vec<String> {
+    let mut child = Command::new(bin()).args(["-s"]).arg(&c.socket).args(args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let rx = line_reader(child.stdout.take().unwrap());
+    let mut got = Vec::new();
+    let deadline = Instant::now() + 10 * SEC;
+    while got.len() < n && Instant::now() < deadline {
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
+            got.push(l);
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    got
+}
+
 #[test]
 fn logs_follow_streams_new_lines() {
     let c = Corral::start(
@@ -344,24 +360,7 @@ fn logs_follow_streams_new_lines() {
 command = ["sh", "-c", "i=0; while :; do i=$((i+1)); echo tick $i; sleep 0.05; done", "{dir}"]
 "#,
     );
-    let mut child = Command::new(bin())
-        .args(["-s"])
-        .arg(&c.socket)
-        .args(["logs", "ticker", "-n", "1", "-f"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let rx = line_reader(child.stdout.take().unwrap());
-    let mut got = Vec::new();
-    let deadline = Instant::now() + 10 * SEC;
-    while got.len() < 10 && Instant::now() < deadline {
-        if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
-            got.push(l);
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+    let got = follow(&c, &["logs", "ticker", "-n", "1", "-f"], 10);
     assert!(got.len() >= 10, "follow streamed only {got:?}");
     let n: Vec<u64> = got.iter().map(|l| l.strip_prefix("tick ").and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{l:?}"))).collect();
     assert!(n.windows(2).all(|w| w[1] == w[0] + 1), "consecutive lines, none lost or repeated: {n:?}");
@@ -379,24 +378,7 @@ instances = 2
 command = ["sh", "-c", "while :; do echo other; sleep 0.05; done"]
 "#,
     );
-    let mut child = Command::new(bin())
-        .args(["-s"])
-        .arg(&c.socket)
-        .args(["logs", "t", "-n", "0", "-f"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let rx = line_reader(child.stdout.take().unwrap());
-    let mut got = Vec::new();
-    let deadline = Instant::now() + 10 * SEC;
-    while got.len() < 40 && Instant::now() < deadline {
-        if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
-            got.push(l);
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+    let got = follow(&c, &["logs", "t", "-n", "0", "-f"], 40);
     assert!(got.len() >= 40, "follow streamed only {got:?}");
     for i in 0..2 {
         assert!(got.iter().any(|l| l.contains(&format!(" t.{i} stdout: tick {i}"))), "no line of t.{i}: {got:?}");
