@@ -114,8 +114,9 @@ backoff = { initial = "100ms", max = "1s" }
     let broke = now_ns();
     std::fs::remove_file(c.path("healthy")).unwrap();
     c.wait_job("api", Duration::from_secs(10), "restarted as unhealthy", |j| j["restart_reason"] == "unhealthy");
+    // The job's TERM trap stamps the stop just after corral records the restart's reason.
+    assert!(poll(Duration::from_secs(5), || !stamps(&c.path("stops")).is_empty()), "{}", c.output());
     let stops = stamps(&c.path("stops"));
-    assert!(!stops.is_empty(), "{}", c.output());
     let latency = ms(stops[0] - broke);
     // 3 failures 100 ms apart: about 200-300 ms after the file went away.
     eprintln!("liveness detection latency: {latency:.1} ms (3 failures at 100ms)");
@@ -341,6 +342,7 @@ backoff = { initial = "100ms", max = "1s" }
     c.wait_ready();
     let j = c.wait_job("scraper", Duration::from_secs(20), "restarted for memory", |j| j["restart_reason"] == "memory");
     assert_eq!(j["restart_reason"], "memory");
+    assert!(poll(Duration::from_secs(5), || !stamps(&c.path("stops")).is_empty()), "{}", c.output());
     let (over, stops) = (stamps(&c.path("over")), stamps(&c.path("stops")));
     assert!(!over.is_empty() && !stops.is_empty(), "{}", c.output());
     let latency = ms(stops[0].saturating_sub(over[0]));
