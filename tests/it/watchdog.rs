@@ -336,7 +336,9 @@ healthy_after = "0s"
 backoff = { initial = "100ms", max = "1s" }
 "#,
     );
-    let grow = "import sys, time\nb = []\nwhile True:\n    b.append(b'x' * (8 << 20))\n    if len(b) * 8 == 64:\n        open(sys.argv[1], 'a').write(str(time.time_ns()) + '\\n')\n    time.sleep(0.05)\n";
+    // Once one run has passed the limit, later runs stay small, so a sample lands on a
+    // running tree below the limit and status shows its RSS.
+    let grow = "import os, sys, time\nif os.path.exists(sys.argv[1]):\n    time.sleep(3600)\nb = []\nwhile True:\n    b.append(b'x' * (8 << 20))\n    if len(b) * 8 == 64:\n        open(sys.argv[1], 'a').write(str(time.time_ns()) + '\\n')\n    time.sleep(0.05)\n";
     std::fs::write(dir.path().join("grow.py"), grow).unwrap();
     let c = Corral::spawn_in(dir, config, socket, &[]);
     c.wait_ready();
@@ -349,7 +351,7 @@ backoff = { initial = "100ms", max = "1s" }
     eprintln!("memory detection latency: {latency:.1} ms after the tree passed memory_max (sampling every 1 s)");
     assert!(latency < 3000.0, "{latency}");
     c.wait_output("above memory_max 64.0 MiB", Duration::from_secs(5));
-    // The tree's RSS is in status --json while it runs again.
+    // The tree's RSS is in status --json while it runs again (below the limit now).
     let j = c.wait_job("scraper", Duration::from_secs(10), "rss sampled", |j| j["rss_bytes"].as_u64().is_some_and(|b| b > 0));
     assert!(j["rss_bytes"].as_u64().unwrap() > 1 << 20);
 }
