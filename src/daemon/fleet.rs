@@ -7,15 +7,18 @@
 //! `reserve` and `release` (each followed by a sync with the request that came with it).
 //! It never touches jobs and never asks the actor anything.
 //!
-//! [`Schedule`] is the actor's side: when the next sync is due (every
-//! `rebalance_interval`, sooner while failing or when a job waits for the fleet), at most
-//! one in flight, back-to-back syncs spaced by [`MIN_SPACING`]. Pure: it is told the time.
+//! [`Link`] is the actor's side: the channel, what the last sync reported, and [`Schedule`],
+//! when the next sync is due (every `rebalance_interval`, sooner while failing or when a job
+//! waits for the fleet), at most one in flight, back-to-back syncs spaced by [`MIN_SPACING`].
+//! The schedule is pure: it is told the time.
 
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
-use tracing::info;
+use tracing::{info, warn};
 
+use super::budget::{Budget, JobView};
+use super::jobs::JobTable;
 use super::supervisor::{Event, EventTx};
 use crate::db::fleet::{Coordinator, SyncRequest, SyncResult};
 use crate::protocol::{ErrorKind, Reply, Response};
@@ -108,6 +111,118 @@ impl Schedule {
     pub fn failures(&self) -> u32 {
         self.failures
     }
+}
+
+/// What a reading reports to the fleet of each local job: its wants and occupancy.
+pub type Signature = Vec<(String, crate::budget::allocate::Wants, u32)>;
+
+/// The actor's end of fleet coordination: the coordinator until the task is started, then
+/// the task's channel; when the next sync goes out ([`Schedule`]); what the last one reported.
+/// Built from the budget and the jobs it is handed; the only thing it gives back to the actor
+/// is a timer to arm.
+#[derive(Default)]
+pub struct Link {
+    coordinator: Option<Coordinator>,
+    cmd: Option<mpsc::UnboundedSender<FleetCmd>>,
+    schedule: Schedule,
+    reported: Signature,
+}
+
+/// A fleet timer the actor arms: `Event::FleetDue { epoch }` after the delay.
+pub type Due = (Duration, u64);
+
+impl Link {
+    pub fn new(coordinator: Coordinator) -> Link {
+        Link { coordinator: Some(coordinator), ..Link::default() }
+    }
+
+    /// The fleet task runs (commands can be sent).
+    pub fn active(&self) -> bool {
+        self.cmd.is_some()
+    }
+
+    /// Join the fleet before any job starts (the autostart jobs ask for their grants and locks
+    /// in this first sync), then hand the coordinator to its task. The report is the actor's.
+    pub async fn join(&mut self, first: &SyncRequest, timeout: Duration, tx: EventTx) -> Option<FleetReport> {
+        let mut coord = self.coordinator.take()?;
+        let report = sync_once(&mut coord, first, timeout).await;
+        self.cmd = Some(spawn(coord, timeout, tx));
+        Some(report)
+    }
+
+    /// The request a sync carries now: remembers what it reports of our jobs.
+    pub fn request(&mut self, budget: &Budget, jobs: &[JobView<'_>], now: Instant) -> Box<SyncRequest> {
+        self.reported = budget.reading_signature(jobs, now);
+        self.schedule.sent();
+        Box::new(budget.fleet_request(jobs, now))
+    }
+
+    /// A sync is wanted: sent now, or after the spacing (the timer returned), or right after
+    /// the one in flight.
+    pub fn want(&mut self, budget: &Budget, jobs: &[JobView<'_>], now: Instant) -> Option<Due> {
+        if !self.active() {
+            return None;
+        }
+        match self.schedule.want(now) {
+            Next::SendNow => {
+                let req = self.request(budget, jobs, now);
+                self.send(FleetCmd::Sync(req));
+                None
+            }
+            Next::After(delay, epoch) => Some((delay, epoch)),
+            Next::Later => None,
+        }
+    }
+
+    /// A due timer fired: still current unless a sync went out since it was armed.
+    pub fn is_current(&self, epoch: u64) -> bool {
+        epoch == self.schedule.epoch
+    }
+
+    /// A reading changed what the fleet knows of our jobs (connections closed, a job turned
+    /// idle or active): worth a sync at once instead of at the next interval.
+    pub fn reading_changed(&self, budget: &Budget, jobs: &[JobView<'_>], now: Instant) -> bool {
+        budget.reading_signature(jobs, now) != self.reported
+    }
+
+    /// A sync's report came back: the next periodic sync's timer, and whether one was asked
+    /// for meanwhile (want it now).
+    pub fn done(&mut self, report: &FleetReport, interval: Duration, now: Instant) -> (Due, bool) {
+        let (next, epoch, wanted) = self.schedule.done(report.result.is_ok(), interval, now);
+        if let Err(e) = &report.result {
+            if self.schedule.failures() == 1 {
+                warn!("fleet sync failed (jobs keep their grants, none are raised): {e}");
+            }
+        }
+        ((next, epoch), wanted)
+    }
+
+    /// Send a command; a reserve or release that cannot go out is answered here.
+    pub fn send(&self, cmd: FleetCmd) {
+        let Some(c) = &self.cmd else { return };
+        if let Err(e) = c.send(cmd) {
+            if let FleetCmd::Reserve { reply, .. } | FleetCmd::Release { reply, .. } = e.0 {
+                let _ = reply.send(Response::err(ErrorKind::Refused, "fleet coordination has stopped"));
+            }
+        }
+    }
+
+    /// Shutdown: the channel to say goodbye on (`shutdown::leave_fleet`).
+    pub fn leave(&mut self) -> Option<mpsc::UnboundedSender<FleetCmd>> {
+        self.cmd.take()
+    }
+}
+
+/// A single-instance job runs only while its fleet-wide lock is confirmed ours: the running
+/// ones whose lock was not for `rebalance_interval + health_timeout + fleet_grace`
+/// (coordination lost, or another corral holds it) must stop and wait for it again.
+pub fn unconfirmed_locks(budget: &Budget, jobs: &JobTable, now: Instant) -> Vec<String> {
+    let Some(f) = budget.fleet.as_ref() else { return Vec::new() };
+    let hold_for = budget.fleet_hold();
+    jobs.iter()
+        .filter(|(n, j)| j.cfg.single_instance && j.m.pid.is_some() && j.m.state.wants_to_run() && !f.holds(n, hold_for, now))
+        .map(|(n, _)| n.clone())
+        .collect()
 }
 
 /// One sync with the request the actor gave, bounded by `timeout`.

@@ -9,7 +9,7 @@
 //! the budget (`budget::Budget`), shutdown (`shutdown`). Reaping happens inside this task
 //! too (on SIGCHLD), so a spawned pid is always registered before its exit can be collected.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 mod watchdog;
 
-use super::budget::{Budget, Observed};
+use super::budget::Budget;
 use super::fleet::{FleetCmd, FleetReport};
 use super::health::{self, DbReport, ProbeCmd};
 use super::history::{History, Kind};
@@ -33,12 +33,13 @@ use crate::db::pooler::PgBouncerAdmin;
 use crate::db::{self, Probe};
 use super::admission::{self, Awaiting, Decision, FleetFact, FleetLock, GrantFact, LockFact};
 use super::control;
+use super::grants;
 use super::reload;
 use super::shutdown;
 use super::jobs::{self, job_views, JobRt, JobTable};
 use crate::protocol::WaitReason;
 use crate::job::machine::{self, describe_exit};
-use crate::job::{Effect, Input, Policy, State, TimerKind};
+use crate::job::{Effect, Input, State, TimerKind};
 use crate::process::lock::{JobLock, LockError};
 use crate::process::output::{self, LogStore};
 use crate::process::scan::Snapshot;
@@ -65,10 +66,6 @@ const RELOAD_DEBOUNCE: Duration = Duration::from_millis(200);
 /// A process snapshot younger than this is reused for duplicate checks, so
 /// starting 500 jobs scans the process table once, not 500 times.
 const SNAPSHOT_TTL: Duration = Duration::from_secs(1);
-/// A job told a lower quota gets this long to close connections before the reading that may
-/// confirm it; while connections stay unconfirmed, further readings follow at twice the delay
-/// each time, up to `rebalance_interval` (SPEC §5: freed connections reach others within ~1 s).
-const CONFIRM_AFTER: Duration = Duration::from_millis(100);
 
 pub enum Event {
     Request(Request, oneshot::Sender<Response>),
@@ -111,10 +108,6 @@ pub enum Event {
 
 pub type EventTx = mpsc::UnboundedSender<Event>;
 
-/// `quota_signal` is never sent to a process younger than this (nor before its
-/// `healthy_after`): it may not have installed its handler yet, and SIGHUP's default action
-/// kills it. Its first quota is in its environment anyway.
-const QUOTA_SIGNAL_MIN_UPTIME: Duration = Duration::from_secs(2);
 
 pub struct Supervisor {
     config: Config,
@@ -144,16 +137,10 @@ pub struct Supervisor {
     queue: VecDeque<(String, Input)>,
     /// systemd's notification socket (SPEC §9); disabled unless set.
     notify: Notifier,
-    /// Fleet scope: the coordinator until the fleet task takes it, then the task's channel.
-    coordinator: Option<Coordinator>,
-    fleet_cmd: Option<mpsc::UnboundedSender<FleetCmd>>,
-    /// When the actor pushes the next fleet sync.
-    fleet_schedule: super::fleet::Schedule,
-    /// Readings asked for in a row while freed connections stay unconfirmed (backs them off).
-    follow_ups: u32,
-    /// Fleet scope: each job's wants and occupancy as the last sync reported them; a reading
-    /// that changes them syncs at once instead of at the next interval.
-    fleet_reported: Vec<(String, crate::budget::allocate::Wants, u32)>,
+    /// Fleet scope: the fleet task's channel, its schedule, what it was last told.
+    fleet: super::fleet::Link,
+    /// How soon to read again while connections given back are unconfirmed.
+    confirm: grants::Confirm,
     /// Scheduled jobs: their trackers and wakes (daemon/schedule.rs).
     schedules: Schedules,
     /// `[alerts]` (SPEC §9): facts go out through this hook and never wait for delivery.
@@ -162,7 +149,7 @@ pub struct Supervisor {
     alert_children: crate::alerts::Children,
     /// Probes, stall timers, tree memory (`crate::watchdog`), and the dependency bookkeeping.
     watchdog: crate::watchdog::Watchdog,
-    deps: watchdog::DepState,
+    deps: super::dependencies::Dependencies,
 }
 
 impl Supervisor {
@@ -194,11 +181,8 @@ impl Supervisor {
             probe_cmd: None,
             queue: VecDeque::new(),
             notify: Notifier::default(),
-            coordinator: None,
-            fleet_cmd: None,
-            fleet_schedule: super::fleet::Schedule::default(),
-            follow_ups: 0,
-            fleet_reported: Vec::new(),
+            fleet: Default::default(),
+            confirm: Default::default(),
             schedules,
             alerts: crate::alerts::Hook::disabled(),
             alert_children: crate::alerts::Children::default(),
@@ -226,7 +210,7 @@ impl Supervisor {
         fleet.member = ident.id.clone();
         // The coordination shares corral's one connection (SPEC §5: one own connection).
         match &self.probe {
-            Some(probe) => self.coordinator = Some(Coordinator::new(probe.clone(), ident, db.health_timeout)),
+            Some(probe) => self.fleet = super::fleet::Link::new(Coordinator::new(probe.clone(), ident, db.health_timeout)),
             None => {
                 // Shown by health and budget: jobs that need a grant wait for good.
                 let why = budget.status.error.clone().unwrap_or_else(|| "no database url".into());
@@ -317,16 +301,16 @@ impl Supervisor {
                 j.start_pending = true;
             }
         }
-        if let (Some(mut coord), Some(db)) = (self.coordinator.take(), self.config.database.clone()) {
+        if let (Some(budget), Some(db)) = (self.budget.as_ref(), self.config.database.as_ref()) {
             // Join the fleet before starting anything: autostart jobs ask for their grants and
             // locks in this first sync.
-            let req = self.fleet_request();
-            let report = super::fleet::sync_once(&mut coord, &req, db.health_timeout).await;
-            if let Err(e) = &report.result {
-                error!("cannot join the fleet yet (jobs needing a grant or a fleet lock wait): {e}");
+            let first = budget.fleet_request(&job_views(&self.jobs), Instant::now());
+            if let Some(report) = self.fleet.join(&first, db.health_timeout, self.tx.clone()).await {
+                if let Err(e) = &report.result {
+                    error!("cannot join the fleet yet (jobs needing a grant or a fleet lock wait): {e}");
+                }
+                self.on_fleet(report);
             }
-            self.on_fleet(report);
-            self.fleet_cmd = Some(super::fleet::spawn(coord, db.health_timeout, self.tx.clone()));
         }
         for name in autostart {
             if let Some(j) = self.jobs.get_mut(&name) {
@@ -381,7 +365,7 @@ impl Supervisor {
             }
         }
         self.shutdown.finish(self.config.supervisor.orphans, self.own_pid);
-        if let Some(cmd) = self.fleet_cmd.take() {
+        if let Some(cmd) = self.fleet.leave() {
             shutdown::leave_fleet(cmd).await;
         }
         // Jobs and orphans are gone: print what they wrote last before the
@@ -438,7 +422,7 @@ impl Supervisor {
                 }
             }
             Event::FleetDue { epoch } => {
-                if epoch == self.fleet_schedule.epoch {
+                if self.fleet.is_current(epoch) {
                     self.request_sync();
                 }
             }
@@ -754,8 +738,8 @@ impl Supervisor {
                     });
                     if draining {
                         // Its backends close right after it: a reading now hands them on.
-                        self.follow_ups = 0;
-                        self.want_reading(Instant::now());
+                        let at = self.confirm.restart(Instant::now(), Duration::ZERO);
+                        self.want_reading(at);
                     }
                     self.feed(&name, Input::Exited(exit, uptime));
                     self.rebalance();
@@ -928,7 +912,7 @@ impl Supervisor {
                 let report = self.budget.as_ref().map(|b| b.report(&views, Instant::now())).unwrap_or_default();
                 let _ = reply.send(Response::ok(Reply::Budget(Box::new(report))));
             }
-            Request::Reserve { name, count, ttl_s } if self.fleet_cmd.is_some() => {
+            Request::Reserve { name, count, ttl_s } if self.fleet.active() => {
                 let ttl = match ttl_s {
                     Some(t) if !(t.is_finite() && t > 0.0) => {
                         let _ = reply.send(Response::err(ErrorKind::BadRequest, "ttl must be positive"));
@@ -936,26 +920,23 @@ impl Supervisor {
                     }
                     t => t.map(|t| Duration::from_secs_f64(t.min(1e9))),
                 };
-                let then = self.sync_request();
-                self.to_fleet(FleetCmd::Reserve { name, count, ttl, reply, then });
+                self.send_to_fleet(|then| FleetCmd::Reserve { name, count, ttl, reply, then });
             }
-            Request::Release { name } if self.fleet_cmd.is_some() => {
-                let then = self.sync_request();
-                self.to_fleet(FleetCmd::Release { name, reply, then });
+            Request::Release { name } if self.fleet.active() => {
+                self.send_to_fleet(|then| FleetCmd::Release { name, reply, then });
             }
             Request::Reserve { name, count, ttl_s } => {
-                let _ = reply.send(self.reserve(name, count, ttl_s));
+                // (Without a budget these were answered above.)
+                let Some(budget) = self.budget.as_mut() else { return };
+                let (resp, fx) = grants::reserve(budget, &mut self.jobs, &mut self.history, name, count, ttl_s, Instant::now());
+                self.apply(fx);
+                let _ = reply.send(resp);
             }
             Request::Release { name } => {
-                let removed = self.budget.as_mut().and_then(|b| b.reservations.remove(&name));
-                let resp = match removed {
-                    Some(r) => {
-                        info!(reservation = %name, count = r.count, "reservation released");
-                        self.rebalance();
-                        Response::ok(Reply::Done { message: format!("released {name} ({} connections)", r.count) })
-                    }
-                    None => Response::err(ErrorKind::Refused, format!("no reservation named {name:?}")),
-                };
+                // (Without a budget these were answered above.)
+                let Some(budget) = self.budget.as_mut() else { return };
+                let (resp, fx) = grants::release(budget, &mut self.jobs, &mut self.history, &name, Instant::now());
+                self.apply(fx);
                 let _ = reply.send(resp);
             }
             Request::Health => match &self.probe_cmd {
@@ -1150,37 +1131,14 @@ impl Supervisor {
             (None, None) => {}
             _ => warn!("adding or removing [database] takes effect after a restart of corral"),
         }
-        let mut removed = plan.removed.clone();
-        crate::watchdog::deps::highest_index_first(&mut removed);
-        for name in &removed {
-            if let Some(j) = self.jobs.get_mut(name) {
-                j.removed = true;
-            }
-            self.feed(name, Input::Stop);
-            self.drop_if_removed(name);
-        }
-        for name in plan.restart.iter().chain(plan.update.iter()) {
-            let Some(cfg) = self.config.jobs.get(name).cloned() else { continue };
-            if let Some(j) = self.jobs.get_mut(name) {
-                j.policy = Policy::from(&cfg);
-                j.cfg = cfg;
-            }
-        }
-        for name in &plan.restart {
-            let live = self.jobs.get(name).is_some_and(|j| j.m.state.wants_to_run());
-            if live {
-                if let Some(j) = self.jobs.get_mut(name) {
-                    j.check_duplicates = true;
+        for step in reload::update_table(&mut self.jobs, &self.config, &plan) {
+            match step {
+                reload::Step::Remove(name) => {
+                    self.feed(&name, Input::Stop);
+                    self.drop_if_removed(&name);
                 }
-                self.feed(name, Input::Restart);
-            }
-        }
-        for name in &plan.added {
-            let Some(cfg) = self.config.jobs.get(name).cloned() else { continue };
-            let autostart = cfg.autostart && cfg.schedule.is_none();
-            self.jobs.insert(name.clone(), JobRt::new(cfg));
-            if autostart {
-                self.feed(name, Input::Start);
+                reload::Step::Restart(name) => self.feed(&name, Input::Restart),
+                reload::Step::Start(name) => self.feed(&name, Input::Start),
             }
         }
         // New scheduled jobs follow their schedule; changed schedules re-plan (runs go on).
@@ -1204,20 +1162,10 @@ impl Supervisor {
 
 impl Supervisor {
     fn on_db(&mut self, report: DbReport) {
-        for j in self.jobs.values_mut().filter(|j| j.awaiting == Awaiting::Reading) {
-            j.awaiting = Awaiting::Nothing;
-        }
         let Some(budget) = self.budget.as_mut() else { return };
         let was_healthy = budget.status.healthy;
         let has_usage = report.usage.is_ok();
-        // The jobs whose connections a reading judges: with `connections`, a process live.
-        let observed: Vec<Observed<'_>> = self
-            .jobs
-            .iter()
-            .filter(|(_, j)| j.cfg.connections.is_some() && j.m.state.is_live())
-            .map(|(name, j)| Observed { name, stopping: j.m.state == State::Stopping })
-            .collect();
-        let over = budget.apply_reading(report, &observed, &mut self.history, Instant::now());
+        let fx = grants::reading(budget, &mut self.jobs, &mut self.history, report, Instant::now());
         // [alerts] (SPEC §9): the health edges, and the reading against warn_at.
         if budget.status.healthy != was_healthy {
             match budget.status.healthy {
@@ -1230,9 +1178,26 @@ impl Supervisor {
             let b = budget.report(&job_views(&self.jobs), Instant::now());
             self.alerts.fact(crate::alerts::Fact::Budget { live: b.live, usable: b.usable, granted: b.granted, limit: b.limit, warn_at: budget.cfg.warn_at });
         }
+        self.apply(fx);
+        self.after_reading();
+    }
+
+    /// Carry out what the budget changed (`grants::Effects`, in its order).
+    fn apply(&mut self, fx: grants::Effects) {
+        for (pid, sig) in fx.signal {
+            let _ = kill::signal_pid(pid, sig);
+        }
+        for (delay, ev) in fx.after {
+            self.after(delay, ev);
+        }
+        if fx.confirm {
+            // What a job gives back goes to others once a reading shows it closed.
+            let at = self.confirm.restart(Instant::now(), grants::CONFIRM_AFTER);
+            self.want_reading(at);
+        }
         // Through a pooler the server's backends are the pooler's: there `terminate` only warns.
-        if let Some(probe) = self.probe.clone() {
-            for t in over {
+        if let Some(probe) = self.probe.clone().filter(|_| !fx.terminate.is_empty()) {
+            for t in fx.terminate {
                 let probe = probe.clone();
                 // The db future is not Send; the daemon runs on a LocalSet.
                 tokio::task::spawn_local(async move {
@@ -1244,75 +1209,28 @@ impl Supervisor {
                 });
             }
         }
-        self.rebalance();
-        // A database that came back may unblock jobs waiting for the budget.
-        let waiting: Vec<String> = self
-            .jobs
-            .iter()
-            .filter(|(_, j)| j.m.state == State::Waiting && j.hold.as_ref().is_some_and(WaitReason::is_budget))
-            .map(|(n, _)| n.clone())
-            .collect();
-        for name in waiting {
+        for (name, input) in fx.feed {
+            self.feed(&name, input);
+        }
+        for name in fx.retry {
             // Feeding one job can drop another that was removed from the config.
             let Some(epoch) = self.jobs.get(&name).map(|j| j.m.epoch) else { continue };
             self.feed(&name, Input::Timer { kind: TimerKind::RetryWait, epoch });
         }
-        self.after_reading();
     }
 
     /// Recompute grants and tell jobs whose quota changed (SPEC §5).
     fn rebalance(&mut self) {
         let Some(budget) = self.budget.as_mut() else { return };
-        let views = job_views(&self.jobs);
-        if budget.fleet.is_some() {
-            // Grants come from the fleet's allocation; locally a job can only give one up.
-            budget.fleet_drop_unwanted(&views);
-            return;
-        }
-        let (_, changes) = budget.allocate(&views, Instant::now(), None);
-        self.deliver(changes.tell);
-        for name in changes.evict {
-            warn!(job = %name, "usable budget fell below the running minimums: stopping lowest-priority job");
-            self.history.event(now_wall(), Kind::Warning, Some(&name), "usable budget fell below the running minimums: stopped");
-            self.feed(&name, Input::Stop);
-        }
+        let fx = grants::rebalance(budget, &mut self.jobs, &mut self.history, Instant::now());
+        self.apply(fx);
     }
 
     /// Write quota files and send `quota_signal` (SPEC §3).
     fn deliver(&mut self, tell: Vec<(String, u32)>) {
         let Some(budget) = self.budget.as_mut() else { return };
-        let mut shrunk = false;
-        let mut held_back = Vec::new();
-        for (name, quota) in tell {
-            shrunk |= budget.jobs.get(&name).and_then(|b| b.process).is_some_and(|p| p.held > quota);
-            let Some(job) = self.jobs.get_mut(&name) else { continue };
-            if let Err(e) = budget.write_quota(&job.cfg, quota) {
-                warn!(job = %name, "cannot write quota file: {e}");
-                continue;
-            }
-            budget.delivered(&name, Instant::now());
-            info!(job = %name, quota, "quota changed");
-            self.history.event(now_wall(), Kind::Quota, Some(&name), format!("quota changed to {quota}"));
-            if let (Some(sig), Some(pid)) = (job.cfg.quota_signal, job.m.pid) {
-                let uptime = job.started_at.map(|t| t.elapsed()).unwrap_or_default();
-                let old_enough = job.cfg.healthy_after.max(QUOTA_SIGNAL_MIN_UPTIME);
-                if uptime >= old_enough {
-                    let _ = kill::signal_pid(pid, sig);
-                } else if job.signal_due != Some(pid) {
-                    // Too young to have a handler: the file is rewritten now, the signal follows.
-                    job.signal_due = Some(pid);
-                    held_back.push((old_enough - uptime, Event::QuotaSignalDue { job: name.clone(), pid }));
-                }
-            }
-        }
-        for (delay, ev) in held_back {
-            self.after(delay, ev);
-        }
-        if shrunk {
-            // What the job gives back goes to others once a reading shows it closed.
-            self.follow_ups = 0;
-            self.want_reading(Instant::now() + CONFIRM_AFTER);
-        }
+        let fx = grants::deliver(budget, &mut self.jobs, &mut self.history, tell, Instant::now());
+        self.apply(fx);
     }
 
     /// Ask the probe task for a usage reading at `at` (it spaces them, SPEC §5).
@@ -1327,94 +1245,37 @@ impl Supervisor {
     /// of our jobs (connections closed, a job turned idle or active).
     fn after_reading(&mut self) {
         let Some(budget) = self.budget.as_ref() else { return };
-        if budget.unconfirmed() {
-            let delay = CONFIRM_AFTER.saturating_mul(1 << self.follow_ups.min(16)).min(self.config.budget.rebalance_interval);
-            self.follow_ups += 1;
-            self.want_reading(Instant::now() + delay);
-        } else {
-            self.follow_ups = 0;
+        let now = Instant::now();
+        if let Some(at) = self.confirm.after_reading(budget.unconfirmed(), self.config.budget.rebalance_interval, now) {
+            self.want_reading(at);
         }
-        if budget.fleet.is_some() && budget.reading_signature(&job_views(&self.jobs), Instant::now()) != self.fleet_reported {
+        if budget.fleet.is_some() && self.fleet.reading_changed(budget, &job_views(&self.jobs), now) {
             self.request_sync();
         }
     }
 
-    fn reserve(&mut self, name: String, count: u32, ttl_s: Option<f64>) -> Response {
-        let Some(budget) = self.budget.as_mut() else {
-            return Response::err(ErrorKind::NoDatabase, "no [database] configured");
-        };
-        let ttl = match budget.reserve(&name, count, ttl_s, Instant::now()) {
-            Ok(ttl) => ttl,
-            Err(resp) => return resp,
-        };
-        info!(reservation = %name, count, ttl_s, "reservation added");
-        if let Some(t) = ttl {
-            self.after(t, Event::SweepBudget);
-        }
-        self.rebalance();
-        Response::ok(Reply::Done { message: format!("reserved {count} connection(s) as {name}") })
-    }
-
     // ----- fleet scope (SPEC §5 across the fleet, §7 fleet-wide single instance) -----
-
-    fn fleet_request(&self) -> SyncRequest {
-        let views = job_views(&self.jobs);
-        match self.budget.as_ref() {
-            Some(budget) => budget.fleet_request(&views, Instant::now()),
-            // Only fleet scope asks, and fleet scope has a budget.
-            None => SyncRequest {
-                base: None,
-                own: 0,
-                interval: self.config.budget.rebalance_interval,
-                hold: Duration::ZERO,
-                jobs: Vec::new(),
-                singletons: BTreeMap::new(),
-            },
-        }
-    }
 
     /// A fleet sync is wanted: now, after the spacing, or right after the one in flight.
     fn request_sync(&mut self) {
-        if self.fleet_cmd.is_none() {
-            return;
-        }
-        match self.fleet_schedule.want(Instant::now()) {
-            super::fleet::Next::SendNow => {
-                let req = self.sync_request();
-                self.to_fleet(FleetCmd::Sync(req));
-            }
-            super::fleet::Next::After(delay, epoch) => self.after(delay, Event::FleetDue { epoch }),
-            super::fleet::Next::Later => {}
+        let Some(budget) = self.budget.as_ref() else { return };
+        if let Some((delay, epoch)) = self.fleet.want(budget, &job_views(&self.jobs), Instant::now()) {
+            self.after(delay, Event::FleetDue { epoch });
         }
     }
 
-    /// The request a sync pushed now carries; remembers what it reports of our jobs.
-    fn sync_request(&mut self) -> Box<SyncRequest> {
-        if let Some(b) = &self.budget {
-            self.fleet_reported = b.reading_signature(&job_views(&self.jobs), Instant::now());
-        }
-        self.fleet_schedule.sent();
-        Box::new(self.fleet_request())
-    }
-
-    fn to_fleet(&self, cmd: FleetCmd) {
-        let Some(c) = &self.fleet_cmd else { return };
-        if let Err(e) = c.send(cmd) {
-            if let FleetCmd::Reserve { reply, .. } | FleetCmd::Release { reply, .. } = e.0 {
-                let _ = reply.send(Response::err(ErrorKind::Refused, "fleet coordination has stopped"));
-            }
-        }
+    /// Send a reserve or release to the fleet task with the request to sync with after it.
+    fn send_to_fleet(&mut self, cmd: impl FnOnce(Box<SyncRequest>) -> FleetCmd) {
+        // Fleet scope always has a budget: the link is only built with one.
+        let Some(budget) = self.budget.as_ref() else { return };
+        let then = self.fleet.request(budget, &job_views(&self.jobs), Instant::now());
+        self.fleet.send(cmd(then));
     }
 
     fn on_fleet(&mut self, report: FleetReport) {
         // From the request to the answer, lock waits included (bench/fleet.py reads it).
         debug!(ms = format!("{:.2}", report.started.elapsed().as_secs_f64() * 1000.0), ok = report.result.is_ok(), "fleet sync");
-        let (next, epoch, wanted) = self.fleet_schedule.done(report.result.is_ok(), self.config.budget.rebalance_interval, Instant::now());
-        if let Err(e) = &report.result {
-            if self.fleet_schedule.failures() == 1 {
-                warn!("fleet sync failed (jobs keep their grants, none are raised): {e}");
-            }
-        }
+        let ((next, epoch), wanted) = self.fleet.done(&report, self.config.budget.rebalance_interval, Instant::now());
         self.after(next, Event::FleetDue { epoch });
         self.apply_fleet_report(report);
         if wanted {
@@ -1433,10 +1294,9 @@ impl Supervisor {
                 if result.lease_lost {
                     warn!("this corral's fleet registration was gone (expired or replaced): registered again, without its old grants");
                 }
-                let views = job_views(&self.jobs);
                 // Locks count as renewed when the snapshot was taken, not when the answer came:
                 // the successor's wait is measured from the lease row's renewal, which is earlier.
-                let changes = budget.apply_fleet(result, &views, report.started);
+                let changes = budget.apply_fleet(result, &job_views(&self.jobs), report.started);
                 let shared = budget.shared_service();
                 if let Some(f) = budget.fleet.as_mut() {
                     if !shared.is_empty() && !f.warned_shared {
@@ -1444,24 +1304,10 @@ impl Supervisor {
                     }
                     f.warned_shared = !shared.is_empty();
                 }
-                self.deliver(changes.tell);
-                for name in changes.evict {
-                    warn!(job = %name, "the fleet's usable budget fell below the running minimums: stopping this job");
-                    self.feed(&name, Input::Stop);
-                }
-                let hold_for = self.budget.as_ref().map_or(Duration::ZERO, |b| b.fleet_hold());
+                let fx = grants::fleet_allocated(budget, &mut self.jobs, &mut self.history, changes, Instant::now());
+                let hold_for = budget.fleet_hold();
                 self.after(hold_for + Duration::from_millis(10), Event::FleetCheck);
-                let waiting: Vec<String> = self
-                    .jobs
-                    .iter()
-                    .filter(|(_, j)| j.m.state == State::Waiting)
-                    .filter(|(_, j)| j.hold.as_ref().is_some_and(|h| h.is_budget() || h.is_lock()))
-                    .map(|(n, _)| n.clone())
-                    .collect();
-                for name in waiting {
-                    let Some(epoch) = self.jobs.get(&name).map(|j| j.m.epoch) else { continue };
-                    self.feed(&name, Input::Timer { kind: TimerKind::RetryWait, epoch });
-                }
+                self.apply(fx);
             }
             Err(e) => {
                 if let Some(f) = budget.fleet.as_mut() {
@@ -1472,21 +1318,10 @@ impl Supervisor {
         self.check_fleet_locks();
     }
 
-    /// A single-instance job runs only while its fleet-wide lock is confirmed ours: once it
-    /// was not for `rebalance_interval + health_timeout + fleet_grace` (coordination lost, or
-    /// another corral holds it), this copy stops and waits for the lock again.
+    /// Single-instance jobs whose fleet-wide lock went unconfirmed stop and wait for it again.
     fn check_fleet_locks(&mut self) {
         let Some(budget) = self.budget.as_ref() else { return };
-        let Some(f) = budget.fleet.as_ref() else { return };
-        let now = Instant::now();
-        let hold_for = budget.fleet_hold();
-        let lost: Vec<String> = self
-            .jobs
-            .iter()
-            .filter(|(n, j)| j.cfg.single_instance && j.m.pid.is_some() && j.m.state.wants_to_run() && !f.holds(n, hold_for, now))
-            .map(|(n, _)| n.clone())
-            .collect();
-        for name in lost {
+        for name in super::fleet::unconfirmed_locks(budget, &self.jobs, Instant::now()) {
             warn!(job = %name, "fleet-wide lock not confirmed: stopping this copy so at most one runs; it waits for the lock again");
             self.feed(&name, Input::Restart);
         }

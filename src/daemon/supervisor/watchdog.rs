@@ -2,22 +2,22 @@
 //! watch's reports (checked against the job's current process) into the state machine, holds
 //! a start back until its dependencies hold, and stops jobs in reverse dependency order.
 //!
-//! The decisions are pure (`watchdog::deps`, `watchdog::verdict`, `job::machine`); this file
-//! only gathers their inputs from the job table and executes what they decide.
+//! The decisions are pure (`watchdog::verdict`, `job::machine`) or a concern's
+//! (`daemon/dependencies.rs`); this file executes what they decide.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use std::sync::Arc;
 
 use tracing::{info, warn};
 
 use super::{now_wall, Event, Supervisor};
-use crate::config::watch::{format_size, Condition};
+use crate::config::watch::format_size;
+use crate::daemon::dependencies;
 use crate::daemon::history::Kind;
 use crate::job::machine::Cause;
-use crate::job::{Exit, Input, State, TimerKind};
+use crate::job::{Input, State, TimerKind};
 use crate::watchdog::memory::Sample;
-use crate::watchdog::{deps, verdict, LineWatch, Report};
+use crate::watchdog::{verdict, LineWatch, Report};
 
 /// What a watch sends to the actor about one run.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,14 +46,6 @@ impl Supervisor {
             self.on_watch(name, s.pid, WatchMsg::Memory { rss: s.rss, processes: s.processes, max });
         }
     }
-}
-
-/// Per-actor watchdog state that is not per job.
-#[derive(Default)]
-pub(super) struct DepState {
-    /// Which conditions held for each job after the last input: a change releases the jobs
-    /// waiting for a dependency at once instead of at their next retry.
-    signature: Vec<(String, [bool; 4])>,
 }
 
 impl Supervisor {
@@ -121,74 +113,22 @@ impl Supervisor {
         self.feed(name, Input::Force { cause, detail });
     }
 
-    // ----- depends_on -----
-
-    fn dep_view(&self, name: &str) -> Option<deps::View> {
-        let j = self.jobs.get(name)?;
-        Some(deps::View {
-            state: j.m.state,
-            live_pid: j.m.pid.is_some(),
-            ready: j.m.ready,
-            alive: self.watchdog.alive(name),
-            last_ok: matches!(j.m.last_exit, Some(Exit::Code(c)) if j.cfg.success_codes.contains(&c)),
-        })
-    }
-
-    fn bases(&self) -> BTreeMap<String, Option<String>> {
-        self.jobs.iter().map(|(n, j)| (n.clone(), j.cfg.watch.instance.as_ref().map(|i| i.base.clone()))).collect()
-    }
-
-    fn has_dependencies(&self) -> bool {
-        self.jobs.values().any(|j| !j.cfg.watch.depends_on.is_empty())
-    }
+    // ----- depends_on (daemon/dependencies.rs decides) -----
 
     /// Why `name` may not start yet: the first dependency whose condition does not hold.
     pub(super) fn dependency_hold(&self, name: &str) -> Option<String> {
-        let job = self.jobs.get(name)?;
-        if job.cfg.watch.depends_on.is_empty() {
-            return None;
-        }
-        deps::hold(&job.cfg.watch.depends_on, &self.bases(), &|n| self.dep_view(n))
-    }
-
-    /// Each job's dependencies, instances resolved.
-    fn resolved_deps(&self) -> BTreeMap<String, BTreeSet<String>> {
-        let bases = self.bases();
-        self.jobs
-            .iter()
-            .map(|(n, j)| {
-                let ds = j.cfg.watch.depends_on.keys().flat_map(|d| deps::resolve(d, &bases)).map(str::to_string).collect();
-                (n.clone(), ds)
-            })
-            .collect()
+        dependencies::hold(&self.jobs, &self.watchdog, name)
     }
 
     /// After inputs were fed: release dependents whose dependencies changed, and stops whose
     /// dependents are gone.
     pub(super) fn after_feed(&mut self) {
-        if !self.has_dependencies() {
+        if !dependencies::any(&self.jobs) {
             return;
         }
         self.release_stops();
-        let signature: Vec<(String, [bool; 4])> = self
-            .jobs
-            .keys()
-            .map(|n| {
-                let v = self.dep_view(n);
-                (n.clone(), Condition::ALL.map(|c| v.is_some_and(|v| deps::satisfied(c, &v))))
-            })
-            .collect();
-        if signature == self.deps.signature {
-            return;
-        }
-        self.deps.signature = signature;
-        let waiting: Vec<(String, u64)> = self
-            .jobs
-            .iter()
-            .filter(|(_, j)| j.m.state == State::Waiting && j.m.reason.as_deref().is_some_and(|r| r.starts_with("dependency ")))
-            .map(|(n, j)| (n.clone(), j.m.epoch))
-            .collect();
-        for (name, epoch) in waiting {
+        for name in self.deps.released(&self.jobs, &self.watchdog) {
+            let Some(epoch) = self.jobs.get(&name).map(|j| j.m.epoch) else { continue };
             self.feed(&name, Input::Timer { kind: TimerKind::RetryWait, epoch });
         }
     }
@@ -196,7 +136,7 @@ impl Supervisor {
     /// Stop `names`, dependents before what they depend on (SPEC §2: jobs stop in the reverse
     /// order of `depends_on`); without dependencies, all at once.
     pub(super) fn stop_in_order(&mut self, names: &[String]) {
-        if !self.has_dependencies() {
+        if !dependencies::any(&self.jobs) {
             for name in names {
                 self.feed(name, Input::Stop);
             }
@@ -212,20 +152,11 @@ impl Supervisor {
 
     fn release_stops(&mut self) {
         loop {
-            let pending: BTreeSet<String> = self.jobs.iter().filter(|(_, j)| j.stop_pending).map(|(n, _)| n.clone()).collect();
-            if pending.is_empty() {
-                return;
-            }
-            let dependents = deps::dependents(&self.resolved_deps());
-            let live = |n: &str| self.jobs.get(n).is_some_and(|j| j.m.state.is_live() && (j.stop_pending || j.m.state == State::Stopping));
-            let go = deps::stoppable(&pending, &dependents, &live);
+            let go = dependencies::next_stops(&mut self.jobs);
             if go.is_empty() {
                 return;
             }
             for name in go {
-                if let Some(j) = self.jobs.get_mut(&name) {
-                    j.stop_pending = false;
-                }
                 self.feed(&name, Input::Stop);
             }
         }

@@ -1,0 +1,218 @@
+//! What the connection budget changes for the jobs (SPEC §3, §5, §6): a reading, a
+//! rebalance, a fleet allocation turned into quota files, `quota_signal`s, evictions and
+//! retries. The budget (`daemon/budget.rs`) decides; this concern carries its decisions to the
+//! job table and returns the rest as [`Effects`] for the actor to execute (signals, timers,
+//! inputs to feed, readings to ask for). It holds one piece of state of its own, [`Confirm`]:
+//! how soon to read again while connections given back are not confirmed closed.
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use tracing::{info, warn};
+
+use super::admission::Awaiting;
+use super::budget::{Budget, Changes, Observed, Terminate};
+use super::health::DbReport;
+use super::history::{History, Kind};
+use super::jobs::{job_views, JobTable};
+use super::supervisor::Event;
+use crate::job::{Input, State};
+use crate::protocol::{ErrorKind, Reply, Response, WaitReason};
+
+/// A job told a lower quota gets this long to close connections before the reading that may
+/// confirm it; while connections stay unconfirmed, further readings follow at twice the delay
+/// each time, up to `rebalance_interval` (SPEC §5: freed connections reach others within ~1 s).
+pub const CONFIRM_AFTER: Duration = Duration::from_millis(100);
+
+/// `quota_signal` is never sent to a process younger than this (nor before its
+/// `healthy_after`): it may not have installed its handler yet, and SIGHUP's default action
+/// kills it. Its first quota is in its environment anyway.
+pub const QUOTA_SIGNAL_MIN_UPTIME: Duration = Duration::from_secs(2);
+
+/// What the actor does after the budget changed something, in this order: signals, timers,
+/// the reading asked for, terminations, inputs to feed, then retries.
+#[derive(Default)]
+#[must_use]
+pub struct Effects {
+    /// `quota_signal` to live processes.
+    pub signal: Vec<(i32, Signal)>,
+    /// Timers to arm (held-back quota signals, reservation expiry).
+    pub after: Vec<(Duration, Event)>,
+    /// A job gave connections back: read soon to confirm them closed ([`Confirm::restart`]).
+    pub confirm: bool,
+    /// Connections over quota to terminate on the server.
+    pub terminate: Vec<Terminate>,
+    /// Inputs to the jobs' state machines (evictions).
+    pub feed: Vec<(String, Input)>,
+    /// Waiting jobs to retry now (a `RetryWait` with the job's epoch when it is fed: feeding
+    /// the ones before may have changed it).
+    pub retry: Vec<String>,
+}
+
+impl Effects {
+    fn and(mut self, other: Effects) -> Effects {
+        self.signal.extend(other.signal);
+        self.after.extend(other.after);
+        self.confirm |= other.confirm;
+        self.terminate.extend(other.terminate);
+        self.feed.extend(other.feed);
+        self.retry.extend(other.retry);
+        self
+    }
+}
+
+/// Write quota files and pick the `quota_signal`s to send (SPEC §3): at once to a process old
+/// enough to have its handler, later (a timer) to a younger one.
+pub fn deliver(budget: &mut Budget, jobs: &mut JobTable, history: &mut History, tell: Vec<(String, u32)>, now: Instant) -> Effects {
+    let mut fx = Effects::default();
+    for (name, quota) in tell {
+        fx.confirm |= budget.jobs.get(&name).and_then(|b| b.process).is_some_and(|p| p.held > quota);
+        let Some(job) = jobs.get_mut(&name) else { continue };
+        if let Err(e) = budget.write_quota(&job.cfg, quota) {
+            warn!(job = %name, "cannot write quota file: {e}");
+            continue;
+        }
+        budget.delivered(&name, now);
+        info!(job = %name, quota, "quota changed");
+        history.event(std::time::SystemTime::now(), Kind::Quota, Some(&name), format!("quota changed to {quota}"));
+        let (Some(sig), Some(pid)) = (job.cfg.quota_signal, job.m.pid) else { continue };
+        let uptime = job.started_at.map(|t| now.saturating_duration_since(t)).unwrap_or_default();
+        let old_enough = job.cfg.healthy_after.max(QUOTA_SIGNAL_MIN_UPTIME);
+        if uptime >= old_enough {
+            fx.signal.push((pid, sig));
+        } else if job.signal_due != Some(pid) {
+            // Too young to have a handler: the file is rewritten now, the signal follows.
+            job.signal_due = Some(pid);
+            fx.after.push((old_enough - uptime, Event::QuotaSignalDue { job: name.clone(), pid }));
+        }
+    }
+    fx
+}
+
+/// Quota changes and evictions of an allocation (local or the fleet's); `why` is logged for
+/// each evicted job.
+fn carry_out(budget: &mut Budget, jobs: &mut JobTable, history: &mut History, changes: Changes, why: &str, now: Instant) -> Effects {
+    let mut fx = deliver(budget, jobs, history, changes.tell, now);
+    for name in changes.evict {
+        warn!(job = %name, "{why}");
+        history.event(std::time::SystemTime::now(), Kind::Warning, Some(&name), "usable budget fell below the running minimums: stopped");
+        fx.feed.push((name, Input::Stop));
+    }
+    fx
+}
+
+/// Recompute grants and tell jobs whose quota changed (SPEC §5). In fleet scope grants come
+/// from the fleet's allocation; locally a job can only give one up.
+pub fn rebalance(budget: &mut Budget, jobs: &mut JobTable, history: &mut History, now: Instant) -> Effects {
+    if budget.fleet.is_some() {
+        budget.fleet_drop_unwanted(&job_views(jobs));
+        return Effects::default();
+    }
+    let (_, changes) = budget.allocate(&job_views(jobs), now, None);
+    carry_out(budget, jobs, history, changes, "usable budget fell below the running minimums: stopping lowest-priority job", now)
+}
+
+/// The fleet's allocation arrived: quotas, evictions, and a retry for every job waiting for a
+/// grant or a fleet lock.
+pub fn fleet_allocated(budget: &mut Budget, jobs: &mut JobTable, history: &mut History, changes: Changes, now: Instant) -> Effects {
+    let mut fx = carry_out(budget, jobs, history, changes, "the fleet's usable budget fell below the running minimums: stopping this job", now);
+    fx.retry = waiting(jobs, |h| h.is_budget() || h.is_lock());
+    fx
+}
+
+/// A database reading (SPEC §5, §6): judge the jobs' connections, rebalance, and retry the
+/// jobs waiting for the budget (a database that came back may let them start).
+pub fn reading(budget: &mut Budget, jobs: &mut JobTable, history: &mut History, report: DbReport, now: Instant) -> Effects {
+    for j in jobs.values_mut().filter(|j| j.awaiting == Awaiting::Reading) {
+        j.awaiting = Awaiting::Nothing;
+    }
+    // The jobs whose connections a reading judges: with `connections`, a process live.
+    let observed: Vec<Observed<'_>> = jobs
+        .iter()
+        .filter(|(_, j)| j.cfg.connections.is_some() && j.m.state.is_live())
+        .map(|(name, j)| Observed { name, stopping: j.m.state == State::Stopping })
+        .collect();
+    let terminate = budget.apply_reading(report, &observed, history, now);
+    let mut fx = Effects { terminate, ..Effects::default() }.and(rebalance(budget, jobs, history, now));
+    fx.retry = waiting(jobs, WaitReason::is_budget);
+    fx
+}
+
+/// The waiting jobs whose hold `released` lets go, in name order.
+fn waiting(jobs: &JobTable, released: impl Fn(&WaitReason) -> bool) -> Vec<String> {
+    jobs.iter().filter(|(_, j)| j.m.state == State::Waiting && j.hold.as_ref().is_some_and(&released)).map(|(n, _)| n.clone()).collect()
+}
+
+/// `corral reserve` in local scope (SPEC §5): the reservation, its expiry timer, a rebalance.
+pub fn reserve(budget: &mut Budget, jobs: &mut JobTable, history: &mut History, name: String, count: u32, ttl_s: Option<f64>, now: Instant) -> (Response, Effects) {
+    let ttl = match budget.reserve(&name, count, ttl_s, now) {
+        Ok(ttl) => ttl,
+        Err(resp) => return (resp, Effects::default()),
+    };
+    info!(reservation = %name, count, ttl_s, "reservation added");
+    let expiry = Effects { after: ttl.map(|t| (t, Event::SweepBudget)).into_iter().collect(), ..Effects::default() };
+    let fx = expiry.and(rebalance(budget, jobs, history, now));
+    (Response::ok(Reply::Done { message: format!("reserved {count} connection(s) as {name}") }), fx)
+}
+
+/// `corral release` in local scope: the connections go back to the jobs.
+pub fn release(budget: &mut Budget, jobs: &mut JobTable, history: &mut History, name: &str, now: Instant) -> (Response, Effects) {
+    let Some(r) = budget.reservations.remove(name) else {
+        return (Response::err(ErrorKind::Refused, format!("no reservation named {name:?}")), Effects::default());
+    };
+    info!(reservation = %name, count = r.count, "reservation released");
+    let fx = rebalance(budget, jobs, history, now);
+    (Response::ok(Reply::Done { message: format!("released {name} ({} connections)", r.count) }), fx)
+}
+
+/// Readings asked for in a row while freed connections stay unconfirmed (backs them off).
+#[derive(Debug, Default)]
+pub struct Confirm {
+    follow_ups: u32,
+}
+
+impl Confirm {
+    /// Connections were just given back: the next reading comes at `now + delay`.
+    pub fn restart(&mut self, now: Instant, delay: Duration) -> Instant {
+        self.follow_ups = 0;
+        now + delay
+    }
+
+    /// After a reading: while connections given back are unconfirmed, when to read again
+    /// (backing off from [`CONFIRM_AFTER`] to `interval`); `None` once they are.
+    pub fn after_reading(&mut self, unconfirmed: bool, interval: Duration, now: Instant) -> Option<Instant> {
+        if !unconfirmed {
+            self.follow_ups = 0;
+            return None;
+        }
+        let delay = CONFIRM_AFTER.saturating_mul(1 << self.follow_ups.min(16)).min(interval);
+        self.follow_ups = self.follow_ups.saturating_add(1);
+        Some(now + delay)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unconfirmed_connections_are_read_again_backing_off_to_the_interval() {
+        let (t0, interval) = (Instant::now(), Duration::from_secs(1));
+        let mut c = Confirm::default();
+        let delays: Vec<u128> = (0..6).map(|_| c.after_reading(true, interval, t0).unwrap().duration_since(t0).as_millis()).collect();
+        assert_eq!(delays, vec![100, 200, 400, 800, 1000, 1000]);
+        // Confirmed: no more readings, and the next unconfirmed spell starts over.
+        assert_eq!(c.after_reading(false, interval, t0), None);
+        assert_eq!(c.after_reading(true, interval, t0), Some(t0 + CONFIRM_AFTER));
+        c.after_reading(true, interval, t0);
+        assert_eq!(c.restart(t0, Duration::ZERO), t0);
+        assert_eq!(c.after_reading(true, interval, t0), Some(t0 + CONFIRM_AFTER));
+    }
+
+    #[test]
+    fn many_follow_ups_never_overflow() {
+        let (t0, interval) = (Instant::now(), Duration::from_secs(2));
+        let mut c = Confirm { follow_ups: u32::MAX - 1 };
+        assert_eq!(c.after_reading(true, interval, t0), Some(t0 + interval));
+    }
+}
