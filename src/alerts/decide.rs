@@ -332,7 +332,7 @@ mod tests {
         let mut l = Limiter::default();
         let min = 10 * S;
         let a = |m: &str| Alert::new(EventKind::Fatal, Some("j"), m);
-        assert!(l.offer(a("1"), 0 * S, min).is_some());
+        assert!(l.offer(a("1"), Duration::ZERO, min).is_some());
         for i in 1..10 {
             assert!(l.offer(a("x"), i * S, min).is_none());
         }
@@ -369,8 +369,8 @@ mod tests {
         let mut l = Limiter::default();
         let min = 10 * S;
         let a = || Alert::new(EventKind::Fatal, Some("j"), "m");
-        l.offer(a(), 0 * S, min);
-        l.offer(a(), 1 * S, min);
+        l.offer(a(), Duration::ZERO, min);
+        l.offer(a(), S, min);
         let late = l.offer(a(), 15 * S, min).unwrap();
         assert_eq!(late.details["suppressed"], 1);
         assert!(l.due(100 * S, min).is_empty());

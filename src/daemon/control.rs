@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use nix::sys::signal::Signal;
+
 use super::admission::Awaiting;
 use super::jobs::JobTable;
 use crate::job::{Input, State};
@@ -114,6 +116,98 @@ pub fn check_names(jobs: &JobTable, names: &[String]) -> Result<Vec<String>, Res
     }
 }
 
+/// Who gets `corral signal` (supervisorctl's): each named job's main process. With `all`, the
+/// jobs that have a process; a named job without one is refused, the others signalled.
+#[derive(Debug, PartialEq)]
+pub struct SignalPlan {
+    pub signal: Signal,
+    /// (job, main pid) to signal.
+    pub targets: Vec<(String, i32)>,
+    /// Named jobs that have no process: "name: not running (state)".
+    pub refused: Vec<String>,
+}
+
+#[allow(clippy::result_large_err)]
+pub fn signal_plan(jobs: &JobTable, names: &[String], signal: &str) -> Result<SignalPlan, Response> {
+    let Some(signal) = crate::job::machine::parse_signal(signal) else {
+        return Err(Response::err(ErrorKind::BadRequest, format!("unknown signal {signal:?}")));
+    };
+    if names.is_empty() {
+        return Err(Response::err(ErrorKind::BadRequest, "signal needs job names or `all`"));
+    }
+    let everyone = names.iter().any(|j| j == "all");
+    let mut plan = SignalPlan { signal, targets: Vec::new(), refused: Vec::new() };
+    for name in check_names(jobs, names)? {
+        let j = &jobs[&name];
+        match j.m.pid {
+            Some(pid) => plan.targets.push((name, pid)),
+            None if everyone => {}
+            None => plan.refused.push(format!("{name}: not running ({})", j.m.state.as_str())),
+        }
+    }
+    if plan.targets.is_empty() && plan.refused.is_empty() {
+        return Err(Response::err(ErrorKind::Refused, "signal all: no job is running"));
+    }
+    Ok(plan)
+}
+
+/// The answer to `corral signal`: the signalled jobs' lines, and what failed.
+pub fn signal_answer(failed: &[String], signalled: Vec<JobStatus>) -> Response {
+    if failed.is_empty() {
+        Response::ok(Reply::Actions { jobs: signalled })
+    } else {
+        Response::err_with(ErrorKind::Refused, format!("signal failed: {}", failed.join("; ")), Reply::Actions { jobs: signalled })
+    }
+}
+
 pub fn unknown_job(names: &[String]) -> Response {
     Response::err(ErrorKind::UnknownJob, format!("no such job: {}", names.join(", ")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::jobs::testing;
+
+    fn table() -> JobTable {
+        let c = testing::config("[jobs.a]\ncommand = [\"a\"]\n[jobs.b]\ncommand = [\"b\"]\n[jobs.w]\ncommand = [\"w\"]\ninstances = 2\n");
+        let mut jobs = testing::table(&c);
+        for (name, pid) in [("a", 10), ("w.0", 20), ("w.1", 21)] {
+            let j = jobs.get_mut(name).unwrap();
+            j.m.state = State::Running;
+            j.m.pid = Some(pid);
+        }
+        jobs
+    }
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn signal_targets_main_processes_and_refuses_named_jobs_without_one() {
+        let jobs = table();
+        let plan = signal_plan(&jobs, &names(&["all"]), "HUP").unwrap();
+        assert_eq!(plan.signal, Signal::SIGHUP);
+        assert_eq!(plan.targets, vec![("a".into(), 10), ("w.0".into(), 20), ("w.1".into(), 21)]);
+        assert!(plan.refused.is_empty(), "with all, a job without a process is skipped");
+        // A base name stands for its instances; a named job without a process is refused.
+        let plan = signal_plan(&jobs, &names(&["w", "b"]), "SIGUSR1").unwrap();
+        assert_eq!(plan.targets, vec![("w.0".into(), 20), ("w.1".into(), 21)]);
+        assert_eq!(plan.refused, vec!["b: not running (stopped)"]);
+        assert_eq!(signal_plan(&jobs, &names(&["a"]), "15").unwrap().signal, Signal::SIGTERM);
+    }
+
+    #[test]
+    fn bad_signal_requests_get_their_own_error() {
+        let jobs = table();
+        let err = |names: &[String], sig: &str| signal_plan(&jobs, names, sig).unwrap_err();
+        assert_eq!(err(&names(&["a"]), "SIGNOPE").error.unwrap().kind, ErrorKind::BadRequest);
+        assert_eq!(err(&[], "HUP").error.unwrap().kind, ErrorKind::BadRequest);
+        assert_eq!(err(&names(&["nope"]), "HUP").error.unwrap().kind, ErrorKind::UnknownJob);
+        let mut idle = table();
+        idle.values_mut().for_each(|j| j.m.pid = None);
+        let none = signal_plan(&idle, &names(&["all"]), "HUP").unwrap_err();
+        assert_eq!(none.error.unwrap().message, "signal all: no job is running");
+    }
 }

@@ -96,13 +96,10 @@ pub fn next_stops(jobs: &mut JobTable) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::daemon::jobs::JobRt;
-    use std::path::Path;
+    use crate::daemon::jobs::testing;
 
     fn table(jobs: &str) -> JobTable {
-        let text = format!("[supervisor]\nsocket = \"/run/corral.sock\"\n{jobs}");
-        let c = crate::config::parse(Path::new("/etc/corral/supervisor.toml"), &text, &|_| None).unwrap();
-        c.jobs.values().map(|j| (j.name.clone(), JobRt::new(j.clone()))).collect()
+        testing::table(&testing::config(jobs))
     }
 
     const CHAIN: &str = "[jobs.db]\ncommand = [\"db\"]\n[jobs.api]\ncommand = [\"api\"]\ndepends_on = [\"db\"]\n\

@@ -10,12 +10,14 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use tracing::{info, warn};
 
-use super::admission::Awaiting;
+use super::admission::{Awaiting, FleetFact, FleetLock, GrantFact};
 use super::budget::{Budget, Changes, Observed, Terminate};
 use super::health::DbReport;
 use super::history::{History, Kind};
 use super::jobs::{job_views, JobTable};
 use super::supervisor::Event;
+use crate::budget::plan::LimitSource;
+use crate::db::fleet::LockOutcome;
 use crate::job::{Input, State};
 use crate::protocol::{ErrorKind, Reply, Response, WaitReason};
 
@@ -143,6 +145,40 @@ fn waiting(jobs: &JobTable, released: impl Fn(&WaitReason) -> bool) -> Vec<Strin
     jobs.iter().filter(|(_, j)| j.m.state == State::Waiting && j.hold.as_ref().is_some_and(&released)).map(|(n, _)| n.clone()).collect()
 }
 
+/// The budget's answer for a job about to start (admission's `GrantFact`): in local scope a
+/// fresh allocation that counts it as starting, with the quota changes it tells the others;
+/// in fleet scope what the last sync granted, and its fleet-wide lock.
+pub fn grant_fact(budget: &mut Budget, jobs: &JobTable, name: &str, now: Instant) -> (GrantFact, Vec<(String, u32)>) {
+    let Some(job) = jobs.get(name) else { return (GrantFact::NotNeeded, Vec::new()) };
+    if let Some(f) = budget.fleet.as_ref() {
+        let lock = if !job.cfg.single_instance || f.holds(name, budget.fleet_hold(), now) {
+            FleetLock::NotNeeded
+        } else {
+            match f.locks.get(name) {
+                Some(LockOutcome::Waiting(r)) => FleetLock::Waiting(r.clone()),
+                _ => FleetLock::Unanswered,
+            }
+        };
+        let b = budget.jobs.get(name).cloned().unwrap_or_default();
+        let fact = FleetFact {
+            lock,
+            grant: b.grant,
+            waiting: b.waiting,
+            usable: f.plan.as_ref().map_or(0, |p| p.usable),
+            failing: f.last_error.clone(),
+        };
+        return (GrantFact::Fleet(fact), Vec::new());
+    }
+    if job.cfg.connections.is_none() {
+        return (GrantFact::NotNeeded, Vec::new());
+    }
+    let (alloc, changes) = budget.allocate(&job_views(jobs), now, Some(name));
+    let plan = budget.plan(now);
+    let limit_unknown = (plan.limit_source == LimitSource::Unknown).then(|| budget.status.error.clone());
+    let fact = GrantFact::Local { grant: alloc.get(name).cloned(), granted: alloc.total, usable: plan.usable, limit_unknown };
+    (fact, changes.tell)
+}
+
 /// `corral reserve` in local scope (SPEC §5): the reservation, its expiry timer, a rebalance.
 pub fn reserve(budget: &mut Budget, jobs: &mut JobTable, history: &mut History, name: String, count: u32, ttl_s: Option<f64>, now: Instant) -> (Response, Effects) {
     let ttl = match budget.reserve(&name, count, ttl_s, now) {
@@ -194,6 +230,81 @@ impl Confirm {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::daemon::jobs::testing;
+
+    /// An offline budget (no url): 12 connections, no reserves; two jobs of 2..10.
+    fn setup(dir: &std::path::Path) -> (Budget, JobTable) {
+        let c = testing::config(
+            "[database]\nmax_connections = 12\nprovider_reserve = 0\nadhoc_reserve = 0\n\
+             [jobs.a]\ncommand = [\"a\"]\nconnections = { min = 2, max = 10 }\nquota_signal = \"SIGHUP\"\n\
+             [jobs.b]\ncommand = [\"b\"]\nconnections = { min = 2, max = 10 }\npriority = 1\n",
+        );
+        let budget = Budget::new(c.database.clone().unwrap(), c.budget.clone(), dir.to_path_buf());
+        (budget, testing::table(&c))
+    }
+
+    fn quota_in_file(budget: &Budget, job: &str) -> u64 {
+        let text = std::fs::read_to_string(budget.quota_file(job)).unwrap();
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()["quota"].as_u64().unwrap()
+    }
+
+    fn running(jobs: &mut JobTable, budget: &mut Budget, name: &str, pid: i32, started: Instant, quota: u32) {
+        let j = jobs.get_mut(name).unwrap();
+        j.m.state = State::Running;
+        j.m.pid = Some(pid);
+        j.started_at = Some(started);
+        budget.spawned(name, quota);
+    }
+
+    #[test]
+    fn a_starting_job_is_granted_and_the_running_one_is_told_its_new_quota() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut budget, mut jobs) = setup(dir.path());
+        let now = Instant::now();
+        let (fact, tell) = grant_fact(&mut budget, &jobs, "a", now);
+        let GrantFact::Local { grant: Some(g), usable, .. } = fact else { panic!("no local grant") };
+        assert!(g.grant >= 2, "{g:?}");
+        assert!(tell.is_empty(), "nobody else runs: {tell:?}");
+        running(&mut jobs, &mut budget, "a", 4242, now, g.grant);
+        jobs.get_mut("b").unwrap().start_pending = true;
+        let (fact, tell) = grant_fact(&mut budget, &jobs, "b", now);
+        let GrantFact::Local { grant: Some(gb), .. } = fact else { panic!("no local grant for b") };
+        // Both cannot have 10: a is told the lower quota it keeps, and the two fit.
+        let a_now = tell.iter().find(|(n, _)| n == "a").map(|(_, q)| *q).expect("a is told");
+        assert!(a_now < g.grant && gb.grant >= 2, "a {} -> {a_now}, b {}", g.grant, gb.grant);
+        assert!(a_now + gb.grant <= usable, "{a_now} + {} > {usable}", gb.grant);
+        // A job without connections needs no grant.
+        jobs.get_mut("b").unwrap().cfg.connections = None;
+        assert!(matches!(grant_fact(&mut budget, &jobs, "b", now).0, GrantFact::NotNeeded));
+    }
+
+    #[test]
+    fn a_young_process_gets_its_quota_signal_later_and_an_old_one_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut budget, mut jobs) = setup(dir.path());
+        let now = Instant::now();
+        let mut history = History::default();
+        running(&mut jobs, &mut budget, "a", 4242, now, 10);
+        let fx = deliver(&mut budget, &mut jobs, &mut history, vec![("a".into(), 6)], now);
+        assert!(fx.signal.is_empty());
+        assert_eq!(fx.after.len(), 1);
+        assert_eq!(fx.after[0].0, QUOTA_SIGNAL_MIN_UPTIME);
+        assert!(matches!(&fx.after[0].1, Event::QuotaSignalDue { job, pid: 4242 } if job == "a"));
+        assert!(fx.confirm, "10 held, 6 told: connections are given back");
+        assert_eq!(quota_in_file(&budget, "a"), 6);
+        // Told again while the signal is pending: no second timer.
+        let fx = deliver(&mut budget, &mut jobs, &mut history, vec![("a".into(), 5)], now);
+        assert!(fx.after.is_empty() && fx.signal.is_empty());
+        // Old enough: the signal goes now.
+        let later = now + QUOTA_SIGNAL_MIN_UPTIME;
+        let fx = deliver(&mut budget, &mut jobs, &mut history, vec![("a".into(), 7)], later);
+        assert_eq!(fx.signal, vec![(4242, Signal::SIGHUP)]);
+        // A job without quota_signal only gets its file.
+        running(&mut jobs, &mut budget, "b", 4343, now, 2);
+        let fx = deliver(&mut budget, &mut jobs, &mut history, vec![("b".into(), 4)], later);
+        assert!(fx.signal.is_empty() && fx.after.is_empty() && !fx.confirm);
+        assert_eq!(quota_in_file(&budget, "b"), 4);
+    }
 
     #[test]
     fn unconfirmed_connections_are_read_again_backing_off_to_the_interval() {

@@ -115,3 +115,21 @@ pub fn job_status(jobs: &JobTable, budget: Option<&Budget>, logs: &LogStore, nam
         })
     }
 
+
+/// Job tables for the concerns' unit tests.
+#[cfg(test)]
+pub mod testing {
+    use super::{JobRt, JobTable};
+    use crate::config::Config;
+
+    /// A config of `sections` (jobs and more) under a minimal `[supervisor]`.
+    pub fn config(sections: &str) -> Config {
+        let text = format!("[supervisor]\nsocket = \"/run/corral.sock\"\n{sections}");
+        crate::config::parse(std::path::Path::new("/etc/corral/supervisor.toml"), &text, &|_| None).unwrap()
+    }
+
+    /// Every job of `config`, stopped.
+    pub fn table(config: &Config) -> JobTable {
+        config.jobs.values().map(|j| (j.name.clone(), JobRt::new(j.clone()))).collect()
+    }
+}

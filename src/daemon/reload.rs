@@ -161,17 +161,8 @@ pub fn trim_heap() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::daemon::jobs::testing::{config, table};
     use crate::job::State;
-    use std::path::Path;
-
-    fn config(jobs: &str) -> Config {
-        let text = format!("[supervisor]\nsocket = \"/run/corral.sock\"\n{jobs}");
-        config::parse(Path::new("/etc/corral/supervisor.toml"), &text, &|_| None).unwrap()
-    }
-
-    fn table(c: &Config) -> JobTable {
-        c.jobs.values().map(|j| (j.name.clone(), JobRt::new(j.clone()))).collect()
-    }
 
     #[test]
     fn a_reload_marks_updates_adds_and_orders_what_to_feed() {

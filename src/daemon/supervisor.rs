@@ -5,8 +5,9 @@
 //! requests with a reply channel, timers, config changes, readings) or a signal, is fed
 //! to the pure state machine, and the resulting effects are executed here. The
 //! decisions are the concerns': admission (`admission::decide`), the verbs' answers
-//! (`control`), reload bookkeeping (`reload`), the fleet's schedule (`fleet::Schedule`),
-//! the budget (`budget::Budget`), shutdown (`shutdown`). Reaping happens inside this task
+//! (`control`), reload (`reload`: the reads, `update_table`), the fleet link (`fleet::Link`),
+//! the budget (`budget::Budget`) and what it changes for the jobs (`grants`, returning
+//! `grants::Effects`), `depends_on` (`dependencies`), shutdown (`shutdown`). Reaping happens inside this task
 //! too (on SIGCHLD), so a spawned pid is always registered before its exit can be collected.
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -28,10 +29,10 @@ use super::history::{History, Kind};
 use super::notify::Notifier;
 use crate::config::{self, Config, OnDuplicate, OrphanPolicy};
 use super::schedule::{Do, Schedules};
-use crate::db::fleet::{Coordinator, Identity, LockOutcome, SyncRequest};
+use crate::db::fleet::{Coordinator, Identity, SyncRequest};
 use crate::db::pooler::PgBouncerAdmin;
 use crate::db::{self, Probe};
-use super::admission::{self, Awaiting, Decision, FleetFact, FleetLock, GrantFact, LockFact};
+use super::admission::{self, Awaiting, Decision, GrantFact, LockFact};
 use super::control;
 use super::grants;
 use super::reload;
@@ -42,10 +43,10 @@ use crate::job::machine::{self, describe_exit};
 use crate::job::{Effect, Input, State, TimerKind};
 use crate::process::lock::{JobLock, LockError};
 use crate::process::output::{self, LogStore};
-use crate::process::scan::Snapshot;
+use crate::process::scan::{CachedScan, Snapshot};
 use crate::process::{kill, spawn};
 use crate::protocol::{
-    ErrorKind, HealthReport, JobStatus, ReloadReport, Reply, Request, Response, StatusReport, SupervisorInfo,
+    ErrorKind, HealthReport, ReloadReport, Reply, Request, Response, StatusReport, SupervisorInfo,
 };
 
 /// The database variables of SPEC §3.
@@ -125,7 +126,8 @@ pub struct Supervisor {
     waiters: control::Waiters,
     shutdown: shutdown::Shutdown,
     own_pid: i32,
-    snapshot: Option<(Instant, Snapshot)>,
+    /// The process table for duplicate checks (reused for a second).
+    scan: CachedScan,
     reload_generation: u64,
     reloads: reload::Reloads,
     last_sweep: Instant,
@@ -171,7 +173,7 @@ impl Supervisor {
             waiters: control::Waiters::default(),
             shutdown: shutdown::Shutdown::default(),
             own_pid: std::process::id() as i32,
-            snapshot: None,
+            scan: CachedScan::new(SNAPSHOT_TTL),
             reload_generation: 0,
             reloads: reload::Reloads::default(),
             last_sweep: Instant::now(),
@@ -530,7 +532,7 @@ impl Supervisor {
             return Input::SpawnFailed { error: "the job is no longer in the config".into() };
         };
         let needs_scan = !self.shutdown.requested && job.check_duplicates && job.cfg.on_duplicate != OnDuplicate::Ignore;
-        let dups = if needs_scan { self.duplicates_of(name) } else { Vec::new() };
+        let dups = if needs_scan { self.scan.duplicates(&job.cfg.command, self.own_pid) } else { Vec::new() };
         let Some(job) = self.jobs.get_mut(name) else {
             return Input::SpawnFailed { error: "the job is no longer in the config".into() };
         };
@@ -557,7 +559,10 @@ impl Supervisor {
         let draining = self.budget.as_ref().and_then(|b| b.draining(name));
         // A draining job with connections waits for the reading anyway (admission says so first).
         let ask_budget = passes && (draining.is_none() || job.cfg.connections.is_none());
-        let (grant, tell) = if ask_budget { self.grant_fact(name) } else { (GrantFact::NotNeeded, Vec::new()) };
+        let (grant, tell) = match self.budget.as_mut() {
+            Some(budget) if ask_budget => grants::grant_fact(budget, &self.jobs, name, Instant::now()),
+            _ => (GrantFact::NotNeeded, Vec::new()),
+        };
         let Some(job) = self.jobs.get(name) else {
             return Input::SpawnFailed { error: "the job is no longer in the config".into() };
         };
@@ -595,43 +600,6 @@ impl Supervisor {
         }
     }
 
-    /// The budget's answer for a job about to start: in local scope a fresh allocation that
-    /// counts it as starting (with the quota changes it tells the others), in fleet scope
-    /// what the last sync granted.
-    fn grant_fact(&mut self, name: &str) -> (GrantFact, Vec<(String, u32)>) {
-        let now = Instant::now();
-        let (Some(budget), Some(job)) = (self.budget.as_ref(), self.jobs.get(name)) else { return (GrantFact::NotNeeded, Vec::new()) };
-        if let Some(f) = budget.fleet.as_ref() {
-            let lock = if !job.cfg.single_instance || f.holds(name, budget.fleet_hold(), now) {
-                FleetLock::NotNeeded
-            } else {
-                match f.locks.get(name) {
-                    Some(LockOutcome::Waiting(r)) => FleetLock::Waiting(r.clone()),
-                    _ => FleetLock::Unanswered,
-                }
-            };
-            let b = budget.jobs.get(name).cloned().unwrap_or_default();
-            let fact = FleetFact {
-                lock,
-                grant: b.grant,
-                waiting: b.waiting,
-                usable: f.plan.as_ref().map_or(0, |p| p.usable),
-                failing: f.last_error.clone(),
-            };
-            return (GrantFact::Fleet(fact), Vec::new());
-        }
-        if job.cfg.connections.is_none() {
-            return (GrantFact::NotNeeded, Vec::new());
-        }
-        let views = job_views(&self.jobs);
-        let Some(budget) = self.budget.as_mut() else { return (GrantFact::NotNeeded, Vec::new()) };
-        let (alloc, changes) = budget.allocate(&views, now, Some(name));
-        let plan = budget.plan(now);
-        let limit_unknown = (plan.limit_source == crate::budget::plan::LimitSource::Unknown).then(|| budget.status.error.clone());
-        let fact = GrantFact::Local { grant: alloc.get(name).cloned(), granted: alloc.total, usable: plan.usable, limit_unknown };
-        (fact, changes.tell)
-    }
-
     /// What a held-back start asks of the others.
     fn execute_hold(&mut self, name: &str, hold: &admission::Hold) {
         if hold.sweep_now {
@@ -642,7 +610,7 @@ impl Supervisor {
             let _ = kill::signal_pid(*pid, *sig);
         }
         if hold.rescan {
-            self.snapshot = None;
+            self.scan.invalidate();
         }
         if hold.want_reading {
             if let Some(cmd) = &self.probe_cmd {
@@ -710,17 +678,6 @@ impl Supervisor {
                 Input::SpawnFailed { error: format!("cannot start `{cmd}`: {e}") }
             }
         }
-    }
-
-    fn duplicates_of(&mut self, name: &str) -> Vec<i32> {
-        let Some(command) = self.jobs.get(name).map(|j| j.cfg.command.clone()) else { return Vec::new() };
-        let snap = match self.snapshot.take() {
-            Some((t, snap)) if t.elapsed() < SNAPSHOT_TTL => (t, snap),
-            _ => (Instant::now(), Snapshot::take()),
-        };
-        let dups = snap.1.duplicates(&command, self.own_pid);
-        self.snapshot = Some(snap);
-        dups
     }
 
     fn reap(&mut self) {
@@ -887,12 +844,9 @@ impl Supervisor {
             Request::Signal { jobs, signal } => {
                 let _ = reply.send(self.signal_jobs(&jobs, &signal));
             }
-            Request::Logs { job, .. } => {
-                let resp = match job {
-                    Some(job) if !self.jobs.contains_key(&job) => control::unknown_job(&[job]),
-                    _ => Response::ok(Reply::Logs { lines: Vec::new() }),
-                };
-                let _ = reply.send(resp);
+            // The control server answers `logs` itself, from the log store (daemon/server.rs).
+            Request::Logs { .. } => {
+                let _ = reply.send(Response::err(ErrorKind::BadRequest, "logs are read from the log store, not the actor"));
             }
             // Reservation names reach logs and the fleet's tables: the job name rules apply.
             Request::Reserve { name, .. } | Request::Release { name } if config::name_problem(&name).is_some() => {
@@ -961,39 +915,22 @@ impl Supervisor {
         }
     }
 
-    /// `corral signal` (supervisorctl's): `signal` to each named job's main process. With `all`,
-    /// the jobs that have a process; a named job without one is refused, the others signalled.
+    /// `corral signal`: `control::signal_plan` picks the processes, the actor signals them.
     fn signal_jobs(&mut self, jobs: &[String], signal: &str) -> Response {
-        let Some(sig) = machine::parse_signal(signal) else {
-            return Response::err(ErrorKind::BadRequest, format!("unknown signal {signal:?}"));
+        let plan = match control::signal_plan(&self.jobs, jobs, signal) {
+            Ok(plan) => plan,
+            Err(refused) => return refused,
         };
-        if jobs.is_empty() {
-            return Response::err(ErrorKind::BadRequest, "signal needs job names or `all`");
-        }
-        let everyone = jobs.iter().any(|j| j == "all");
-        let names = match control::check_names(&self.jobs, jobs) {
-            Ok(n) => n,
-            Err(resp) => return resp,
-        };
-        let mut failed = Vec::new();
-        for name in &names {
-            match self.jobs[name].m.pid {
-                Some(pid) => match kill::signal_pid(pid, sig) {
-                    Ok(()) => info!(job = %name, pid, "sent {}", sig.as_str()),
-                    Err(e) => failed.push(format!("{name}: {e}")),
-                },
-                None if everyone => {}
-                None => failed.push(format!("{name}: not running ({})", self.jobs[name].m.state.as_str())),
+        let mut failed = plan.refused;
+        let mut signalled = Vec::new();
+        for (name, pid) in plan.targets {
+            match kill::signal_pid(pid, plan.signal) {
+                Ok(()) => info!(job = %name, pid, "sent {}", plan.signal.as_str()),
+                Err(e) => failed.push(format!("{name}: {e}")),
             }
+            signalled.extend(jobs::job_status(&self.jobs, self.budget.as_ref(), &self.logs, &name));
         }
-        let signalled: Vec<JobStatus> = names.iter().filter(|n| self.jobs[*n].m.pid.is_some()).filter_map(|n| jobs::job_status(&self.jobs, self.budget.as_ref(), &self.logs, n)).collect();
-        if !failed.is_empty() {
-            Response::err_with(ErrorKind::Refused, format!("signal failed: {}", failed.join("; ")), Reply::Actions { jobs: signalled })
-        } else if signalled.is_empty() {
-            Response::err(ErrorKind::Refused, "signal all: no job is running")
-        } else {
-            Response::ok(Reply::Actions { jobs: signalled })
-        }
+        control::signal_answer(&failed, signalled)
     }
 
     fn verb(&mut self, jobs: Vec<String>, reply: oneshot::Sender<Response>, verb: &'static str) {

@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System, UpdateKind};
 
@@ -15,6 +16,32 @@ struct Proc {
     pid: i32,
     ppid: Option<i32>,
     cmd: Vec<String>,
+}
+
+/// A snapshot reused while it is younger than `ttl`, so starting 500 jobs scans the process
+/// table once, not 500 times.
+pub struct CachedScan {
+    ttl: Duration,
+    last: Option<(Instant, Snapshot)>,
+}
+
+impl CachedScan {
+    pub fn new(ttl: Duration) -> CachedScan {
+        CachedScan { ttl, last: None }
+    }
+
+    /// Processes running `command` outside corral (`own_pid`'s tree), from a fresh enough scan.
+    pub fn duplicates(&mut self, command: &[String], own_pid: i32) -> Vec<i32> {
+        if !self.last.as_ref().is_some_and(|(t, _)| t.elapsed() < self.ttl) {
+            self.last = Some((Instant::now(), Snapshot::take()));
+        }
+        self.last.as_ref().map(|(_, s)| s.duplicates(command, own_pid)).unwrap_or_default()
+    }
+
+    /// Something was killed: the next question scans again.
+    pub fn invalidate(&mut self) {
+        self.last = None;
+    }
 }
 
 impl Snapshot {
