@@ -102,7 +102,7 @@ pub enum Event {
     /// The alert command worker: spawn or kill an alert command (`alerts::command`).
     Alert(crate::alerts::ActorCmd),
     /// A run's watch (probes, stall timer, memory sampler) found something.
-    Watch { job: String, pid: i32, msg: watchdog::WatchMsg },
+    Watch { job: String, pid: i32, msg: super::watching::WatchMsg },
     /// One walk of the jobs' process trees (while some job has `memory_max`).
     MemorySamples(Vec<(String, crate::watchdog::memory::Sample)>),
 }

@@ -1,54 +1,31 @@
-//! The actor's side of the watchdog (SPEC §2, §4): it starts each run's watch, takes the
-//! watch's reports (checked against the job's current process) into the state machine, holds
-//! a start back until its dependencies hold, and stops jobs in reverse dependency order.
-//!
-//! The decisions are pure (`watchdog::verdict`, `job::machine`) or a concern's
-//! (`daemon/dependencies.rs`); this file executes what they decide.
+//! The actor's side of the watchdog (SPEC §2, §4): it starts each run's watch, carries out
+//! what a report means (`daemon/watching.rs` checks it against the job's current process and
+//! decides), holds a start back until its dependencies hold, and stops jobs in reverse
+//! dependency order (`daemon/dependencies.rs` decides).
 
 use std::rc::Rc;
 use std::sync::Arc;
 
-use tracing::{info, warn};
+use tracing::warn;
 
 use super::{now_wall, Event, Supervisor};
-use crate::config::watch::format_size;
 use crate::daemon::dependencies;
 use crate::daemon::history::Kind;
+use crate::daemon::watching::{self, Action, WatchMsg};
 use crate::job::machine::Cause;
-use crate::job::{Input, State, TimerKind};
+use crate::job::{Input, TimerKind};
 use crate::watchdog::memory::Sample;
-use crate::watchdog::{verdict, LineWatch, Report};
-
-/// What a watch sends to the actor about one run.
-#[derive(Debug, Clone, PartialEq)]
-pub enum WatchMsg {
-    Report(Report),
-    /// The tree's RSS is above `memory_max`.
-    Memory { rss: u64, processes: u32, max: u64 },
-}
+use crate::watchdog::{LineWatch, Report};
 
 impl Supervisor {
-    /// A walk of the process trees: keep each job's RSS for status, and restart the trees
-    /// above their `memory_max` (decided by `verdict::over_memory`).
+    /// A walk of the process trees (`watching::memory` keeps the RSS and picks the trees
+    /// above their `memory_max`).
     pub(super) fn on_memory(&mut self, samples: Vec<(String, Sample)>) {
-        let mut over = Vec::new();
-        for (name, s) in samples {
-            let Some(j) = self.jobs.get_mut(&name) else { continue };
-            if j.m.pid != Some(s.pid) {
-                continue;
-            }
-            j.rss = Some((s.pid, s.rss));
-            if let Some(max) = j.cfg.watch.memory_max.filter(|m| verdict::over_memory(s.rss, Some(*m))) {
-                over.push((name, s, max));
-            }
-        }
-        for (name, s, max) in over {
-            self.on_watch(name, s.pid, WatchMsg::Memory { rss: s.rss, processes: s.processes, max });
+        for (name, pid, msg) in watching::memory(&mut self.jobs, samples) {
+            self.on_watch(name, pid, msg);
         }
     }
-}
 
-impl Supervisor {
     /// A run of `name` began with `pid`: start what watches it; the output readers get the
     /// returned line watch.
     pub(super) fn watch_spawned(&mut self, name: &str, pid: i32, extra_env: &[(String, String)]) -> Option<Arc<LineWatch>> {
@@ -68,35 +45,14 @@ impl Supervisor {
     }
 
     pub(super) fn on_watch(&mut self, name: String, pid: i32, msg: WatchMsg) {
-        // About a process that is gone, or a run that was replaced: stale.
-        let current = self.jobs.get(&name).is_some_and(|j| j.m.pid == Some(pid) && j.m.state != State::Stopping);
-        if !current || !self.watchdog.is_current(&name, pid) {
-            return;
-        }
-        match msg {
-            WatchMsg::Report(Report::Ready) => {
-                info!(job = %name, pid, "ready");
-                self.feed(&name, Input::Ready);
-            }
-            WatchMsg::Report(Report::LivenessFailed { count, detail }) => {
-                warn!(job = %name, pid, count, "liveness probe failed: {detail}");
-                self.watchdog.set_failing(&name, true);
+        match watching::judge(&self.jobs, &self.watchdog, &name, pid, msg) {
+            None => {}
+            Some(Action::Ready) => self.feed(&name, Input::Ready),
+            Some(Action::Failing(failing)) => {
+                self.watchdog.set_failing(&name, failing);
                 self.after_feed();
             }
-            WatchMsg::Report(Report::LivenessRecovered) => {
-                info!(job = %name, pid, "liveness probe passes again");
-                self.watchdog.set_failing(&name, false);
-                self.after_feed();
-            }
-            WatchMsg::Report(Report::Unhealthy { detail }) => self.force(&name, Cause::Unhealthy, detail),
-            WatchMsg::Report(Report::Stalled { idle }) => {
-                let idle = humantime::format_duration(std::time::Duration::from_secs(idle.as_secs().max(1)));
-                self.force(&name, Cause::Stalled, format!("no output line for {idle} (stall_after)"))
-            }
-            WatchMsg::Memory { rss, processes, max } => {
-                let detail = format!("process tree RSS {} in {processes} process(es) is above memory_max {}", format_size(rss), format_size(max));
-                self.force(&name, Cause::Memory, detail)
-            }
+            Some(Action::Force(cause, detail)) => self.force(&name, cause, detail),
         }
     }
 
