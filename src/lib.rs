@@ -20,7 +20,8 @@
 //! - `daemon`   `corral run`: one actor owns the job table; signals, the socket server,
 //!              the file watcher, timers, the probe task and the fleet task send it events.
 //!              Only the actor mutates jobs; each concern (admission, control verbs, reload,
-//!              fleet schedule, budget, shutdown) has its own state and returns decisions.
+//!              the fleet link, the budget and its grants, dependencies, watch reports,
+//!              schedules, shutdown) has its own state and returns decisions or effects.
 //! - `watchdog` per-run watch tasks (stall timer, ready and liveness probes), tree memory
 //!              sampling, and the pure dependency and liveness decisions; reports go to the actor.
 //! - `cli`      the client verbs: clap, socket client, rendering, `corral top`.
@@ -33,6 +34,9 @@
 //! Nothing on the actor's thread may block on a job or a file (SPEC §7, §8): output goes
 //! through bounded sinks drained by threads of their own (`process::output`), and a reload
 //! is read and validated on a thread of its own.
+
+// The module maps in these docs align their descriptions in a column.
+#![allow(clippy::doc_overindented_list_items)]
 
 pub mod alerts;
 pub mod budget;

@@ -197,7 +197,7 @@ fn text(alert: &Alert, origin: &Origin) -> String {
             cut -= 1;
         }
         t.truncate(cut);
-        t.push_str("…");
+        t.push('…');
     }
     t
 }

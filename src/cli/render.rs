@@ -574,6 +574,17 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// `check`'s line about `[alerts]`: where alerts go (the webhook without its secret path).
+fn alerts_line(a: &crate::config::AlertsConfig) -> String {
+    let mut to: Vec<String> = a.webhook.iter().map(|w| format!("webhook {}", w.shown())).collect();
+    to.extend(a.command.iter().map(|c| format!("command `{}`", c.join(" "))));
+    if to.is_empty() {
+        to.push("nowhere (webhook is empty)".into());
+    }
+    let events: Vec<&str> = a.events.iter().map(|e| e.as_str()).collect();
+    format!("alerts: to {}; events {}; min_interval {}", to.join(" and "), events.join(", "), humantime::format_duration(a.min_interval))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -614,15 +625,4 @@ mod tests {
         assert_eq!(log_line(&one, &l, false), "boom");
         assert_eq!(log_line(&all, &l, true), "2026-04-24T03:06:40.250Z \x1b[1mlayer1\x1b[0m \x1b[33mstderr\x1b[0m: boom");
     }
-}
-
-/// `check`'s line about `[alerts]`: where alerts go (the webhook without its secret path).
-fn alerts_line(a: &crate::config::AlertsConfig) -> String {
-    let mut to: Vec<String> = a.webhook.iter().map(|w| format!("webhook {}", w.shown())).collect();
-    to.extend(a.command.iter().map(|c| format!("command `{}`", c.join(" "))));
-    if to.is_empty() {
-        to.push("nowhere (webhook is empty)".into());
-    }
-    let events: Vec<&str> = a.events.iter().map(|e| e.as_str()).collect();
-    format!("alerts: to {}; events {}; min_interval {}", to.join(" and "), events.join(", "), humantime::format_duration(a.min_interval))
 }

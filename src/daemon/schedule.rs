@@ -262,7 +262,7 @@ impl Schedules {
                 Action::Persist(at) => persist = Some(at),
                 Action::Missed { count, latest, why } => {
                     warn!(job, count, latest = %rfc3339(latest), "schedule_missed: {count} scheduled run(s) missed: {why}");
-                    dos.push(Do::Missed { job: job.to_string(), count: count as u64, why: why.to_string() });
+                    dos.push(Do::Missed { job: job.to_string(), count, why: why.to_string() });
                 }
                 Action::Skipped { scheduled_at } => {
                     info!(job, scheduled_at = %rfc3339(scheduled_at), "scheduled run skipped: the previous run is still running (concurrency = \"forbid\")");

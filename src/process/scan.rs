@@ -32,7 +32,7 @@ impl CachedScan {
 
     /// Processes running `command` outside corral (`own_pid`'s tree), from a fresh enough scan.
     pub fn duplicates(&mut self, command: &[String], own_pid: i32) -> Vec<i32> {
-        if !self.last.as_ref().is_some_and(|(t, _)| t.elapsed() < self.ttl) {
+        if self.last.as_ref().is_none_or(|(t, _)| t.elapsed() >= self.ttl) {
             self.last = Some((Instant::now(), Snapshot::take()));
         }
         self.last.as_ref().map(|(_, s)| s.duplicates(command, own_pid)).unwrap_or_default()

@@ -24,6 +24,9 @@ pub struct Tracked {
     pub max: Option<u64>,
 }
 
+/// Where one walk's samples go: (job, sample) for every tracked run.
+pub type SampleSink = Rc<dyn Fn(Vec<(String, Sample)>)>;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sample {
     pub pid: i32,
@@ -63,7 +66,7 @@ impl Memory {
 
     /// Sample every `interval` while some job has a limit; `report` gets every tracked run's
     /// sample of one walk.
-    pub async fn run(self, interval: Duration, report: Rc<dyn Fn(Vec<(String, Sample)>)>) {
+    pub async fn run(self, interval: Duration, report: SampleSink) {
         let mut delay = interval;
         loop {
             tokio::time::sleep(delay).await;

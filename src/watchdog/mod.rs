@@ -91,7 +91,7 @@ impl Watchdog {
     }
 
     /// Start the memory sampler once (it idles while no job has a limit).
-    pub fn ensure_sampler(&mut self, report: Rc<dyn Fn(Vec<(String, memory::Sample)>)>) {
+    pub fn ensure_sampler(&mut self, report: memory::SampleSink) {
         if !self.sampler {
             self.sampler = true;
             tokio::task::spawn_local(self.memory.clone().run(MEMORY_INTERVAL, report));

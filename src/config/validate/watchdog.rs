@@ -30,6 +30,9 @@ const ENV_FILE_MAX: u64 = 1 << 20;
 
 type Span = Range<usize>;
 
+/// Per job: where its `depends_on` and `instances` were written, and its instance count.
+pub(super) type WatchSpans = BTreeMap<String, (Option<Span>, Option<Span>, Option<u32>)>;
+
 impl Cx<'_> {
     /// `env_file`'s variables (applied before `env`, which overrides them).
     pub(super) fn env_file(&mut self, raw: &RawJob) -> BTreeMap<String, String> {
@@ -201,7 +204,7 @@ impl Cx<'_> {
     pub(super) fn finish_watch(
         &mut self,
         jobs: BTreeMap<String, JobConfig>,
-        spans: &BTreeMap<String, (Option<Span>, Option<Span>, Option<u32>)>,
+        spans: &WatchSpans,
     ) -> BTreeMap<String, JobConfig> {
         let graph: BTreeMap<String, BTreeSet<String>> =
             jobs.iter().map(|(n, j)| (n.clone(), j.watch.depends_on.keys().cloned().collect())).collect();
