@@ -102,7 +102,9 @@ pub struct Budget {
     /// Why the admin console did not answer last time.
     pub pooler_error: Option<String>,
     pub reservations: BTreeMap<String, Reservation>,
-    pub jobs: BTreeMap<String, JobBudget>,
+    /// Each job's budget bookkeeping; read through [`Budget::job`], changed only by the
+    /// methods here (`spawned`, `exited`, `allocate`, readings, fleet syncs, deliveries).
+    jobs: BTreeMap<String, JobBudget>,
     pub usage: Option<Usage>,
     pub status: DbStatus,
     pub quota_dir: PathBuf,
@@ -447,6 +449,18 @@ impl Budget {
                 p.measured = Some(p.told);
             }
         }
+    }
+
+    /// A `quota_signal` held back for a young process went out: the quota counts as told now.
+    pub fn signalled(&mut self, job: &str, now: Instant) {
+        if let Some(b) = self.jobs.get_mut(job) {
+            b.told_at = Some(now);
+        }
+    }
+
+    /// One job's bookkeeping (grant, process occupancy, live connections).
+    pub fn job(&self, name: &str) -> Option<&JobBudget> {
+        self.jobs.get(name)
     }
 
     /// The job spawned with `quota`.

@@ -68,7 +68,7 @@ impl Effects {
 pub fn deliver(budget: &mut Budget, jobs: &mut JobTable, history: &mut History, tell: Vec<(String, u32)>, now: Instant) -> Effects {
     let mut fx = Effects::default();
     for (name, quota) in tell {
-        fx.confirm |= budget.jobs.get(&name).and_then(|b| b.process).is_some_and(|p| p.held > quota);
+        fx.confirm |= budget.job(&name).and_then(|b| b.process).is_some_and(|p| p.held > quota);
         let Some(job) = jobs.get_mut(&name) else { continue };
         if let Err(e) = budget.write_quota(&job.cfg, quota) {
             warn!(job = %name, "cannot write quota file: {e}");
@@ -89,6 +89,21 @@ pub fn deliver(budget: &mut Budget, jobs: &mut JobTable, history: &mut History, 
         }
     }
     fx
+}
+
+/// A `quota_signal` held back while `pid` of `job` was young is due: the signal to send, if
+/// that process still runs and nothing sent it meanwhile.
+pub fn quota_signal_due(budget: Option<&mut Budget>, jobs: &mut JobTable, job: &str, pid: i32, now: Instant) -> Option<(i32, Signal)> {
+    let j = jobs.get_mut(job).filter(|j| j.m.pid == Some(pid))?;
+    if j.signal_due.take() != Some(pid) {
+        return None;
+    }
+    if let Some(b) = budget {
+        b.signalled(job, now);
+    }
+    let sig = j.cfg.quota_signal?;
+    info!(job = %job, pid, "sending the quota_signal held back while the job started");
+    Some((pid, sig))
 }
 
 /// Quota changes and evictions of an allocation (local or the fleet's); `why` is logged for
@@ -159,7 +174,7 @@ pub fn grant_fact(budget: &mut Budget, jobs: &JobTable, name: &str, now: Instant
                 _ => FleetLock::Unanswered,
             }
         };
-        let b = budget.jobs.get(name).cloned().unwrap_or_default();
+        let b = budget.job(name).cloned().unwrap_or_default();
         let fact = FleetFact {
             lock,
             grant: b.grant,
@@ -295,6 +310,12 @@ mod tests {
         // Told again while the signal is pending: no second timer.
         let fx = deliver(&mut budget, &mut jobs, &mut history, vec![("a".into(), 5)], now);
         assert!(fx.after.is_empty() && fx.signal.is_empty());
+        // The timer fires: the signal goes once, and only to the process it was held for.
+        let due = now + QUOTA_SIGNAL_MIN_UPTIME;
+        assert_eq!(quota_signal_due(Some(&mut budget), &mut jobs, "a", 9999, due), None);
+        assert_eq!(quota_signal_due(Some(&mut budget), &mut jobs, "a", 4242, due), Some((4242, Signal::SIGHUP)));
+        assert_eq!(budget.job("a").and_then(|b| b.told_at), Some(due));
+        assert_eq!(quota_signal_due(Some(&mut budget), &mut jobs, "a", 4242, due), None);
         // Old enough: the signal goes now.
         let later = now + QUOTA_SIGNAL_MIN_UPTIME;
         let fx = deliver(&mut budget, &mut jobs, &mut history, vec![("a".into(), 7)], later);

@@ -98,8 +98,8 @@ pub fn job_status(jobs: &JobTable, budget: Option<&Budget>, logs: &LogStore, nam
                 Exit::Code(c) => ExitInfo { code: Some(c), signal: None },
                 Exit::Signal(s) => ExitInfo { code: None, signal: Some(s) },
             }),
-            quota: budget.filter(|_| j.cfg.connections.is_some() && j.m.state.wants_to_run()).and_then(|b| b.jobs.get(name)).map(|b| b.grant),
-            connections: budget.filter(|_| j.cfg.connections.is_some()).and_then(|b| b.jobs.get(name)).and_then(|b| b.live),
+            quota: budget.filter(|_| j.cfg.connections.is_some() && j.m.state.wants_to_run()).and_then(|b| b.job(name)).map(|b| b.grant),
+            connections: budget.filter(|_| j.cfg.connections.is_some()).and_then(|b| b.job(name)).and_then(|b| b.live),
             reason: match j.m.state {
                 State::Fatal | State::Waiting | State::Backoff => j.m.reason.clone(),
                 State::Stopping if j.m.forced.is_some() => j.m.reason.clone(),

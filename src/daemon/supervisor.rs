@@ -438,15 +438,8 @@ impl Supervisor {
             }
             Event::Alert(cmd) => self.alert_children.handle(cmd, &self.logs, self.config.supervisor.log_format),
             Event::QuotaSignalDue { job, pid } => {
-                let Some(j) = self.jobs.get_mut(&job) else { return };
-                if j.m.pid == Some(pid) && j.signal_due.take() == Some(pid) {
-                    if let Some(sig) = j.cfg.quota_signal {
-                        info!(job = %job, pid, "sending the quota_signal held back while the job started");
-                        let _ = kill::signal_pid(pid, sig);
-                    }
-                    if let Some(b) = self.budget.as_mut().and_then(|b| b.jobs.get_mut(&job)) {
-                        b.told_at = Some(Instant::now());
-                    }
+                if let Some((pid, sig)) = grants::quota_signal_due(self.budget.as_mut(), &mut self.jobs, &job, pid, Instant::now()) {
+                    let _ = kill::signal_pid(pid, sig);
                 }
             }
         }
