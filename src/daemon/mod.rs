@@ -24,6 +24,7 @@ mod server;
 mod shutdown;
 mod supervisor;
 mod watch;
+mod views;
 mod watching;
 
 use std::path::{Path, PathBuf};

@@ -144,20 +144,6 @@ pub fn update_table(jobs: &mut JobTable, config: &Config, plan: &ReloadPlan) -> 
     steps
 }
 
-/// Give back to the system what a big manifest's parse used: glibc keeps freed memory (and
-/// the reload thread's arena) cached, which would show as RSS kept after every large reload.
-/// Measured with a 3,000-job reload and back: 10.5 MB after with the trim, 46.8 MB without,
-/// 55 MB with mimalloc as the allocator (22 MB idle). This is the one `unsafe` in corral: no
-/// crate wraps malloc_trim.
-pub fn trim_heap() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only releases free memory; it has no preconditions.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
-
 #[cfg(test)]
 mod tests {
     use super::*;

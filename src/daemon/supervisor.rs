@@ -37,6 +37,7 @@ use super::control;
 use super::grants;
 use super::reload;
 use super::shutdown;
+use super::views::Views;
 use super::jobs::{self, job_views, JobRt, JobTable};
 use crate::protocol::WaitReason;
 use crate::job::machine::{self, describe_exit};
@@ -46,7 +47,7 @@ use crate::process::output::{self, LogStore};
 use crate::process::scan::{CachedScan, Snapshot};
 use crate::process::{kill, spawn};
 use crate::protocol::{
-    ErrorKind, HealthReport, ReloadReport, Reply, Request, Response, StatusReport, SupervisorInfo,
+    ErrorKind, ReloadReport, Reply, Request, Response,
 };
 
 /// The database variables of SPEC §3.
@@ -413,10 +414,10 @@ impl Supervisor {
             Event::Db(report) => self.on_db(report),
             Event::SweepBudget => self.rebalance(),
             Event::HealthAnswer(reply) => {
-                let _ = reply.send(self.health());
+                let _ = reply.send(Response::ok(Reply::Health(self.views().health())));
             }
             Event::Snapshot { history, reply } => {
-                let _ = reply.send(Box::new(self.snapshot(history)));
+                let _ = reply.send(Box::new(self.views().snapshot(history, Instant::now())));
             }
             Event::SweepNow => {
                 if self.last_sweep.elapsed() >= ORPHAN_GRACE {
@@ -825,7 +826,7 @@ impl Supervisor {
         match req {
             Request::Status { jobs } => {
                 let resp = match control::check_names(&self.jobs, &jobs) {
-                    Ok(names) => Response::ok(Reply::Status(self.status(&names))),
+                    Ok(names) => Response::ok(Reply::Status(self.views().status(&names, Instant::now()))),
                     Err(resp) => resp,
                 };
                 let _ = reply.send(resp);
@@ -890,12 +891,12 @@ impl Supervisor {
                 Some(cmd) => {
                     if let Err(e) = cmd.send(ProbeCmd::CheckNow { then: reply }) {
                         if let ProbeCmd::CheckNow { then } = e.0 {
-                            let _ = then.send(self.health());
+                            let _ = then.send(Response::ok(Reply::Health(self.views().health())));
                         }
                     }
                 }
                 None => {
-                    let _ = reply.send(self.health());
+                    let _ = reply.send(Response::ok(Reply::Health(self.views().health())));
                 }
             },
             Request::History => {
@@ -981,25 +982,21 @@ impl Supervisor {
         self.waiters.wait(names, reply, verb, Instant::now());
     }
 
-    fn status(&self, names: &[String]) -> StatusReport {
-        StatusReport {
-            jobs: names
-                .iter()
-                .filter_map(|n| jobs::job_status(&self.jobs, self.budget.as_ref(), &self.logs, n))
-                .map(|s| self.schedules.annotate(s))
-                .collect(),
-            config_error: self.config_error.clone(),
-            supervisor: SupervisorInfo {
-                pid: std::process::id(),
-                version: env!("CARGO_PKG_VERSION").to_string(),
-                config: self.config.path.display().to_string(),
-                uptime_s: self.started.elapsed().as_secs_f64(),
-                started_at: self.started_wall.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
-                zombies_reaped: self.zombies_reaped,
-                orphans_killed: self.orphans_killed,
-                log_lines_dropped: output::stderr_sink().dropped(),
-            },
-            budget: self.budget.as_ref().map(|b| b.summary(Instant::now())),
+    /// The read-only answers' view of this actor's state (daemon/views.rs).
+    fn views(&self) -> Views<'_> {
+        Views {
+            jobs: &self.jobs,
+            budget: self.budget.as_ref(),
+            logs: &self.logs,
+            schedules: &self.schedules,
+            history: &self.history,
+            config_error: self.config_error.as_deref(),
+            config_path: &self.config.path,
+            shutting_down: self.shutdown.requested,
+            started: self.started,
+            started_wall: self.started_wall,
+            zombies_reaped: self.zombies_reaped,
+            orphans_killed: self.orphans_killed,
         }
     }
 
@@ -1035,7 +1032,6 @@ impl Supervisor {
                 }
             }
         };
-        reload::trim_heap();
         let applied = ask.apply;
         ask.answer(dry_plan.as_ref(), &resp);
         if applied && !self.shutdown.requested {
@@ -1255,30 +1251,6 @@ impl Supervisor {
             warn!(job = %name, "fleet-wide lock not confirmed: stopping this copy so at most one runs; it waits for the lock again");
             self.feed(&name, Input::Restart);
         }
-    }
-
-    fn snapshot(&self, history: bool) -> super::ask::Snapshot {
-        let names: Vec<String> = self.jobs.keys().cloned().collect();
-        let views = job_views(&self.jobs);
-        let health = match self.health() {
-            Response { result: Some(Reply::Health(h)), .. } => h,
-            _ => HealthReport { healthy: false, supervisor: !self.shutdown.requested, database: None, message: String::new() },
-        };
-        super::ask::Snapshot {
-            status: self.status(&names),
-            budget: self.budget.as_ref().map(|b| b.report(&views, Instant::now())),
-            health,
-            history: history.then(|| self.history.report(now_wall())),
-        }
-    }
-
-    fn health(&self) -> Response {
-        let supervisor = !self.shutdown.requested;
-        let report = match &self.budget {
-            None => HealthReport { healthy: true, supervisor, database: None, message: "supervisor running; no database configured".into() },
-            Some(b) => b.health(supervisor),
-        };
-        Response::ok(Reply::Health(report))
     }
 }
 
