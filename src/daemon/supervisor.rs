@@ -10,7 +10,7 @@
 //! `grants::Effects`), `depends_on` (`dependencies`), shutdown (`shutdown`). Reaping happens inside this task
 //! too (on SIGCHLD), so a spawned pid is always registered before its exit can be collected.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -27,47 +27,35 @@ use super::fleet::{FleetCmd, FleetReport};
 use super::health::{self, DbReport, ProbeCmd};
 use super::history::{History, Kind};
 use super::notify::Notifier;
-use crate::config::{self, Config, OnDuplicate, OrphanPolicy};
+use crate::config::{self, Config, OrphanPolicy};
 use super::schedule::{Do, Schedules};
 use crate::db::fleet::{Coordinator, Identity, SyncRequest};
 use crate::db::pooler::PgBouncerAdmin;
 use crate::db::{self, Probe};
-use super::admission::{self, Awaiting, Decision, GrantFact, LockFact};
+use super::admission::{self, Awaiting};
 use super::control;
 use super::grants;
 use super::reload;
+use super::reaping;
 use super::shutdown;
+use super::starting::{self, Start};
 use super::views::Views;
 use super::jobs::{self, job_views, JobRt, JobTable};
-use crate::protocol::WaitReason;
 use crate::job::machine::{self, describe_exit};
 use crate::job::{Effect, Input, State, TimerKind};
-use crate::process::lock::{JobLock, LockError};
 use crate::process::output::{self, LogStore};
-use crate::process::scan::{CachedScan, Snapshot};
+use crate::process::scan::Snapshot;
 use crate::process::{kill, spawn};
 use crate::protocol::{
     ErrorKind, ReloadReport, Reply, Request, Response,
 };
 
-/// The database variables of SPEC §3.
-const DB_VARS: &[&str] = &[
-    "DATABASE_URL",
-    "PGAPPNAME",
-    "CORRAL_CONN_QUOTA",
-    "CORRAL_QUOTA_FILE",
-    "DB_POOL_SIZE",
-    "DB_MAX_OVERFLOW",
-];
 
 use super::shutdown::ORPHAN_GRACE;
 /// At exit, how long job output readers get to reach EOF.
 const OUTPUT_DRAIN: Duration = Duration::from_millis(500);
 /// Editors save in bursts (write temp, rename, chmod): wait for quiet.
 const RELOAD_DEBOUNCE: Duration = Duration::from_millis(200);
-/// A process snapshot younger than this is reused for duplicate checks, so
-/// starting 500 jobs scans the process table once, not 500 times.
-const SNAPSHOT_TTL: Duration = Duration::from_secs(1);
 
 pub enum Event {
     Request(Request, oneshot::Sender<Response>),
@@ -115,23 +103,20 @@ pub struct Supervisor {
     config: Config,
     config_error: Option<String>,
     jobs: JobTable,
-    by_pid: HashMap<i32, String>,
+    /// The pid → job map for reaping, and the reaped/killed counters.
+    reaping: reaping::Reaping,
     tx: EventTx,
     logs: LogStore,
     started: Instant,
     started_wall: std::time::SystemTime,
     /// The dashboard's past (latency, recent events); fed at the hook points below.
     history: History,
-    zombies_reaped: u64,
-    orphans_killed: u64,
     waiters: control::Waiters,
     shutdown: shutdown::Shutdown,
-    own_pid: i32,
-    /// The process table for duplicate checks (reused for a second).
-    scan: CachedScan,
+    /// Admission's own state (the duplicate scan cache).
+    starter: starting::Starter,
     reload_generation: u64,
     reloads: reload::Reloads,
-    last_sweep: Instant,
     budget: Option<Budget>,
     probe: Option<Arc<Probe>>,
     /// PgBouncer's admin console, with `pooler_admin_url`.
@@ -163,21 +148,17 @@ impl Supervisor {
             config,
             config_error: None,
             jobs,
-            by_pid: HashMap::new(),
+            reaping: Default::default(),
             tx,
             logs,
             started: Instant::now(),
             started_wall: std::time::SystemTime::now(),
             history: History::default(),
-            zombies_reaped: 0,
-            orphans_killed: 0,
             waiters: control::Waiters::default(),
             shutdown: shutdown::Shutdown::default(),
-            own_pid: std::process::id() as i32,
-            scan: CachedScan::new(SNAPSHOT_TTL),
+            starter: Default::default(),
             reload_generation: 0,
             reloads: reload::Reloads::default(),
-            last_sweep: Instant::now(),
             budget: None,
             probe: None,
             pooler_admin: None,
@@ -367,7 +348,7 @@ impl Supervisor {
                 break;
             }
         }
-        self.shutdown.finish(self.config.supervisor.orphans, self.own_pid);
+        self.shutdown.finish(self.config.supervisor.orphans, self.reaping.own_pid);
         if let Some(cmd) = self.fleet.leave() {
             shutdown::leave_fleet(cmd).await;
         }
@@ -390,7 +371,7 @@ impl Supervisor {
             }
             Event::KillPids { pids } => {
                 for pid in pids {
-                    if !self.by_pid.contains_key(&pid) {
+                    if !self.reaping.is_job(pid) {
                         let _ = kill::signal_pid(pid, Signal::SIGKILL);
                     }
                 }
@@ -420,7 +401,7 @@ impl Supervisor {
                 let _ = reply.send(Box::new(self.views().snapshot(history, Instant::now())));
             }
             Event::SweepNow => {
-                if self.last_sweep.elapsed() >= ORPHAN_GRACE {
+                if !self.reaping.swept_within(ORPHAN_GRACE, Instant::now()) {
                     self.sweep();
                 }
             }
@@ -510,86 +491,35 @@ impl Supervisor {
         }
     }
 
-    /// Gather what admission decides from (lock attempt, duplicate scan, the budget's
-    /// answer), let [`admission::decide`] decide, and carry the decision out. Returns the
-    /// machine's next input.
+    /// A start the machine asked for: `starting` decides (and spawns when admitted); the
+    /// actor carries out what reaches beyond the job. Returns the machine's next input.
     fn try_spawn(&mut self, name: &str) -> Input {
-        // depends_on (pure: watchdog::deps) before any lock or scan is taken.
-        if let Some(reason) = self.dependency_hold(name).filter(|_| !self.shutdown.requested) {
-            if let Some(j) = self.jobs.get_mut(name) {
-                j.hold = Some(WaitReason::Dependency(reason.clone()));
-            }
-            return Input::Blocked { reason };
-        }
-        let lock_dir = self.config.supervisor.lock_dir.clone();
-        let Some(job) = self.jobs.get(name) else {
-            return Input::SpawnFailed { error: "the job is no longer in the config".into() };
-        };
-        let needs_scan = !self.shutdown.requested && job.check_duplicates && job.cfg.on_duplicate != OnDuplicate::Ignore;
-        let dups = if needs_scan { self.scan.duplicates(&job.cfg.command, self.own_pid) } else { Vec::new() };
-        let Some(job) = self.jobs.get_mut(name) else {
-            return Input::SpawnFailed { error: "the job is no longer in the config".into() };
-        };
-        job.queued = false;
-        let lock = if self.shutdown.requested || !job.cfg.single_instance || job.lock.is_some() {
-            LockFact::Ours
-        } else {
-            match JobLock::acquire(&lock_dir, name) {
-                Ok(lock) => {
-                    job.lock = Some(lock);
-                    LockFact::Ours
-                }
-                Err(LockError::Held { path, holder, recorded_gone }) => LockFact::Held {
-                    path: path.display().to_string(),
-                    holder: holder.map(|h| h.to_string()),
-                    recorded_gone: recorded_gone && self.config.supervisor.orphans == OrphanPolicy::Kill,
-                },
-                Err(e) => LockFact::Failed(e.to_string()),
-            }
-        };
-        // The budget's answer is asked only once lock and duplicates let the job through:
-        // a local allocation counts it as starting and tells the others their new quotas.
-        let passes = !self.shutdown.requested && lock == LockFact::Ours && (dups.is_empty() || job.cfg.on_duplicate == OnDuplicate::Ignore);
-        let draining = self.budget.as_ref().and_then(|b| b.draining(name));
-        // A draining job with connections waits for the reading anyway (admission says so first).
-        let ask_budget = passes && (draining.is_none() || job.cfg.connections.is_none());
-        let (grant, tell) = match self.budget.as_mut() {
-            Some(budget) if ask_budget => grants::grant_fact(budget, &self.jobs, name, Instant::now()),
-            _ => (GrantFact::NotNeeded, Vec::new()),
-        };
-        let Some(job) = self.jobs.get(name) else {
-            return Input::SpawnFailed { error: "the job is no longer in the config".into() };
-        };
-        let quota_file = self.budget.as_ref().map(|b| b.quota_file(name).display().to_string()).unwrap_or_default();
-        let facts = admission::Facts {
-            job: name,
+        let ctx = starting::Ctx {
+            lock_dir: &self.config.supervisor.lock_dir,
             service: &self.config.budget.service,
+            orphans: self.config.supervisor.orphans,
             shutting_down: self.shutdown.requested,
-            lock,
-            duplicates: &dups,
-            on_duplicate: job.cfg.on_duplicate,
-            dup_termed: &job.dup_termed,
-            connections: job.cfg.connections,
-            draining,
-            grant,
-            env: admission::EnvFacts { db_url: self.budget.as_ref().and_then(|b| b.db.url.as_ref().map(|u| u.as_str())), job_env: &job.cfg.env, quota_file },
+            dependency: self.dependency_hold(name),
         };
-        let decision = admission::decide(&facts);
-        match decision {
-            Decision::Fail(error) => Input::SpawnFailed { error },
-            Decision::Hold(hold) => {
+        match self.starter.admit(&mut self.jobs, self.budget.as_mut(), name, &ctx, Instant::now()) {
+            Start::Fail(error) => Input::SpawnFailed { error },
+            Start::Hold { tell, hold } => {
                 self.deliver(tell);
                 self.execute_hold(name, &hold);
-                let reason = hold.reason();
-                let text = reason.to_string();
-                if let Some(j) = self.jobs.get_mut(name) {
-                    j.hold = Some(reason);
-                }
-                Input::Blocked { reason: text }
+                Input::Blocked { reason: hold.reason().to_string() }
             }
-            Decision::Spawn { quota, env } => {
-                self.deliver(tell.into_iter().filter(|(j, _)| j != name).collect());
-                self.spawn(name, quota, env)
+            Start::Spawn { tell, quota, mut env } => {
+                self.deliver(tell);
+                if let Some(at) = self.schedules.scheduled_at(name) {
+                    env.push(("CORRAL_SCHEDULED_AT".into(), at));
+                }
+                match starting::spawn(&mut self.jobs, self.budget.as_mut(), name, quota, &env, Instant::now()) {
+                    Ok(child) => self.spawned(name, child, &env),
+                    Err(error) => {
+                        error!(job = name, "{error}");
+                        Input::SpawnFailed { error }
+                    }
+                }
             }
         }
     }
@@ -603,124 +533,66 @@ impl Supervisor {
             warn!(job = name, pid, "killing duplicate running outside corral");
             let _ = kill::signal_pid(*pid, *sig);
         }
-        if hold.rescan {
-            self.scan.invalidate();
-        }
         if hold.want_reading {
-            if let Some(cmd) = &self.probe_cmd {
-                let _ = cmd.send(ProbeCmd::UsageAt(Instant::now()));
-            }
+            self.want_reading(Instant::now());
         }
         if hold.want_sync {
             self.request_sync();
         }
-        if let Some(j) = self.jobs.get_mut(name) {
-            j.dup_termed.extend(hold.kill.iter().map(|(pid, _)| *pid));
-            if let Some(a) = hold.awaiting {
-                j.awaiting = a;
-            }
-            j.queued = hold.queued;
-        }
     }
 
-    /// Admitted: write the quota file, spawn, register the pid and the output readers.
-    fn spawn(&mut self, name: &str, quota: Option<u32>, mut extra_env: Vec<(String, String)>) -> Input {
+    /// A run began: register its pid, start its watch and the output readers.
+    fn spawned(&mut self, name: &str, child: spawn::Spawned, env: &[(String, String)]) -> Input {
+        self.reaping.spawned(child.pid, name);
+        let lines = self.watch_spawned(name, child.pid, env);
         let format = self.config.supervisor.log_format;
-        if let (Some(q), Some(budget), Some(job)) = (quota, self.budget.as_mut(), self.jobs.get(name)) {
-            if let Err(e) = budget.write_quota(&job.cfg, q) {
-                warn!(job = name, "cannot write quota file: {e}");
-            }
-        }
-        if let Some(at) = self.schedules.scheduled_at(name) {
-            extra_env.push(("CORRAL_SCHEDULED_AT".into(), at));
-        }
-        let Some(job) = self.jobs.get_mut(name) else {
-            return Input::SpawnFailed { error: "the job is no longer in the config".into() };
-        };
-        job.hold = None;
-        let spec = spawn::SpawnSpec {
-            command: &job.cfg.command,
-            cwd: job.cfg.cwd.as_ref(),
-            env: &job.cfg.env,
-            extra_env: &extra_env,
-            user: job.cfg.user.as_deref(),
-            inherit_fd: job.lock.as_ref().map(|l| l.raw_fd()),
-            // SPEC §3: a job without `connections` gets none of the DB variables,
-            // not even the ones corral itself was started with.
-            remove_env: if job.cfg.connections.is_none() { DB_VARS } else { &[] },
-        };
-        match spawn::spawn(&spec) {
-            Ok(child) => {
-                if let Some(lock) = job.lock.as_mut() {
-                    lock.write_pid(child.pid);
-                }
-                job.started_at = Some(Instant::now());
-                job.check_duplicates = false;
-                if let (Some(b), Some(q)) = (self.budget.as_mut(), quota) {
-                    b.spawned(name, q);
-                }
-                job.dup_termed.clear();
-                self.by_pid.insert(child.pid, name.to_string());
-                let lines = self.watch_spawned(name, child.pid, &extra_env);
-                output::start_reader(child.stdout, name.to_string(), "stdout", format, self.logs.clone(), lines.clone());
-                output::start_reader(child.stderr, name.to_string(), "stderr", format, self.logs.clone(), lines);
-                Input::Spawned { pid: child.pid }
-            }
-            Err(e) => {
-                let cmd = job.cfg.command.join(" ");
-                error!(job = name, "cannot start `{cmd}`: {e}");
-                Input::SpawnFailed { error: format!("cannot start `{cmd}`: {e}") }
-            }
-        }
+        output::start_reader(child.stdout, name.to_string(), "stdout", format, self.logs.clone(), lines.clone());
+        output::start_reader(child.stderr, name.to_string(), "stderr", format, self.logs.clone(), lines);
+        Input::Spawned { pid: child.pid }
     }
 
     fn reap(&mut self) {
-        // Probe commands' exits go to their probes; the rest are ours.
-        for (pid, exit) in self.watchdog.procs.reap() {
-            match self.by_pid.remove(&pid) {
-                Some(name) => {
-                    self.watchdog.end_run(&name);
-                    let uptime = self.jobs.get(&name).and_then(|j| j.started_at).map(|t| t.elapsed()).unwrap_or_default();
-                    info!(job = %name, pid, uptime_s = format!("{:.1}", uptime.as_secs_f64()), "exited: {}", describe_exit(exit));
-                    self.history.event(now_wall(), Kind::Exit, Some(&name), format!("exited: {} after {:.1}s", describe_exit(exit), uptime.as_secs_f64()));
-                    let draining = self.budget.as_mut().is_some_and(|b| {
-                        b.exited(&name);
-                        b.draining(&name).is_some()
-                    });
-                    if draining {
-                        // Its backends close right after it: a reading now hands them on.
-                        let at = self.confirm.restart(Instant::now(), Duration::ZERO);
-                        self.want_reading(at);
-                    }
-                    self.feed(&name, Input::Exited(exit, uptime));
-                    self.rebalance();
-                }
-                None if self.alert_children.exited(pid, exit) => {}
-                None => self.zombies_reaped += 1,
-            }
+        // Probe commands' exits go to their probes, alert commands' to their worker.
+        let alerts = &mut self.alert_children;
+        for (name, pid, exit) in self.reaping.exits(self.watchdog.procs.reap(), |pid, exit| alerts.exited(pid, exit)) {
+            self.job_exited(&name, pid, exit);
         }
+    }
+
+    fn job_exited(&mut self, name: &str, pid: i32, exit: crate::job::Exit) {
+        self.watchdog.end_run(name);
+        let uptime = self.jobs.get(name).and_then(|j| j.started_at).map(|t| t.elapsed()).unwrap_or_default();
+        info!(job = %name, pid, uptime_s = format!("{:.1}", uptime.as_secs_f64()), "exited: {}", describe_exit(exit));
+        self.history.event(now_wall(), Kind::Exit, Some(name), format!("exited: {} after {:.1}s", describe_exit(exit), uptime.as_secs_f64()));
+        let draining = self.budget.as_mut().is_some_and(|b| {
+            b.exited(name);
+            b.draining(name).is_some()
+        });
+        if draining {
+            // Its backends close right after it: a reading now hands them on.
+            let at = self.confirm.restart(Instant::now(), Duration::ZERO);
+            self.want_reading(at);
+        }
+        self.feed(name, Input::Exited(exit, uptime));
+        self.rebalance();
     }
 
     /// The periodic sweep (SPEC §7): reap, then find processes reparented to us
     /// that belong to no live job, and terminate them when `orphans = "kill"`.
     fn sweep(&mut self) {
-        self.last_sweep = Instant::now();
-        let before = self.zombies_reaped;
+        let before = self.reaping.zombies_reaped;
         self.reap();
-        let reaped = self.zombies_reaped - before;
-        let mains: HashSet<i32> = self.by_pid.keys().copied().collect();
-        let snap = Snapshot::take();
-        let strays = snap.stray_children(self.own_pid, &mains, &mains);
-        let mut killed = 0;
-        if self.config.supervisor.orphans == OrphanPolicy::Kill && !strays.is_empty() {
-            for pid in &strays {
-                let _ = kill::signal_pid(*pid, Signal::SIGTERM);
-            }
-            killed = strays.len();
-            self.orphans_killed += killed as u64;
-            self.after(ORPHAN_GRACE, Event::KillPids { pids: strays.clone() });
+        let reaped = self.reaping.zombies_reaped - before;
+        let mains = self.reaping.job_pids();
+        let strays = Snapshot::take().stray_children(self.reaping.own_pid, &mains, &mains);
+        let kill = self.reaping.sweep(&strays, self.config.supervisor.orphans, Instant::now());
+        for pid in &kill {
+            let _ = kill::signal_pid(*pid, Signal::SIGTERM);
         }
-        info!(zombies_reaped = reaped, orphans_killed = killed, orphans_seen = strays.len(), "sweep");
+        info!(zombies_reaped = reaped, orphans_killed = kill.len(), orphans_seen = strays.len(), "sweep");
+        if !kill.is_empty() {
+            self.after(ORPHAN_GRACE, Event::KillPids { pids: kill });
+        }
     }
 
     fn arm_sweep(&self) {
@@ -995,8 +867,8 @@ impl Supervisor {
             shutting_down: self.shutdown.requested,
             started: self.started,
             started_wall: self.started_wall,
-            zombies_reaped: self.zombies_reaped,
-            orphans_killed: self.orphans_killed,
+            zombies_reaped: self.reaping.zombies_reaped,
+            orphans_killed: self.reaping.orphans_killed,
         }
     }
 
