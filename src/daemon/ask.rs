@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use super::supervisor::{Event, EventTx};
+use super::event::{Event, EventTx};
 use crate::protocol::{BudgetReport, ErrorKind, HealthReport, Request, Response, StatusReport};
 
 /// Everything `/metrics` and the systemd status line draw from, taken in one turn of the

@@ -19,7 +19,7 @@ use tracing::{info, warn};
 
 use super::budget::{Budget, JobView};
 use super::jobs::JobTable;
-use super::supervisor::{Event, EventTx};
+use super::event::{Event, EventTx};
 use crate::db::fleet::{Coordinator, SyncRequest, SyncResult};
 use crate::protocol::{ErrorKind, Reply, Response};
 

@@ -15,7 +15,7 @@ use super::budget::{Budget, Changes, Observed, Terminate};
 use super::health::DbReport;
 use super::history::{History, Kind};
 use super::jobs::{job_views, JobTable};
-use super::supervisor::Event;
+use super::event::Event;
 use crate::budget::plan::LimitSource;
 use crate::db::fleet::LockOutcome;
 use crate::job::{Input, State};

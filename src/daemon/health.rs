@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::supervisor::{Event, EventTx};
+use super::event::{Event, EventTx};
 use crate::db::pooler::{PgBouncerAdmin, PgBouncerReading};
 use crate::db::tls::TlsInfo;
 use crate::db::{Health, Probe, ServerLimits, Usage};

@@ -33,7 +33,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use super::ask::{last_health, request};
-use super::supervisor::EventTx;
+use super::event::EventTx;
 use crate::protocol::{BudgetReport, BudgetScope, ErrorKind, HealthReport, JobState, Reply, Request, Response, StatusReport};
 use crate::view::BudgetView;
 

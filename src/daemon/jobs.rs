@@ -71,6 +71,25 @@ impl JobRt {
             rss: None,
         }
     }
+
+    /// A transition from `from` to the machine's current state: the reason to log it with, or
+    /// None when it is not worth a line. A held-back job retries every second, so each wait
+    /// is logged once per reason, and the retry's own `waiting -> starting` not at all.
+    pub fn note_transition(&mut self, from: State, to: State) -> Option<String> {
+        let reason = self.m.reason.clone().unwrap_or_default();
+        if from == State::Waiting && to == State::Starting && self.m.pid.is_none() {
+            return None;
+        }
+        if to == State::Waiting {
+            if self.last_wait_logged.as_deref() == Some(reason.as_str()) {
+                return None;
+            }
+            self.last_wait_logged = Some(reason.clone());
+        } else if self.m.pid.is_some() || to != State::Starting {
+            self.last_wait_logged = None;
+        }
+        Some(reason)
+    }
 }
 
 /// The jobs as the budget sees them.
@@ -131,5 +150,27 @@ pub mod testing {
     /// Every job of `config`, stopped.
     pub fn table(config: &Config) -> JobTable {
         config.jobs.values().map(|j| (j.name.clone(), JobRt::new(j.clone()))).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{config, table};
+    use super::*;
+
+    #[test]
+    fn a_wait_is_noted_once_per_reason_and_its_retries_not_at_all() {
+        let mut jobs = table(&config("[jobs.a]\ncommand = [\"a\"]\n"));
+        let j = jobs.get_mut("a").unwrap();
+        j.m.reason = Some("lock: held".into());
+        assert_eq!(j.note_transition(State::Starting, State::Waiting).as_deref(), Some("lock: held"));
+        assert_eq!(j.note_transition(State::Waiting, State::Starting), None, "the retry");
+        assert_eq!(j.note_transition(State::Starting, State::Waiting), None, "the same wait again");
+        j.m.reason = Some("budget: none left".into());
+        assert_eq!(j.note_transition(State::Starting, State::Waiting).as_deref(), Some("budget: none left"));
+        j.m.pid = Some(42);
+        j.m.reason = None;
+        assert_eq!(j.note_transition(State::Waiting, State::Starting).as_deref(), Some(""), "a spawn is noted");
+        assert_eq!(j.last_wait_logged, None, "and the next wait is noted again");
     }
 }

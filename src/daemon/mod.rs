@@ -10,7 +10,9 @@ mod ask;
 mod budget;
 mod control;
 mod dashboard;
+mod database;
 mod dependencies;
+mod event;
 mod fleet;
 mod grants;
 mod health;
@@ -38,7 +40,7 @@ use crate::config::Config;
 use crate::process::init;
 use crate::process::output::LogStore;
 
-pub use supervisor::Event;
+pub use event::Event;
 
 pub use crate::protocol::DEFAULT_SOCKET;
 
@@ -140,7 +142,7 @@ pub fn run(config: Config, socket: PathBuf) -> i32 {
 }
 
 /// The alert router and workers (SPEC §9), on this LocalSet; the actor keeps the hook.
-fn spawn_alerts(config: &Config, tx: &supervisor::EventTx, logs: &LogStore) -> (crate::alerts::Hook, crate::alerts::Drain) {
+fn spawn_alerts(config: &Config, tx: &event::EventTx, logs: &LogStore) -> (crate::alerts::Hook, crate::alerts::Drain) {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "unknown-host".into());
     let actor_tx = tx.clone();
     crate::alerts::spawn(

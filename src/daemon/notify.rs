@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 
 use super::ask::NoAnswer;
-use super::supervisor::EventTx;
+use super::event::EventTx;
 use crate::protocol::{BudgetReport, JobState, StatusReport};
 
 /// `STATUS=` is recomputed at least this often (budget and database changes have no event).

@@ -10,7 +10,7 @@ use tracing::error;
 
 use super::jobs::{JobRt, JobTable};
 use super::notify::Notifier;
-use super::supervisor::{Event, EventTx};
+use super::event::{Event, EventTx};
 use crate::config::{self, Config, ReloadPlan};
 use crate::job::Policy;
 use crate::protocol::{ErrorKind, Response};

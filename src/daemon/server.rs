@@ -20,7 +20,7 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{broadcast, mpsc, watch};
 
-use super::supervisor::EventTx;
+use super::event::EventTx;
 use crate::process::output::LogStore;
 use crate::protocol::{self, ErrorKind, Reply, Request, Response, MAX_REQUEST_LINE};
 

@@ -20,7 +20,6 @@ use tracing::{debug, error, info, warn};
 
 use std::sync::Arc;
 
-mod watchdog;
 
 use super::budget::Budget;
 use super::fleet::{FleetCmd, FleetReport};
@@ -29,15 +28,20 @@ use super::history::{History, Kind};
 use super::notify::Notifier;
 use crate::config::{self, Config, OrphanPolicy};
 use super::schedule::{Do, Schedules};
-use crate::db::fleet::{Coordinator, Identity, SyncRequest};
+use crate::db::fleet::{Coordinator, SyncRequest};
 use crate::db::pooler::PgBouncerAdmin;
-use crate::db::{self, Probe};
+use crate::db::Probe;
 use super::admission::{self, Awaiting};
 use super::control;
 use super::grants;
 use super::reload;
 use super::reaping;
 use super::shutdown;
+use super::dependencies;
+use super::watching::{self, Action, WatchMsg};
+use crate::job::machine::Cause;
+use crate::watchdog::memory::Sample;
+use super::database;
 use super::starting::{self, Start};
 use super::views::Views;
 use super::jobs::{self, job_views, JobRt, JobTable};
@@ -57,46 +61,7 @@ const OUTPUT_DRAIN: Duration = Duration::from_millis(500);
 /// Editors save in bursts (write temp, rename, chmod): wait for quiet.
 const RELOAD_DEBOUNCE: Duration = Duration::from_millis(200);
 
-pub enum Event {
-    Request(Request, oneshot::Sender<Response>),
-    Timer { job: String, kind: TimerKind, epoch: u64 },
-    /// SIGKILL leftovers of a process group, if it still exists and is not a live job's.
-    KillGroup { pgid: i32 },
-    KillPids { pids: Vec<i32> },
-    ConfigFileChanged,
-    /// A database reading from the probe task.
-    Db(DbReport),
-    /// Answer `corral health` (sent by the probe task after a fresh check).
-    HealthAnswer(oneshot::Sender<Response>),
-    /// Status, budget, last health (and history) in one turn: `/metrics`, the status task.
-    Snapshot { history: bool, reply: oneshot::Sender<Box<super::ask::Snapshot>> },
-    /// Reservations may have expired: rebalance.
-    SweepBudget,
-    /// Sweep now (on demand), without re-arming the periodic timer.
-    SweepNow,
-    ReloadDebounced { generation: u64 },
-    /// The config file as read and validated off the actor (SPEC §8).
-    ConfigLoaded(Box<Result<Config, config::ConfigErrors>>),
-    Sweep,
-    /// The next fleet sync may be due (stale when `epoch` is not the schedule's).
-    FleetDue { epoch: u64 },
-    /// The outcome of a fleet sync.
-    Fleet(FleetReport),
-    /// Fleet-wide locks may have gone unconfirmed for `fleet_grace`.
-    FleetCheck,
-    /// A `quota_signal` held back for a young process is due.
-    QuotaSignalDue { job: String, pid: i32 },
-    /// A scheduled job's wake (SPEC §2): re-check its schedule against the wall clock.
-    ScheduleWake { job: String, gen: u64 },
-    /// The alert command worker: spawn or kill an alert command (`alerts::command`).
-    Alert(crate::alerts::ActorCmd),
-    /// A run's watch (probes, stall timer, memory sampler) found something.
-    Watch { job: String, pid: i32, msg: super::watching::WatchMsg },
-    /// One walk of the jobs' process trees (while some job has `memory_max`).
-    MemorySamples(Vec<(String, crate::watchdog::memory::Sample)>),
-}
-
-pub type EventTx = mpsc::UnboundedSender<Event>;
+pub use super::event::{Event, EventTx};
 
 
 pub struct Supervisor {
@@ -144,7 +109,11 @@ impl Supervisor {
     pub fn new(config: Config, tx: EventTx, logs: LogStore) -> Supervisor {
         let jobs = config.jobs.values().map(|c| (c.name.clone(), JobRt::new(c.clone()))).collect();
         let schedules = Schedules::new(&config);
-        let mut sup = Supervisor {
+        let (budget, probe, pooler_admin) = match database::open(&config) {
+            Some(db) => (Some(db.budget), db.probe, db.pooler_admin),
+            None => (None, None, None),
+        };
+        Supervisor {
             config,
             config_error: None,
             jobs,
@@ -159,9 +128,9 @@ impl Supervisor {
             starter: Default::default(),
             reload_generation: 0,
             reloads: reload::Reloads::default(),
-            budget: None,
-            probe: None,
-            pooler_admin: None,
+            budget,
+            probe,
+            pooler_admin,
             probe_cmd: None,
             queue: VecDeque::new(),
             notify: Notifier::default(),
@@ -172,25 +141,14 @@ impl Supervisor {
             alert_children: crate::alerts::Children::default(),
             watchdog: Default::default(),
             deps: Default::default(),
-        };
-        sup.setup_budget();
-        sup
+        }
     }
 
-    /// Fleet scope: this corral's identity in the fleet, `host:socket`, stable across
-    /// restarts so that a restarted corral replaces its own registration (SPEC §5).
+    /// Fleet scope: join the fleet under this corral's identity (`database::fleet_identity`).
     pub fn with_fleet_identity(mut self, socket: &std::path::Path) -> Supervisor {
         let (Some(db), Some(budget)) = (self.config.database.as_ref(), self.budget.as_mut()) else { return self };
         let Some(fleet) = budget.fleet.as_mut() else { return self };
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_else(|_| "unknown-host".into());
-        let ident = Identity {
-            id: format!("{host}:{}", socket.display()),
-            service: self.config.budget.service.clone(),
-            host,
-            pid: std::process::id() as i32,
-        };
+        let ident = database::fleet_identity(&self.config.budget.service, socket);
         fleet.member = ident.id.clone();
         // The coordination shares corral's one connection (SPEC §5: one own connection).
         match &self.probe {
@@ -215,39 +173,6 @@ impl Supervisor {
     pub fn with_notifier(mut self, notify: Notifier) -> Supervisor {
         self.notify = notify;
         self
-    }
-
-    /// With a `[database]`: the budget and corral's own connection (SPEC §5, §6).
-    fn setup_budget(&mut self) {
-        let Some(db_cfg) = self.config.database.clone() else { return };
-        let quota_dir = self.config.supervisor.lock_dir.with_file_name("quota");
-        let mut budget = Budget::new(db_cfg.clone(), self.config.budget.clone(), quota_dir);
-        budget.quota_dir_shared = self.config.jobs.values().any(|j| j.user.is_some());
-        let service = &self.config.budget.service;
-        if let Some(url) = &db_cfg.url {
-            match Probe::new(url.as_str(), service, &db_cfg.base_dir) {
-                Ok(p) => self.probe = Some(Arc::new(p)),
-                Err(e) => {
-                    error!("database url rejected: {e}");
-                    budget.status.error = Some(e.to_string());
-                    budget.status.healthy = Some(false);
-                }
-            }
-        } else {
-            info!("no database url: the connection budget is planned offline (nothing is measured)");
-        }
-        if let Some(admin_url) = &db_cfg.pooler_admin_url {
-            let dbname = db_cfg.url.as_ref().and_then(|c| c.get("dbname").or(c.get("user")).map(str::to_string));
-            let app = db::Attribution::corral_application_name(service);
-            match PgBouncerAdmin::new(admin_url.as_str(), &app, &db_cfg.base_dir, dbname) {
-                Ok(a) => self.pooler_admin = Some(Arc::new(a)),
-                Err(e) => {
-                    error!("pooler_admin_url rejected: {e}");
-                    budget.pooler_error = Some(e.to_string());
-                }
-            }
-        }
-        self.budget = Some(budget);
     }
 
     /// Run until shutdown; returns the process exit code.
@@ -499,7 +424,7 @@ impl Supervisor {
             service: &self.config.budget.service,
             orphans: self.config.supervisor.orphans,
             shutting_down: self.shutdown.requested,
-            dependency: self.dependency_hold(name),
+            dependency: dependencies::hold(&self.jobs, &self.watchdog, name),
         };
         match self.starter.admit(&mut self.jobs, self.budget.as_mut(), name, &ctx, Instant::now()) {
             Start::Fail(error) => Input::SpawnFailed { error },
@@ -544,7 +469,7 @@ impl Supervisor {
     /// A run began: register its pid, start its watch and the output readers.
     fn spawned(&mut self, name: &str, child: spawn::Spawned, env: &[(String, String)]) -> Input {
         self.reaping.spawned(child.pid, name);
-        let lines = self.watch_spawned(name, child.pid, env);
+        let lines = watching::start(&mut self.watchdog, &self.tx, name, child.pid, env, self.jobs.get(name).map(|j| &j.cfg));
         let format = self.config.supervisor.log_format;
         output::start_reader(child.stdout, name.to_string(), "stdout", format, self.logs.clone(), lines.clone());
         output::start_reader(child.stderr, name.to_string(), "stderr", format, self.logs.clone(), lines);
@@ -609,28 +534,13 @@ impl Supervisor {
 
     fn log_transition(&mut self, name: &str, from: State, to: State) {
         let Some(job) = self.jobs.get_mut(name) else { return };
-        let reason = job.m.reason.clone().unwrap_or_default();
-        // A held-back job retries every second: log the wait once per reason.
-        if from == State::Waiting && to == State::Starting && job.m.pid.is_none() {
-            return;
-        }
-        if to == State::Waiting {
-            if job.last_wait_logged.as_deref() == Some(reason.as_str()) {
-                return;
-            }
-            job.last_wait_logged = Some(reason.clone());
-        } else if job.m.pid.is_some() || !matches!(to, State::Starting) {
-            job.last_wait_logged = None;
-        }
+        let Some(reason) = job.note_transition(from, to) else { return };
         self.history.transition(now_wall(), name, from, to, &reason);
-        let job = &self.jobs[name];
+        let pid = job.m.pid;
         match to {
             State::Fatal => error!(job = name, "{} -> fatal: {reason}", from.as_str()),
             State::Waiting => warn!(job = name, "{} -> waiting: {reason}", from.as_str()),
-            State::Starting if job.m.pid.is_some() => {
-                info!(job = name, pid = job.m.pid, "{} -> starting", from.as_str())
-            }
-            _ => info!(job = name, pid = job.m.pid, "{} -> {}", from.as_str(), to.as_str()),
+            _ => info!(job = name, pid, "{} -> {}", from.as_str(), to.as_str()),
         }
     }
 
@@ -666,6 +576,83 @@ impl Supervisor {
         if matches!(self.jobs.get(name), Some(j) if j.removed && !j.m.state.is_live()) {
             info!(job = name, "removed");
             self.jobs.remove(name);
+        }
+    }
+
+    // ----- the watchdog and depends_on (daemon/watching.rs, daemon/dependencies.rs decide) -----
+
+    /// A walk of the process trees (`watching::memory` keeps the RSS and picks the trees
+    /// above their `memory_max`).
+    fn on_memory(&mut self, samples: Vec<(String, Sample)>) {
+        for (name, pid, msg) in watching::memory(&mut self.jobs, samples) {
+            self.on_watch(name, pid, msg);
+        }
+    }
+
+    fn on_watch(&mut self, name: String, pid: i32, msg: WatchMsg) {
+        match watching::judge(&self.jobs, &self.watchdog, &name, pid, msg) {
+            None => {}
+            Some(Action::Ready) => self.feed(&name, Input::Ready),
+            Some(Action::Failing(failing)) => {
+                self.watchdog.set_failing(&name, failing);
+                self.after_feed();
+            }
+            Some(Action::Force(cause, detail)) => self.force(&name, cause, detail),
+        }
+    }
+
+    /// The one place a watchdog restart begins (alerts hook here: `cause` is typed).
+    fn force(&mut self, name: &str, cause: Cause, detail: String) {
+        warn!(job = %name, reason = cause.as_str(), "{detail}: restarting the job");
+        self.history.event(now_wall(), Kind::Restart, Some(name), format!("{cause}: {detail}"));
+        let kind = match cause {
+            Cause::Unhealthy => crate::alerts::EventKind::Unhealthy,
+            Cause::Stalled => crate::alerts::EventKind::Stalled,
+            Cause::Memory => crate::alerts::EventKind::Memory,
+        };
+        self.alerts.alert(crate::alerts::Alert::new(kind, Some(name), format!("{detail}: restarted")));
+        self.feed(name, Input::Force { cause, detail });
+    }
+
+    /// After inputs were fed: release dependents whose dependencies changed, and stops whose
+    /// dependents are gone.
+    fn after_feed(&mut self) {
+        if !dependencies::any(&self.jobs) {
+            return;
+        }
+        self.release_stops();
+        for name in self.deps.released(&self.jobs, &self.watchdog) {
+            let Some(epoch) = self.jobs.get(&name).map(|j| j.m.epoch) else { continue };
+            self.feed(&name, Input::Timer { kind: TimerKind::RetryWait, epoch });
+        }
+    }
+
+    /// Stop `names`, dependents before what they depend on (SPEC §2: jobs stop in the reverse
+    /// order of `depends_on`); without dependencies, all at once.
+    fn stop_in_order(&mut self, names: &[String]) {
+        if !dependencies::any(&self.jobs) {
+            for name in names {
+                self.feed(name, Input::Stop);
+            }
+            return;
+        }
+        for name in names {
+            if let Some(j) = self.jobs.get_mut(name) {
+                j.stop_pending = true;
+            }
+        }
+        self.release_stops();
+    }
+
+    fn release_stops(&mut self) {
+        loop {
+            let go = dependencies::next_stops(&mut self.jobs);
+            if go.is_empty() {
+                return;
+            }
+            for name in go {
+                self.feed(&name, Input::Stop);
+            }
         }
     }
 

@@ -17,7 +17,7 @@ use std::path::{Component, Path, PathBuf};
 
 use notify::{EventKind, RecursiveMode, Watcher};
 
-use super::supervisor::{Event, EventTx};
+use super::event::{Event, EventTx};
 
 /// More links than this in a chain is a loop (Linux's own limit is 40).
 const MAX_LINKS: usize = 40;

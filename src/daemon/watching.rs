@@ -3,14 +3,19 @@
 //! job's current process and says what the actor does. Pure over the job table and the
 //! watchdog's run records; the verdicts themselves are `watchdog::verdict`'s.
 
+use std::rc::Rc;
+use std::sync::Arc;
+
 use tracing::{info, warn};
 
+use super::event::{Event, EventTx};
 use super::jobs::JobTable;
+use crate::config::JobConfig;
 use crate::config::watch::format_size;
 use crate::job::machine::Cause;
 use crate::job::State;
 use crate::watchdog::memory::Sample;
-use crate::watchdog::{verdict, Report, Watchdog};
+use crate::watchdog::{verdict, LineWatch, Report, Watchdog};
 
 /// What a watch sends to the actor about one run.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,6 +35,25 @@ pub enum Action {
     Failing(bool),
     /// Restart the job for `cause` (`Input::Force`).
     Force(Cause, String),
+}
+
+/// A run of `name` began with `pid`: start what watches it (probes, stall timer, the memory
+/// sampler while some job has `memory_max`), reporting to the actor through `tx`. The output
+/// readers get the returned line watch.
+pub fn start(watchdog: &mut Watchdog, tx: &EventTx, name: &str, pid: i32, env: &[(String, String)], cfg: Option<&JobConfig>) -> Option<Arc<LineWatch>> {
+    let cfg = cfg?;
+    if cfg.watch.memory_max.is_some() {
+        let tx = tx.clone();
+        watchdog.ensure_sampler(Rc::new(move |samples| {
+            let _ = tx.send(Event::MemorySamples(samples));
+        }));
+    }
+    let tx = tx.clone();
+    let job = name.to_string();
+    let send: Rc<dyn Fn(Report)> = Rc::new(move |report| {
+        let _ = tx.send(Event::Watch { job: job.clone(), pid, msg: WatchMsg::Report(report) });
+    });
+    watchdog.start_run(cfg, pid, env, send)
 }
 
 /// The action for `msg` about `pid` of `name`; none when the report is stale (the process is
