@@ -1,8 +1,9 @@
 //! The connection budget as the actor holds it (SPEC §3, §5): plan inputs
-//! (server limits, reserves, reservations), each job's grant and process
-//! bookkeeping, and the last database reading. The arithmetic and the
-//! allocation themselves are the pure `budget` modules; this file only feeds
-//! them and remembers their results. Owned by the supervisor actor.
+//! (server limits, reserves, reservations) and the last database reading; each
+//! job's grant and process bookkeeping is its [`JobBudget`], kept on the job's
+//! own record in the job table (`JobRt::ledger`) and changed only here. The
+//! arithmetic and the allocation themselves are the pure `budget` modules; this
+//! file only feeds them and remembers their results. Owned by the supervisor actor.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -14,6 +15,7 @@ use crate::budget::plan::{self, Plan};
 use tracing::{error, info, warn};
 
 use super::health::DbReport;
+use super::jobs::JobTable;
 use super::history::{History, Kind, Reading};
 use crate::config::{self, BudgetConfig, DatabaseConfig, Enforce, JobConfig, Scope};
 use crate::db;
@@ -52,6 +54,42 @@ pub struct JobBudget {
     pub exited_at: Option<Instant>,
     /// Fleet scope: what the last sync said this job may be using.
     pub fleet_held: u32,
+}
+
+impl JobBudget {
+    /// The job spawned with `quota`.
+    pub fn spawned(&mut self, quota: u32, now: Instant) {
+        self.exited_at = None;
+        self.grant = quota;
+        self.process = Some(Process { told: quota, held: quota, measured: None });
+        self.last_active = Some(now);
+    }
+
+    /// The job's process is gone: everything it held is free again.
+    ///
+    /// Its backends may outlive the process for a moment (PostgreSQL frees a
+    /// slot when the backend exits, after the client is gone), so what it held
+    /// stays occupied until a reading taken after the exit shows none left, or
+    /// DRAIN_FALLBACK passed (no readings: pooler or database down).
+    pub fn exited(&mut self, now: Instant) {
+        if let Some(p) = self.process.as_mut() {
+            p.told = 0;
+            p.measured = None;
+            self.told_at = Some(now);
+            self.exited_at = Some(now);
+        }
+    }
+}
+
+/// An exited job's connections count as closed after DRAIN_FALLBACK without a reading
+/// that shows it (a pooler hides them, or a stray descendant keeps them open).
+fn expire_drains(jobs: &mut JobTable, now: Instant) {
+    for b in jobs.values_mut().filter_map(|j| j.ledger.as_mut()) {
+        if b.exited_at.is_some_and(|t| now.duration_since(t) >= DRAIN_FALLBACK) {
+            b.process = None;
+            b.exited_at = None;
+        }
+    }
 }
 
 /// Fleet scope: what the last syncs told us (SPEC §5 across the fleet, §7).
@@ -102,9 +140,6 @@ pub struct Budget {
     /// Why the admin console did not answer last time.
     pub pooler_error: Option<String>,
     pub reservations: BTreeMap<String, Reservation>,
-    /// Each job's budget bookkeeping; read through [`Budget::job`], changed only by the
-    /// methods here (`spawned`, `exited`, `allocate`, readings, fleet syncs, deliveries).
-    jobs: BTreeMap<String, JobBudget>,
     pub usage: Option<Usage>,
     pub status: DbStatus,
     pub quota_dir: PathBuf,
@@ -123,13 +158,6 @@ pub struct Changes {
     pub evict: Vec<String>,
 }
 
-/// A job with `connections` and a live process, as a reading judges it.
-pub struct Observed<'a> {
-    pub name: &'a str,
-    /// Its connections are on their way out (its quota is already 0).
-    pub stopping: bool,
-}
-
 /// Connections over quota to terminate, newest idle first, keeping `keep`.
 #[derive(Debug, Clone)]
 pub struct Terminate {
@@ -137,15 +165,6 @@ pub struct Terminate {
     pub application_name: String,
     pub keep: u32,
     pub timeout: std::time::Duration,
-}
-
-/// A job as the budget needs to see it.
-pub struct JobView<'a> {
-    pub cfg: &'a JobConfig,
-    /// Running or about to start.
-    pub wants_to_run: bool,
-    /// A process exists.
-    pub live: bool,
 }
 
 impl Budget {
@@ -156,7 +175,6 @@ impl Budget {
             pooler: None,
             pooler_error: None,
             reservations: BTreeMap::new(),
-            jobs: BTreeMap::new(),
             usage: None,
             status: DbStatus::default(),
             fleet: (cfg.scope == Scope::Fleet).then(FleetState::default),
@@ -201,14 +219,14 @@ impl Budget {
         before != self.reservations.len()
     }
 
-    fn demands(&self, jobs: &[JobView<'_>], now: Instant, starting: Option<&str>) -> Vec<Demand> {
-        jobs.iter()
+    fn demands(&self, jobs: &JobTable, now: Instant, starting: Option<&str>) -> Vec<Demand> {
+        jobs.values()
             .filter_map(|j| {
                 let conn = j.cfg.connections?;
-                let b = self.jobs.get(&j.cfg.name).cloned().unwrap_or_default();
-                let wants = if !(j.wants_to_run || starting == Some(j.cfg.name.as_str())) {
+                let b = j.ledger.clone().unwrap_or_default();
+                let wants = if !(j.wants_to_run() || starting == Some(j.cfg.name.as_str())) {
                     Wants::Off
-                } else if j.live && self.is_idle(&b, now) {
+                } else if j.live() && self.is_idle(&b, now) {
                     Wants::Idle
                 } else {
                     Wants::Active
@@ -239,16 +257,18 @@ impl Budget {
 
     /// Recompute all grants. `starting` is a job about to spawn that must be
     /// counted as wanting to run.
-    pub fn allocate(&mut self, jobs: &[JobView<'_>], now: Instant, starting: Option<&str>) -> (Allocation, Changes) {
+    pub fn allocate(&mut self, jobs: &mut JobTable, now: Instant, starting: Option<&str>) -> (Allocation, Changes) {
         self.expire_reservations(now);
-        self.expire_drains(now);
+        expire_drains(jobs, now);
         let usable = self.plan(now).usable;
         let demands = self.demands(jobs, now, starting);
         let alloc = allocate::allocate(usable, &demands);
         let mut changes = Changes::default();
         for g in &alloc.jobs {
-            let b = self.jobs.entry(g.id.clone()).or_default();
-            let live = jobs.iter().any(|j| j.cfg.name == g.id && j.live);
+            // Every demand is a job of the table.
+            let Some(j) = jobs.get_mut(&g.id) else { continue };
+            let live = j.live();
+            let b = j.ledger.get_or_insert_with(JobBudget::default);
             b.grant = g.grant;
             b.waiting = g.wait_reason.as_ref().map(|r| r.to_string());
             if let Some(p) = b.process.as_mut() {
@@ -272,12 +292,12 @@ impl Budget {
 
     /// What this member reports in a fleet sync: its jobs with connections (wants,
     /// processes as the fleet must count them) and the single-instance locks it wants.
-    pub fn fleet_request(&self, jobs: &[JobView<'_>], now: Instant) -> SyncRequest {
+    pub fn fleet_request(&self, jobs: &JobTable, now: Instant) -> SyncRequest {
         let demands = self.demands(jobs, now, None);
         let local = demands
             .into_iter()
             .map(|d| {
-                let b = self.jobs.get(&d.id).cloned().unwrap_or_default();
+                let b = jobs.get(&d.id).and_then(|j| j.ledger.clone()).unwrap_or_default();
                 LocalJob {
                     process: reported_process(d.wants, b.grant, b.fleet_held, b.process),
                     job: d.id,
@@ -290,8 +310,8 @@ impl Budget {
             })
             .collect();
         let singletons = jobs
-            .iter()
-            .filter(|j| j.cfg.single_instance && (j.wants_to_run || j.live))
+            .values()
+            .filter(|j| j.cfg.single_instance && (j.wants_to_run() || j.live()))
             .map(|j| (j.cfg.name.clone(), j.cfg.stop_timeout))
             .collect();
         SyncRequest {
@@ -311,21 +331,21 @@ impl Budget {
     }
 
     /// Apply a successful sync: grants, quotas to tell, evictions, locks.
-    pub fn apply_fleet(&mut self, result: SyncResult, jobs: &[JobView<'_>], now: Instant) -> Changes {
+    pub fn apply_fleet(&mut self, result: SyncResult, jobs: &mut JobTable, now: Instant) -> Changes {
         let mut changes = Changes::default();
-        for j in jobs {
-            let name = &j.cfg.name;
+        for (name, j) in jobs.iter_mut() {
             let Some(r) = result.jobs.get(name) else { continue };
-            let b = self.jobs.entry(name.clone()).or_default();
+            let (wants_to_run, live) = (j.wants_to_run(), j.live());
+            let b = j.ledger.get_or_insert_with(JobBudget::default);
             // A job that stopped wanting since the snapshot keeps nothing it was granted.
-            if !j.wants_to_run {
+            if !wants_to_run {
                 b.grant = 0;
                 continue;
             }
             b.grant = if r.waiting.is_some() { 0 } else { r.grant };
             b.waiting = r.waiting.clone();
             b.fleet_held = r.held;
-            if let (Some(p), true) = (b.process.as_mut(), j.live) {
+            if let (Some(p), true) = (b.process.as_mut(), live) {
                 // The allocator's held already covers an unconfirmed shrink (as in local scope).
                 p.held = r.held;
                 if let Some(q) = r.tell.filter(|q| *q != p.told) {
@@ -334,7 +354,7 @@ impl Budget {
                     changes.tell.push((name.clone(), q));
                 }
             }
-            if r.evict && j.live {
+            if r.evict && live {
                 tracing::warn!(job = %name, reason = ?r.waiting, usable = result.plan.usable, unclaimed = result.plan.unclaimed, base = result.plan.base, "fleet evicts");
                 changes.evict.push(name.clone());
             }
@@ -362,8 +382,7 @@ impl Budget {
     /// What the connections named `corral/<service>/<job>` may use together: the job's grant,
     /// or in fleet scope the grants of every member running a job of that service and name
     /// (pg_stat_activity cannot tell their connections apart).
-    pub fn quota_of_application(&self, job: &str) -> u32 {
-        let mine = self.jobs.get(job).map_or(0, |b| b.grant);
+    pub fn quota_of_application(&self, job: &str, mine: u32) -> u32 {
         let Some(view) = self.fleet.as_ref().and_then(|f| f.view.as_ref().map(|v| (f, v))) else { return mine };
         let (f, view) = view;
         let others: u32 = view
@@ -394,23 +413,12 @@ impl Budget {
         others
     }
 
-    /// An exited job's connections count as closed after DRAIN_FALLBACK without a reading
-    /// that shows it (a pooler hides them, or a stray descendant keeps them open).
-    fn expire_drains(&mut self, now: Instant) {
-        for b in self.jobs.values_mut() {
-            if b.exited_at.is_some_and(|t| now.duration_since(t) >= DRAIN_FALLBACK) {
-                b.process = None;
-                b.exited_at = None;
-            }
-        }
-    }
-
     /// Fleet scope between syncs: a job that no longer wants to run gives its grant up at
     /// once (it must get a new one from the fleet to start again). Nothing is ever raised here.
-    pub fn fleet_drop_unwanted(&mut self, jobs: &[JobView<'_>]) {
-        self.expire_drains(Instant::now());
-        for j in jobs.iter().filter(|j| !j.wants_to_run) {
-            if let Some(b) = self.jobs.get_mut(&j.cfg.name) {
+    pub fn fleet_drop_unwanted(jobs: &mut JobTable) {
+        expire_drains(jobs, Instant::now());
+        for j in jobs.values_mut().filter(|j| !j.wants_to_run()) {
+            if let Some(b) = j.ledger.as_mut() {
                 b.grant = 0;
                 b.waiting = None;
             }
@@ -419,21 +427,21 @@ impl Budget {
 
     /// Connections given back that no reading has shown closed yet: an exited job's backends,
     /// or the part of a lowered quota its job has not been measured within.
-    pub fn unconfirmed(&self) -> bool {
-        self.jobs.values().any(|b| b.process.is_some_and(|p| b.exited_at.is_some() || allocate::occupancy(Some(&p)) > p.told))
+    pub fn unconfirmed(jobs: &JobTable) -> bool {
+        jobs.values().filter_map(|j| j.ledger.as_ref()).any(|b| b.process.is_some_and(|p| b.exited_at.is_some() || allocate::occupancy(Some(&p)) > p.told))
     }
 
     /// What a reading can change that the fleet must hear about: each job's wants (idle or
     /// active) and the connections its process occupies.
-    pub fn reading_signature(&self, jobs: &[JobView<'_>], now: Instant) -> Vec<(String, Wants, u32)> {
+    pub fn reading_signature(&self, jobs: &JobTable, now: Instant) -> Vec<(String, Wants, u32)> {
         self.demands(jobs, now, None).into_iter().map(|d| (d.id, d.wants, allocate::occupancy(d.process.as_ref()))).collect()
     }
 
     /// Connections of the job's previous run that no reading has shown closed yet. A new run
     /// waits for them: backends outlive their client while a query runs, and the new run's
     /// quota does not cover both.
-    pub fn draining(&self, job: &str) -> Option<u32> {
-        let b = self.jobs.get(job)?;
+    pub fn draining(&self, ledger: Option<&JobBudget>) -> Option<u32> {
+        let b = ledger?;
         let p = b.process.as_ref().filter(|_| b.exited_at.is_some())?;
         // Without readings there is nothing to wait for (and nothing we could see).
         (self.status.healthy == Some(true)).then_some(p.held.max(b.live.unwrap_or(0)))
@@ -441,61 +449,19 @@ impl Budget {
 
     /// The job's new quota was delivered (quota file, signal). Planned offline nothing can
     /// ever measure its use, so the grant is the truth: a shrink counts as honoured once told.
-    pub fn delivered(&mut self, job: &str, now: Instant) {
-        let offline = self.offline();
-        if let Some(b) = self.jobs.get_mut(job) {
-            b.told_at = Some(now);
-            if let Some(p) = b.process.as_mut().filter(|_| offline) {
-                p.measured = Some(p.told);
-            }
-        }
-    }
-
-    /// A `quota_signal` held back for a young process went out: the quota counts as told now.
-    pub fn signalled(&mut self, job: &str, now: Instant) {
-        if let Some(b) = self.jobs.get_mut(job) {
-            b.told_at = Some(now);
-        }
-    }
-
-    /// One job's bookkeeping (grant, process occupancy, live connections).
-    pub fn job(&self, name: &str) -> Option<&JobBudget> {
-        self.jobs.get(name)
-    }
-
-    /// The job spawned with `quota`.
-    pub fn spawned(&mut self, job: &str, quota: u32) {
-        let b = self.jobs.entry(job.to_string()).or_default();
-        b.exited_at = None;
-        b.grant = quota;
-        b.process = Some(Process { told: quota, held: quota, measured: None });
-        b.last_active = Some(Instant::now());
-    }
-
-    /// The job's process is gone: everything it held is free again.
-    ///
-    /// Its backends may outlive the process for a moment (PostgreSQL frees a
-    /// slot when the backend exits, after the client is gone), so what it held
-    /// stays occupied until a reading taken after the exit shows none left, or
-    /// DRAIN_FALLBACK passed (no readings: pooler or database down).
-    pub fn exited(&mut self, job: &str) {
-        if let Some(b) = self.jobs.get_mut(job) {
-            let now = Instant::now();
-            if let Some(p) = b.process.as_mut() {
-                p.told = 0;
-                p.measured = None;
-                b.told_at = Some(now);
-                b.exited_at = Some(now);
-            }
+    pub fn delivered(&self, ledger: &mut JobBudget, now: Instant) {
+        ledger.told_at = Some(now);
+        if let Some(p) = ledger.process.as_mut().filter(|_| self.offline()) {
+            p.measured = Some(p.told);
         }
     }
 
     /// Apply a usage reading: live use per job and idle tracking.
     /// Readings that started before a quota was told (or the job exited)
     /// cannot confirm it.
-    pub fn observe(&mut self, usage: Usage, now: Instant, started: Instant) {
+    pub fn observe(&mut self, usage: Usage, jobs: &mut JobTable, now: Instant, started: Instant) {
         let service = self.cfg.service.clone();
-        for (name, b) in self.jobs.iter_mut() {
+        for (name, b) in jobs.iter_mut().filter_map(|(n, j)| Some((n, j.ledger.as_mut()?))) {
             let fresh = b.told_at.is_none_or(|t| t <= started);
             let live = usage.job(&service, name);
             b.live = Some(live);
@@ -521,11 +487,11 @@ impl Budget {
     /// directory is 0700, or 0711 when some job runs as another `user` (it reaches its own
     /// file by name but cannot list or change the directory); the file is 0600, owned by the
     /// job's user when it has one.
-    pub fn write_quota(&mut self, cfg: &JobConfig, quota: u32) -> std::io::Result<()> {
+    pub fn write_quota(&self, cfg: &JobConfig, ledger: &mut Option<JobBudget>, quota: u32) -> std::io::Result<()> {
         let Some(conn) = cfg.connections else {
             return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "the job has no connections, so no quota file"));
         };
-        let b = self.jobs.entry(cfg.name.clone()).or_default();
+        let b = ledger.get_or_insert_with(JobBudget::default);
         b.generation += 1;
         let json = crate::budget::env::quota_json(&self.cfg.service, &cfg.name, quota, conn.overflow, b.generation);
         let mode = if self.quota_dir_shared { 0o711 } else { 0o700 };
@@ -542,7 +508,7 @@ impl Budget {
     /// Take in a database reading (SPEC §5, §6): health, limits, the pooler's sizes, live use
     /// per job. Records what the dashboard shows in `history`; returns the jobs whose
     /// connections over quota should be terminated (`enforce = "terminate"`, no pooler).
-    pub fn apply_reading(&mut self, report: DbReport, jobs: &[Observed<'_>], history: &mut History, now: Instant) -> Vec<Terminate> {
+    pub fn apply_reading(&mut self, report: DbReport, jobs: &mut JobTable, history: &mut History, now: Instant) -> Vec<Terminate> {
         let mut terminate = Vec::new();
         match (&report.health, &report.usage) {
             (Some(Ok((h, _))), _) => history.reading(SystemTime::now(), Reading::Health, Some(h.latency_ms())),
@@ -604,18 +570,16 @@ impl Budget {
         }
         if let Ok(usage) = report.usage {
             let service = self.cfg.service.clone();
-            for job in jobs {
-                let name = &job.name.to_string();
-                if !self.jobs.contains_key(name) {
-                    continue;
-                }
+            // The jobs a reading judges: with `connections`, a process live, known to the budget.
+            for (name, job) in jobs.iter().filter(|(_, j)| j.cfg.connections.is_some() && j.m.state.is_live()) {
+                let Some(b) = job.ledger.as_ref() else { continue };
                 let live = usage.job(&service, name);
-                let quota = self.quota_of_application(name);
+                let quota = self.quota_of_application(name, b.grant);
                 // A job told a lower quota gets one rebalance_interval to close what it gave back
                 // (readings now come sooner than that; they must not count it as over quota).
-                let shrinking = self.jobs.get(name).and_then(|b| b.told_at).is_some_and(|t| now.duration_since(t) < self.cfg.rebalance_interval);
+                let shrinking = b.told_at.is_some_and(|t| now.duration_since(t) < self.cfg.rebalance_interval);
                 // A stopping job's connections are on their way out (its quota is already 0).
-                let stopping = job.stopping;
+                let stopping = job.m.state == crate::job::State::Stopping;
                 if self.db.enforce != Enforce::Off && !shrinking && !stopping {
                     history.usage(SystemTime::now(), name, live, quota);
                 }
@@ -638,7 +602,7 @@ impl Budget {
                     }
                 }
             }
-            self.observe(usage, now, report.started);
+            self.observe(usage, jobs, now, report.started);
         }
         terminate
     }
@@ -665,7 +629,7 @@ impl Budget {
     /// already hold, never over-commit. Returns when it expires, or the refusal.
     // The error is the reply itself, as in `protocol::decode_request`: boxing it buys nothing.
     #[allow(clippy::result_large_err)]
-    pub fn reserve(&mut self, name: &str, count: u32, ttl_s: Option<f64>, now: Instant) -> Result<Option<std::time::Duration>, Response> {
+    pub fn reserve(&mut self, jobs: &JobTable, name: &str, count: u32, ttl_s: Option<f64>, now: Instant) -> Result<Option<std::time::Duration>, Response> {
         let ttl = match ttl_s {
             Some(t) if !(t.is_finite() && t > 0.0) => return Err(Response::err(ErrorKind::BadRequest, "ttl must be positive")),
             Some(t) => Some(std::time::Duration::from_secs_f64(t.min(1e9))),
@@ -673,7 +637,7 @@ impl Budget {
         };
         let previous = self.reservations.remove(name);
         let plan = self.plan(now);
-        let occupied: u32 = self.jobs.values().map(|b| b.process.map(|p| p.held.max(p.told)).unwrap_or(0)).sum();
+        let occupied: u32 = jobs.values().filter_map(|j| j.ledger.as_ref()).map(|b| b.process.map(|p| p.held.max(p.told)).unwrap_or(0)).sum();
         let free = plan.usable.saturating_sub(occupied);
         if count > free {
             if let Some(p) = previous {
@@ -716,35 +680,35 @@ impl Budget {
     }
 
     /// `corral budget --json` (SPEC §4); in fleet scope, the whole fleet.
-    pub fn report(&self, jobs: &[JobView<'_>], now: Instant) -> BudgetReport {
+    pub fn report(&self, jobs: &JobTable, now: Instant) -> BudgetReport {
         if let Some(f) = &self.fleet {
             return self.fleet_report(f, jobs, now);
         }
         let p = self.plan(now);
         let service = &self.cfg.service;
         let job_rows: Vec<_> = jobs
-            .iter()
+            .values()
             .filter_map(|j| {
                 let c = j.cfg.connections?;
-                let b = self.jobs.get(&j.cfg.name).cloned().unwrap_or_default();
+                let b = j.ledger.clone().unwrap_or_default();
                 Some(BudgetJob {
                     name: j.cfg.name.clone(),
                     service: service.clone(),
-                    quota: if j.live || j.wants_to_run { b.grant } else { 0 },
+                    quota: if j.live() || j.wants_to_run() { b.grant } else { 0 },
                     min: c.min,
                     max: c.max,
                     priority: j.cfg.priority,
                     connections: b.live.unwrap_or(0),
-                    idle: j.live && self.is_idle(&b, now),
+                    idle: j.live() && self.is_idle(&b, now),
                     state_waiting: b.waiting,
                     ..BudgetJob::default()
                 })
             })
             .collect();
         let granted: u32 = jobs
-            .iter()
-            .filter(|j| j.cfg.connections.is_some() && (j.live || j.wants_to_run))
-            .map(|j| self.jobs.get(&j.cfg.name).map(|b| b.grant).unwrap_or(0))
+            .values()
+            .filter(|j| j.cfg.connections.is_some() && (j.live() || j.wants_to_run()))
+            .map(|j| j.ledger.as_ref().map_or(0, |b| b.grant))
             .sum();
         let live = self.usage.as_ref().map(|u| u.sum(|a| matches!(a, crate::db::Attribution::Job { service: s, .. } if s == service)));
         let external_live = self.usage.as_ref().map(|u| u.external());
@@ -805,7 +769,7 @@ impl Budget {
 
     /// The fleet as the last sync saw it: every member's jobs, per-service totals,
     /// fleet-wide reservations and the health of the coordination.
-    fn fleet_report(&self, f: &FleetState, jobs: &[JobView<'_>], now: Instant) -> BudgetReport {
+    fn fleet_report(&self, f: &FleetState, jobs: &JobTable, now: Instant) -> BudgetReport {
         let local = self.plan(now);
         let fp = f.plan.clone().unwrap_or_default();
         let empty = FleetView::default();
@@ -816,8 +780,7 @@ impl Budget {
             .iter()
             .map(|j| {
                 let mine = j.member == f.member;
-                let local_job = jobs.iter().find(|v| mine && v.cfg.name == j.name);
-                let b = local_job.and_then(|v| self.jobs.get(&v.cfg.name));
+                let b = jobs.get(&j.name).filter(|_| mine).and_then(|v| v.ledger.as_ref());
                 BudgetJob {
                     name: j.name.clone(),
                     service: j.service.clone(),
@@ -925,11 +888,11 @@ impl Budget {
     }
 
     /// What `status` shows of the budget: the limit that binds and why, and the database.
-    pub fn summary(&self, now: Instant) -> BudgetSummary {
+    pub fn summary(&self, jobs: &JobTable, now: Instant) -> BudgetSummary {
         let p = self.plan(now);
         let (usable, granted) = match self.fleet.as_ref().and_then(|f| f.plan.as_ref().map(|fp| (f, fp))) {
             Some((f, fp)) => (fp.usable, f.view.as_ref().map_or(0, |v| v.jobs.iter().filter(|j| j.wants != Wants::Off).map(|j| j.quota).sum())),
-            None => (p.usable, self.jobs.values().map(|b| b.grant).sum()),
+            None => (p.usable, jobs.values().filter_map(|j| j.ledger.as_ref()).map(|b| b.grant).sum()),
         };
         BudgetSummary {
             limit: p.limit,

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
-use super::budget::{Budget, JobView};
+use super::budget::Budget;
 use super::jobs::JobTable;
 use super::event::{Event, EventTx};
 use crate::db::fleet::{Coordinator, SyncRequest, SyncResult};
@@ -151,7 +151,7 @@ impl Link {
     }
 
     /// The request a sync carries now: remembers what it reports of our jobs.
-    pub fn request(&mut self, budget: &Budget, jobs: &[JobView<'_>], now: Instant) -> Box<SyncRequest> {
+    pub fn request(&mut self, budget: &Budget, jobs: &JobTable, now: Instant) -> Box<SyncRequest> {
         self.reported = budget.reading_signature(jobs, now);
         self.schedule.sent();
         Box::new(budget.fleet_request(jobs, now))
@@ -159,7 +159,7 @@ impl Link {
 
     /// A sync is wanted: sent now, or after the spacing (the timer returned), or right after
     /// the one in flight.
-    pub fn want(&mut self, budget: &Budget, jobs: &[JobView<'_>], now: Instant) -> Option<Due> {
+    pub fn want(&mut self, budget: &Budget, jobs: &JobTable, now: Instant) -> Option<Due> {
         if !self.active() {
             return None;
         }
@@ -181,7 +181,7 @@ impl Link {
 
     /// A reading changed what the fleet knows of our jobs (connections closed, a job turned
     /// idle or active): worth a sync at once instead of at the next interval.
-    pub fn reading_changed(&self, budget: &Budget, jobs: &[JobView<'_>], now: Instant) -> bool {
+    pub fn reading_changed(&self, budget: &Budget, jobs: &JobTable, now: Instant) -> bool {
         budget.reading_signature(jobs, now) != self.reported
     }
 

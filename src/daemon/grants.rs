@@ -11,10 +11,10 @@ use nix::sys::signal::Signal;
 use tracing::{info, warn};
 
 use super::admission::{Awaiting, FleetFact, FleetLock, GrantFact};
-use super::budget::{Budget, Changes, Observed, Terminate};
+use super::budget::{Budget, Changes, Terminate};
 use super::health::DbReport;
 use super::history::{History, Kind};
-use super::jobs::{job_views, JobTable};
+use super::jobs::JobTable;
 use super::event::Event;
 use crate::budget::plan::LimitSource;
 use crate::db::fleet::LockOutcome;
@@ -68,13 +68,15 @@ impl Effects {
 pub fn deliver(budget: &mut Budget, jobs: &mut JobTable, history: &mut History, tell: Vec<(String, u32)>, now: Instant) -> Effects {
     let mut fx = Effects::default();
     for (name, quota) in tell {
-        fx.confirm |= budget.job(&name).and_then(|b| b.process).is_some_and(|p| p.held > quota);
         let Some(job) = jobs.get_mut(&name) else { continue };
-        if let Err(e) = budget.write_quota(&job.cfg, quota) {
+        fx.confirm |= job.ledger.as_ref().and_then(|b| b.process).is_some_and(|p| p.held > quota);
+        if let Err(e) = budget.write_quota(&job.cfg, &mut job.ledger, quota) {
             warn!(job = %name, "cannot write quota file: {e}");
             continue;
         }
-        budget.delivered(&name, now);
+        if let Some(ledger) = job.ledger.as_mut() {
+            budget.delivered(ledger, now);
+        }
         info!(job = %name, quota, "quota changed");
         history.event(std::time::SystemTime::now(), Kind::Quota, Some(&name), format!("quota changed to {quota}"));
         let (Some(sig), Some(pid)) = (job.cfg.quota_signal, job.m.pid) else { continue };
@@ -93,13 +95,14 @@ pub fn deliver(budget: &mut Budget, jobs: &mut JobTable, history: &mut History, 
 
 /// A `quota_signal` held back while `pid` of `job` was young is due: the signal to send, if
 /// that process still runs and nothing sent it meanwhile.
-pub fn quota_signal_due(budget: Option<&mut Budget>, jobs: &mut JobTable, job: &str, pid: i32, now: Instant) -> Option<(i32, Signal)> {
+pub fn quota_signal_due(jobs: &mut JobTable, job: &str, pid: i32, now: Instant) -> Option<(i32, Signal)> {
     let j = jobs.get_mut(job).filter(|j| j.m.pid == Some(pid))?;
     if j.signal_due.take() != Some(pid) {
         return None;
     }
-    if let Some(b) = budget {
-        b.signalled(job, now);
+    // The quota counts as told now.
+    if let Some(b) = j.ledger.as_mut() {
+        b.told_at = Some(now);
     }
     let sig = j.cfg.quota_signal?;
     info!(job = %job, pid, "sending the quota_signal held back while the job started");
@@ -122,10 +125,10 @@ fn carry_out(budget: &mut Budget, jobs: &mut JobTable, history: &mut History, ch
 /// from the fleet's allocation; locally a job can only give one up.
 pub fn rebalance(budget: &mut Budget, jobs: &mut JobTable, history: &mut History, now: Instant) -> Effects {
     if budget.fleet.is_some() {
-        budget.fleet_drop_unwanted(&job_views(jobs));
+        Budget::fleet_drop_unwanted(jobs);
         return Effects::default();
     }
-    let (_, changes) = budget.allocate(&job_views(jobs), now, None);
+    let (_, changes) = budget.allocate(jobs, now, None);
     carry_out(budget, jobs, history, changes, "usable budget fell below the running minimums: stopping lowest-priority job", now)
 }
 
@@ -143,13 +146,7 @@ pub fn reading(budget: &mut Budget, jobs: &mut JobTable, history: &mut History, 
     for j in jobs.values_mut().filter(|j| j.awaiting == Awaiting::Reading) {
         j.awaiting = Awaiting::Nothing;
     }
-    // The jobs whose connections a reading judges: with `connections`, a process live.
-    let observed: Vec<Observed<'_>> = jobs
-        .iter()
-        .filter(|(_, j)| j.cfg.connections.is_some() && j.m.state.is_live())
-        .map(|(name, j)| Observed { name, stopping: j.m.state == State::Stopping })
-        .collect();
-    let terminate = budget.apply_reading(report, &observed, history, now);
+    let terminate = budget.apply_reading(report, jobs, history, now);
     let mut fx = Effects { terminate, ..Effects::default() }.and(rebalance(budget, jobs, history, now));
     fx.retry = waiting(jobs, WaitReason::is_budget);
     fx
@@ -163,7 +160,7 @@ fn waiting(jobs: &JobTable, released: impl Fn(&WaitReason) -> bool) -> Vec<Strin
 /// The budget's answer for a job about to start (admission's `GrantFact`): in local scope a
 /// fresh allocation that counts it as starting, with the quota changes it tells the others;
 /// in fleet scope what the last sync granted, and its fleet-wide lock.
-pub fn grant_fact(budget: &mut Budget, jobs: &JobTable, name: &str, now: Instant) -> (GrantFact, Vec<(String, u32)>) {
+pub fn grant_fact(budget: &mut Budget, jobs: &mut JobTable, name: &str, now: Instant) -> (GrantFact, Vec<(String, u32)>) {
     let Some(job) = jobs.get(name) else { return (GrantFact::NotNeeded, Vec::new()) };
     if let Some(f) = budget.fleet.as_ref() {
         let lock = if !job.cfg.single_instance || f.holds(name, budget.fleet_hold(), now) {
@@ -174,7 +171,7 @@ pub fn grant_fact(budget: &mut Budget, jobs: &JobTable, name: &str, now: Instant
                 _ => FleetLock::Unanswered,
             }
         };
-        let b = budget.job(name).cloned().unwrap_or_default();
+        let b = job.ledger.clone().unwrap_or_default();
         let fact = FleetFact {
             lock,
             grant: b.grant,
@@ -187,7 +184,7 @@ pub fn grant_fact(budget: &mut Budget, jobs: &JobTable, name: &str, now: Instant
     if job.cfg.connections.is_none() {
         return (GrantFact::NotNeeded, Vec::new());
     }
-    let (alloc, changes) = budget.allocate(&job_views(jobs), now, Some(name));
+    let (alloc, changes) = budget.allocate(jobs, now, Some(name));
     let plan = budget.plan(now);
     let limit_unknown = (plan.limit_source == LimitSource::Unknown).then(|| budget.status.error.clone());
     let fact = GrantFact::Local { grant: alloc.get(name).cloned(), granted: alloc.total, usable: plan.usable, limit_unknown };
@@ -196,7 +193,7 @@ pub fn grant_fact(budget: &mut Budget, jobs: &JobTable, name: &str, now: Instant
 
 /// `corral reserve` in local scope (SPEC §5): the reservation, its expiry timer, a rebalance.
 pub fn reserve(budget: &mut Budget, jobs: &mut JobTable, history: &mut History, name: String, count: u32, ttl_s: Option<f64>, now: Instant) -> (Response, Effects) {
-    let ttl = match budget.reserve(&name, count, ttl_s, now) {
+    let ttl = match budget.reserve(jobs, &name, count, ttl_s, now) {
         Ok(ttl) => ttl,
         Err(resp) => return (resp, Effects::default()),
     };
@@ -263,12 +260,12 @@ mod tests {
         serde_json::from_str::<serde_json::Value>(&text).unwrap()["quota"].as_u64().unwrap()
     }
 
-    fn running(jobs: &mut JobTable, budget: &mut Budget, name: &str, pid: i32, started: Instant, quota: u32) {
+    fn running(jobs: &mut JobTable, name: &str, pid: i32, started: Instant, quota: u32) {
         let j = jobs.get_mut(name).unwrap();
         j.m.state = State::Running;
         j.m.pid = Some(pid);
         j.started_at = Some(started);
-        budget.spawned(name, quota);
+        j.ledger.get_or_insert_with(Default::default).spawned(quota, started);
     }
 
     #[test]
@@ -276,13 +273,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut budget, mut jobs) = setup(dir.path());
         let now = Instant::now();
-        let (fact, tell) = grant_fact(&mut budget, &jobs, "a", now);
+        let (fact, tell) = grant_fact(&mut budget, &mut jobs, "a", now);
         let GrantFact::Local { grant: Some(g), usable, .. } = fact else { panic!("no local grant") };
         assert!(g.grant >= 2, "{g:?}");
         assert!(tell.is_empty(), "nobody else runs: {tell:?}");
-        running(&mut jobs, &mut budget, "a", 4242, now, g.grant);
+        running(&mut jobs, "a", 4242, now, g.grant);
         jobs.get_mut("b").unwrap().start_pending = true;
-        let (fact, tell) = grant_fact(&mut budget, &jobs, "b", now);
+        let (fact, tell) = grant_fact(&mut budget, &mut jobs, "b", now);
         let GrantFact::Local { grant: Some(gb), .. } = fact else { panic!("no local grant for b") };
         // Both cannot have 10: a is told the lower quota it keeps, and the two fit.
         let a_now = tell.iter().find(|(n, _)| n == "a").map(|(_, q)| *q).expect("a is told");
@@ -290,7 +287,7 @@ mod tests {
         assert!(a_now + gb.grant <= usable, "{a_now} + {} > {usable}", gb.grant);
         // A job without connections needs no grant.
         jobs.get_mut("b").unwrap().cfg.connections = None;
-        assert!(matches!(grant_fact(&mut budget, &jobs, "b", now).0, GrantFact::NotNeeded));
+        assert!(matches!(grant_fact(&mut budget, &mut jobs, "b", now).0, GrantFact::NotNeeded));
     }
 
     #[test]
@@ -299,7 +296,7 @@ mod tests {
         let (mut budget, mut jobs) = setup(dir.path());
         let now = Instant::now();
         let mut history = History::default();
-        running(&mut jobs, &mut budget, "a", 4242, now, 10);
+        running(&mut jobs, "a", 4242, now, 10);
         let fx = deliver(&mut budget, &mut jobs, &mut history, vec![("a".into(), 6)], now);
         assert!(fx.signal.is_empty());
         assert_eq!(fx.after.len(), 1);
@@ -312,16 +309,16 @@ mod tests {
         assert!(fx.after.is_empty() && fx.signal.is_empty());
         // The timer fires: the signal goes once, and only to the process it was held for.
         let due = now + QUOTA_SIGNAL_MIN_UPTIME;
-        assert_eq!(quota_signal_due(Some(&mut budget), &mut jobs, "a", 9999, due), None);
-        assert_eq!(quota_signal_due(Some(&mut budget), &mut jobs, "a", 4242, due), Some((4242, Signal::SIGHUP)));
-        assert_eq!(budget.job("a").and_then(|b| b.told_at), Some(due));
-        assert_eq!(quota_signal_due(Some(&mut budget), &mut jobs, "a", 4242, due), None);
+        assert_eq!(quota_signal_due(&mut jobs, "a", 9999, due), None);
+        assert_eq!(quota_signal_due(&mut jobs, "a", 4242, due), Some((4242, Signal::SIGHUP)));
+        assert_eq!(jobs["a"].ledger.as_ref().and_then(|b| b.told_at), Some(due));
+        assert_eq!(quota_signal_due(&mut jobs, "a", 4242, due), None);
         // Old enough: the signal goes now.
         let later = now + QUOTA_SIGNAL_MIN_UPTIME;
         let fx = deliver(&mut budget, &mut jobs, &mut history, vec![("a".into(), 7)], later);
         assert_eq!(fx.signal, vec![(4242, Signal::SIGHUP)]);
         // A job without quota_signal only gets its file.
-        running(&mut jobs, &mut budget, "b", 4343, now, 2);
+        running(&mut jobs, "b", 4343, now, 2);
         let fx = deliver(&mut budget, &mut jobs, &mut history, vec![("b".into(), 4)], later);
         assert!(fx.signal.is_empty() && fx.after.is_empty() && !fx.confirm);
         assert_eq!(quota_in_file(&budget, "b"), 4);

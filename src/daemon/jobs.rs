@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Instant;
 
 use super::admission::Awaiting;
-use super::budget::{Budget, JobView};
+use super::budget::{Budget, JobBudget};
 use crate::config::JobConfig;
 use crate::job::{Exit, Job, Policy, State};
 use crate::process::lock::JobLock;
@@ -48,6 +48,9 @@ pub struct JobRt {
     pub stop_pending: bool,
     /// The last tree-memory sample of the current process: (pid, RSS bytes).
     pub rss: Option<(i32, u64)>,
+    /// The budget's bookkeeping of this job (grant, process occupancy, last reading), once
+    /// the budget has seen it; changed only by `Budget`'s methods (SPEC §5).
+    pub ledger: Option<JobBudget>,
 }
 
 impl JobRt {
@@ -69,7 +72,18 @@ impl JobRt {
             hold: None,
             stop_pending: false,
             rss: None,
+            ledger: None,
         }
+    }
+
+    /// Running or about to start, as the budget counts it (a removed job wants nothing).
+    pub fn wants_to_run(&self) -> bool {
+        (self.m.state.wants_to_run() || self.start_pending) && !self.removed
+    }
+
+    /// A process exists.
+    pub fn live(&self) -> bool {
+        self.m.pid.is_some()
     }
 
     /// A transition from `from` to the machine's current state: the reason to log it with, or
@@ -92,17 +106,6 @@ impl JobRt {
     }
 }
 
-/// The jobs as the budget sees them.
-pub fn job_views(jobs: &BTreeMap<String, JobRt>) -> Vec<JobView<'_>> {
-    jobs.values()
-        .map(|j| JobView {
-            cfg: &j.cfg,
-            wants_to_run: (j.m.state.wants_to_run() || j.start_pending) && !j.removed,
-            live: j.m.pid.is_some(),
-        })
-        .collect()
-}
-
 /// One job's line of `status` (SPEC §4).
 pub fn job_status(jobs: &JobTable, budget: Option<&Budget>, logs: &LogStore, name: &str) -> Option<JobStatus> {
         let j = jobs.get(name)?;
@@ -117,8 +120,8 @@ pub fn job_status(jobs: &JobTable, budget: Option<&Budget>, logs: &LogStore, nam
                 Exit::Code(c) => ExitInfo { code: Some(c), signal: None },
                 Exit::Signal(s) => ExitInfo { code: None, signal: Some(s) },
             }),
-            quota: budget.filter(|_| j.cfg.connections.is_some() && j.m.state.wants_to_run()).and_then(|b| b.job(name)).map(|b| b.grant),
-            connections: budget.filter(|_| j.cfg.connections.is_some()).and_then(|b| b.job(name)).and_then(|b| b.live),
+            quota: budget.filter(|_| j.cfg.connections.is_some() && j.m.state.wants_to_run()).and(j.ledger.as_ref()).map(|b| b.grant),
+            connections: budget.filter(|_| j.cfg.connections.is_some()).and(j.ledger.as_ref()).and_then(|b| b.live),
             reason: match j.m.state {
                 State::Fatal | State::Waiting | State::Backoff => j.m.reason.clone(),
                 State::Stopping if j.m.forced.is_some() => j.m.reason.clone(),

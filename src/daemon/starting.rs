@@ -97,7 +97,7 @@ impl Starter {
         // The budget's answer is asked only once lock and duplicates let the job through:
         // a local allocation counts it as starting and tells the others their new quotas.
         let passes = !ctx.shutting_down && lock == LockFact::Ours && (dups.is_empty() || job.cfg.on_duplicate == OnDuplicate::Ignore);
-        let draining = budget.as_ref().and_then(|b| b.draining(name));
+        let draining = budget.as_ref().and_then(|b| b.draining(job.ledger.as_ref()));
         // A draining job with connections waits for the reading anyway (admission says so first).
         let ask_budget = passes && (draining.is_none() || job.cfg.connections.is_none());
         let (grant, tell) = match budget.as_deref_mut() {
@@ -146,7 +146,7 @@ pub fn spawn(jobs: &mut JobTable, budget: Option<&mut Budget>, name: &str, quota
     let Some(job) = jobs.get_mut(name) else { return Err(gone_text()) };
     let mut budget = budget;
     if let (Some(q), Some(budget)) = (quota, budget.as_deref_mut()) {
-        if let Err(e) = budget.write_quota(&job.cfg, q) {
+        if let Err(e) = budget.write_quota(&job.cfg, &mut job.ledger, q) {
             tracing::warn!(job = name, "cannot write quota file: {e}");
         }
     }
@@ -167,8 +167,8 @@ pub fn spawn(jobs: &mut JobTable, budget: Option<&mut Budget>, name: &str, quota
     job.started_at = Some(now);
     job.check_duplicates = false;
     job.dup_termed.clear();
-    if let (Some(b), Some(q)) = (budget, quota) {
-        b.spawned(name, q);
+    if let (Some(_), Some(q)) = (budget, quota) {
+        job.ledger.get_or_insert_with(Default::default).spawned(q, now);
     }
     Ok(child)
 }

@@ -44,7 +44,7 @@ use crate::watchdog::memory::Sample;
 use super::database;
 use super::starting::{self, Start};
 use super::views::Views;
-use super::jobs::{self, job_views, JobRt, JobTable};
+use super::jobs::{self, JobRt, JobTable};
 use crate::job::machine::{self, describe_exit};
 use crate::job::{Effect, Input, State, TimerKind};
 use crate::process::output::{self, LogStore};
@@ -213,7 +213,7 @@ impl Supervisor {
         if let (Some(budget), Some(db)) = (self.budget.as_ref(), self.config.database.as_ref()) {
             // Join the fleet before starting anything: autostart jobs ask for their grants and
             // locks in this first sync.
-            let first = budget.fleet_request(&job_views(&self.jobs), Instant::now());
+            let first = budget.fleet_request(&self.jobs, Instant::now());
             if let Some(report) = self.fleet.join(&first, db.health_timeout, self.tx.clone()).await {
                 if let Err(e) = &report.result {
                     error!("cannot join the fleet yet (jobs needing a grant or a fleet lock wait): {e}");
@@ -345,7 +345,7 @@ impl Supervisor {
             }
             Event::Alert(cmd) => self.alert_children.handle(cmd, &self.logs, self.config.supervisor.log_format),
             Event::QuotaSignalDue { job, pid } => {
-                if let Some((pid, sig)) = grants::quota_signal_due(self.budget.as_mut(), &mut self.jobs, &job, pid, Instant::now()) {
+                if let Some((pid, sig)) = grants::quota_signal_due(&mut self.jobs, &job, pid, Instant::now()) {
                     let _ = kill::signal_pid(pid, sig);
                 }
             }
@@ -489,10 +489,12 @@ impl Supervisor {
         let uptime = self.jobs.get(name).and_then(|j| j.started_at).map(|t| t.elapsed()).unwrap_or_default();
         info!(job = %name, pid, uptime_s = format!("{:.1}", uptime.as_secs_f64()), "exited: {}", describe_exit(exit));
         self.history.event(now_wall(), Kind::Exit, Some(name), format!("exited: {} after {:.1}s", describe_exit(exit), uptime.as_secs_f64()));
-        let draining = self.budget.as_mut().is_some_and(|b| {
-            b.exited(name);
-            b.draining(name).is_some()
-        });
+        let ledger = self.jobs.get_mut(name).and_then(|j| j.ledger.as_mut());
+        if let Some(b) = ledger {
+            b.exited(Instant::now());
+        }
+        let ledger = self.jobs.get(name).and_then(|j| j.ledger.as_ref());
+        let draining = self.budget.as_ref().is_some_and(|b| b.draining(ledger).is_some());
         if draining {
             // Its backends close right after it: a reading now hands them on.
             let at = self.confirm.restart(Instant::now(), Duration::ZERO);
@@ -715,8 +717,7 @@ impl Supervisor {
                 ));
             }
             Request::Budget => {
-                let views = job_views(&self.jobs);
-                let report = self.budget.as_ref().map(|b| b.report(&views, Instant::now())).unwrap_or_default();
+                let report = self.budget.as_ref().map(|b| b.report(&self.jobs, Instant::now())).unwrap_or_default();
                 let _ = reply.send(Response::ok(Reply::Budget(Box::new(report))));
             }
             Request::Reserve { name, count, ttl_s } if self.fleet.active() => {
@@ -960,7 +961,7 @@ impl Supervisor {
             }
         }
         if has_usage && self.alerts.wants_budget() {
-            let b = budget.report(&job_views(&self.jobs), Instant::now());
+            let b = budget.report(&self.jobs, Instant::now());
             self.alerts.fact(crate::alerts::Fact::Budget { live: b.live, usable: b.usable, granted: b.granted, limit: b.limit, warn_at: budget.cfg.warn_at });
         }
         self.apply(fx);
@@ -1031,10 +1032,10 @@ impl Supervisor {
     fn after_reading(&mut self) {
         let Some(budget) = self.budget.as_ref() else { return };
         let now = Instant::now();
-        if let Some(at) = self.confirm.after_reading(budget.unconfirmed(), self.config.budget.rebalance_interval, now) {
+        if let Some(at) = self.confirm.after_reading(Budget::unconfirmed(&self.jobs), self.config.budget.rebalance_interval, now) {
             self.want_reading(at);
         }
-        if budget.fleet.is_some() && self.fleet.reading_changed(budget, &job_views(&self.jobs), now) {
+        if budget.fleet.is_some() && self.fleet.reading_changed(budget, &self.jobs, now) {
             self.request_sync();
         }
     }
@@ -1044,7 +1045,7 @@ impl Supervisor {
     /// A fleet sync is wanted: now, after the spacing, or right after the one in flight.
     fn request_sync(&mut self) {
         let Some(budget) = self.budget.as_ref() else { return };
-        if let Some((delay, epoch)) = self.fleet.want(budget, &job_views(&self.jobs), Instant::now()) {
+        if let Some((delay, epoch)) = self.fleet.want(budget, &self.jobs, Instant::now()) {
             self.after(delay, Event::FleetDue { epoch });
         }
     }
@@ -1053,7 +1054,7 @@ impl Supervisor {
     fn send_to_fleet(&mut self, cmd: impl FnOnce(Box<SyncRequest>) -> FleetCmd) {
         // Fleet scope always has a budget: the link is only built with one.
         let Some(budget) = self.budget.as_ref() else { return };
-        let then = self.fleet.request(budget, &job_views(&self.jobs), Instant::now());
+        let then = self.fleet.request(budget, &self.jobs, Instant::now());
         self.fleet.send(cmd(then));
     }
 
@@ -1081,7 +1082,7 @@ impl Supervisor {
                 }
                 // Locks count as renewed when the snapshot was taken, not when the answer came:
                 // the successor's wait is measured from the lease row's renewal, which is earlier.
-                let changes = budget.apply_fleet(result, &job_views(&self.jobs), report.started);
+                let changes = budget.apply_fleet(result, &mut self.jobs, report.started);
                 let shared = budget.shared_service();
                 if let Some(f) = budget.fleet.as_mut() {
                     if !shared.is_empty() && !f.warned_shared {

@@ -6,7 +6,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use super::ask::Snapshot;
 use super::budget::Budget;
 use super::history::History;
-use super::jobs::{self, job_views, JobTable};
+use super::jobs::{self, JobTable};
 use super::schedule::Schedules;
 use crate::process::output::{self, LogStore};
 use crate::protocol::{HealthReport, StatusReport, SupervisorInfo};
@@ -47,7 +47,7 @@ impl Views<'_> {
                 orphans_killed: self.orphans_killed,
                 log_lines_dropped: output::stderr_sink().dropped(),
             },
-            budget: self.budget.map(|b| b.summary(now)),
+            budget: self.budget.map(|b| b.summary(self.jobs, now)),
         }
     }
 
@@ -65,7 +65,7 @@ impl Views<'_> {
         let names: Vec<String> = self.jobs.keys().cloned().collect();
         Snapshot {
             status: self.status(&names, now),
-            budget: self.budget.map(|b| b.report(&job_views(self.jobs), now)),
+            budget: self.budget.map(|b| b.report(self.jobs, now)),
             health: self.health(),
             history: history.then(|| self.history.report(SystemTime::now())),
         }
