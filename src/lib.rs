@@ -19,9 +19,10 @@
 //!              names come from their serde derives), line framing.
 //! - `daemon`   `corral run`: one actor owns the job table; signals, the socket server,
 //!              the file watcher, timers, the probe task and the fleet task send it events.
-//!              Only the actor mutates jobs; each concern (admission, control verbs, reload,
-//!              the fleet link, the budget and its grants, dependencies, watch reports,
-//!              schedules, shutdown) has its own state and returns decisions or effects.
+//!              Only the actor mutates jobs; each concern (starting and admission, reaping,
+//!              control verbs, reload, the fleet link, the budget and its grants,
+//!              dependencies, watch reports, schedules, shutdown, the read-only views) has
+//!              its own state and returns decisions or effects.
 //! - `watchdog` per-run watch tasks (stall timer, ready and liveness probes), tree memory
 //!              sampling, and the pure dependency and liveness decisions; reports go to the actor.
 //! - `cli`      the client verbs: clap, socket client, rendering, `corral top`.

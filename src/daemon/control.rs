@@ -11,7 +11,7 @@ use nix::sys::signal::Signal;
 use super::admission::Awaiting;
 use super::jobs::JobTable;
 use crate::job::{Input, State};
-use crate::protocol::{ErrorKind, JobStatus, Reply, Response};
+use crate::protocol::{ErrorKind, JobStatus, Reply, Request, Response};
 
 enum WaitFor {
     /// Reply when none of these jobs is live or about to become live by a restart.
@@ -160,6 +160,43 @@ pub fn signal_answer(failed: &[String], signalled: Vec<JobStatus>) -> Response {
     }
 }
 
+/// What the daemon's state says about a request before any job is looked at: the answer when
+/// it is refused (a verb while shutting down or without names, a reservation name that
+/// breaks the job name rules, the budget verbs without a `[database]`, a ttl that is not
+/// positive), or None to go on.
+pub fn refusal(req: &Request, shutting_down: bool, has_budget: bool) -> Option<Response> {
+    match req {
+        Request::Start { jobs } | Request::Stop { jobs } | Request::Restart { jobs } => {
+            if shutting_down {
+                Some(Response::err(ErrorKind::ShuttingDown, "supervisor is shutting down"))
+            } else if jobs.is_empty() {
+                Some(Response::err(ErrorKind::BadRequest, format!("{} needs job names or `all`", verb_name(req))))
+            } else {
+                None
+            }
+        }
+        // Reservation names reach logs and the fleet's tables: the job name rules apply.
+        Request::Reserve { name, .. } | Request::Release { name } if crate::config::name_problem(name).is_some() => {
+            let problem = crate::config::name_problem(name).unwrap_or_default();
+            let shown: String = name.chars().take(64).collect();
+            Some(Response::err(ErrorKind::BadRequest, format!("invalid reservation name {shown:?}: {problem} (letters, digits, \"_\", \".\", \"-\")")))
+        }
+        Request::Budget | Request::Reserve { .. } | Request::Release { .. } if !has_budget => {
+            Some(Response::err(ErrorKind::NoDatabase, "the connection budget needs a [database] section in the config"))
+        }
+        Request::Reserve { ttl_s: Some(t), .. } if !(t.is_finite() && *t > 0.0) => Some(Response::err(ErrorKind::BadRequest, "ttl must be positive")),
+        _ => None,
+    }
+}
+
+fn verb_name(req: &Request) -> &'static str {
+    match req {
+        Request::Start { .. } => "start",
+        Request::Stop { .. } => "stop",
+        _ => "restart",
+    }
+}
+
 pub fn unknown_job(names: &[String]) -> Response {
     Response::err(ErrorKind::UnknownJob, format!("no such job: {}", names.join(", ")))
 }
@@ -209,5 +246,24 @@ mod tests {
         idle.values_mut().for_each(|j| j.m.pid = None);
         let none = signal_plan(&idle, &names(&["all"]), "HUP").unwrap_err();
         assert_eq!(none.error.unwrap().message, "signal all: no job is running");
+    }
+
+    #[test]
+    fn requests_the_state_refuses_before_any_job_is_looked_at() {
+        let kind = |req: Request, shutting_down: bool, has_budget: bool| refusal(&req, shutting_down, has_budget).map(|r| r.error.unwrap().kind);
+        let start = || Request::Start { jobs: names(&["a"]) };
+        assert_eq!(kind(start(), false, false), None);
+        assert_eq!(kind(start(), true, true), Some(ErrorKind::ShuttingDown));
+        let empty = refusal(&Request::Stop { jobs: vec![] }, false, true).unwrap().error.unwrap();
+        assert_eq!((empty.kind, empty.message.as_str()), (ErrorKind::BadRequest, "stop needs job names or `all`"));
+        let reserve = |name: &str, ttl_s| Request::Reserve { name: name.into(), count: 1, ttl_s };
+        assert_eq!(kind(reserve("../x", None), false, false), Some(ErrorKind::BadRequest), "the name is checked first");
+        assert_eq!(kind(reserve("psql", None), false, false), Some(ErrorKind::NoDatabase));
+        assert_eq!(kind(Request::Budget, false, false), Some(ErrorKind::NoDatabase));
+        assert_eq!(kind(reserve("psql", Some(0.0)), false, true), Some(ErrorKind::BadRequest));
+        assert_eq!(kind(reserve("psql", Some(f64::NAN)), false, true), Some(ErrorKind::BadRequest));
+        assert_eq!(kind(reserve("psql", Some(30.0)), false, true), None);
+        assert_eq!(kind(Request::Release { name: "psql".into() }, false, true), None);
+        assert_eq!(kind(Request::Health, true, false), None, "health answers while shutting down");
     }
 }

@@ -17,7 +17,7 @@ use super::history::{History, Kind};
 use super::jobs::JobTable;
 use super::event::Event;
 use crate::budget::plan::LimitSource;
-use crate::db::fleet::LockOutcome;
+use crate::db::fleet::{LockOutcome, SyncResult};
 use crate::job::{Input, State};
 use crate::protocol::{ErrorKind, Reply, Response, WaitReason};
 
@@ -132,11 +132,41 @@ pub fn rebalance(budget: &mut Budget, jobs: &mut JobTable, history: &mut History
     carry_out(budget, jobs, history, changes, "usable budget fell below the running minimums: stopping lowest-priority job", now)
 }
 
-/// The fleet's allocation arrived: quotas, evictions, and a retry for every job waiting for a
-/// grant or a fleet lock.
-pub fn fleet_allocated(budget: &mut Budget, jobs: &mut JobTable, history: &mut History, changes: Changes, now: Instant) -> Effects {
+/// A fleet sync answered (SPEC §5 across the fleet, §7): on success the fleet's allocation
+/// (quotas, evictions, locks) and a retry for every job waiting for a grant or a fleet lock,
+/// with the FleetCheck timer for the locks; on failure the error, shown by health and budget.
+/// `started` is when the request was taken: locks count as renewed then, not when the answer
+/// came (the successor's wait is measured from the lease row's renewal, which is earlier).
+pub fn fleet_answered(budget: &mut Budget, jobs: &mut JobTable, history: &mut History, result: Result<SyncResult, String>, started: Instant, now: Instant) -> Effects {
+    // Whatever the answer, it is the answer `start` waited for.
+    for j in jobs.values_mut().filter(|j| j.awaiting == Awaiting::FleetSync) {
+        j.awaiting = Awaiting::Nothing;
+    }
+    let result = match result {
+        Ok(result) => result,
+        Err(e) => {
+            if let Some(f) = budget.fleet.as_mut() {
+                f.last_error = Some(e);
+            }
+            return Effects::default();
+        }
+    };
+    if result.lease_lost {
+        warn!("this corral's fleet registration was gone (expired or replaced): registered again, without its old grants");
+    }
+    let changes = budget.apply_fleet(result, jobs, started);
+    let shared = budget.shared_service();
+    let service = budget.cfg.service.clone();
+    if let Some(f) = budget.fleet.as_mut() {
+        if !shared.is_empty() && !f.warned_shared {
+            warn!(service = %service, others = ?shared, "another corral uses the same service: jobs of the same name cannot be told apart in pg_stat_activity; give each corral its own service");
+        }
+        f.warned_shared = !shared.is_empty();
+    }
     let mut fx = carry_out(budget, jobs, history, changes, "the fleet's usable budget fell below the running minimums: stopping this job", now);
     fx.retry = waiting(jobs, |h| h.is_budget() || h.is_lock());
+    // The locks just confirmed go unconfirmed after the hold unless the next sync renews them.
+    fx.after.insert(0, (budget.fleet_hold() + Duration::from_millis(10), Event::FleetCheck));
     fx
 }
 

@@ -31,7 +31,7 @@ use super::schedule::{Do, Schedules};
 use crate::db::fleet::{Coordinator, SyncRequest};
 use crate::db::pooler::PgBouncerAdmin;
 use crate::db::Probe;
-use super::admission::{self, Awaiting};
+use super::admission;
 use super::control;
 use super::grants;
 use super::reload;
@@ -684,6 +684,10 @@ impl Supervisor {
     // ----- control requests -----
 
     fn request(&mut self, req: Request, reply: oneshot::Sender<Response>) {
+        if let Some(refused) = control::refusal(&req, self.shutdown.requested, self.budget.is_some()) {
+            let _ = reply.send(refused);
+            return;
+        }
         match req {
             Request::Status { jobs } => {
                 let resp = match control::check_names(&self.jobs, &jobs) {
@@ -703,31 +707,12 @@ impl Supervisor {
             Request::Logs { .. } => {
                 let _ = reply.send(Response::err(ErrorKind::BadRequest, "logs are read from the log store, not the actor"));
             }
-            // Reservation names reach logs and the fleet's tables: the job name rules apply.
-            Request::Reserve { name, .. } | Request::Release { name } if config::name_problem(&name).is_some() => {
-                let problem = config::name_problem(&name).unwrap_or_default();
-                let shown: String = name.chars().take(64).collect();
-                let message = format!("invalid reservation name {shown:?}: {problem} (letters, digits, \"_\", \".\", \"-\")");
-                let _ = reply.send(Response::err(ErrorKind::BadRequest, message));
-            }
-            Request::Budget | Request::Reserve { .. } | Request::Release { .. } if self.budget.is_none() => {
-                let _ = reply.send(Response::err(
-                    ErrorKind::NoDatabase,
-                    "the connection budget needs a [database] section in the config",
-                ));
-            }
             Request::Budget => {
                 let report = self.budget.as_ref().map(|b| b.report(&self.jobs, Instant::now())).unwrap_or_default();
                 let _ = reply.send(Response::ok(Reply::Budget(Box::new(report))));
             }
             Request::Reserve { name, count, ttl_s } if self.fleet.active() => {
-                let ttl = match ttl_s {
-                    Some(t) if !(t.is_finite() && t > 0.0) => {
-                        let _ = reply.send(Response::err(ErrorKind::BadRequest, "ttl must be positive"));
-                        return;
-                    }
-                    t => t.map(|t| Duration::from_secs_f64(t.min(1e9))),
-                };
+                let ttl = ttl_s.map(|t| Duration::from_secs_f64(t.min(1e9)));
                 self.send_to_fleet(|then| FleetCmd::Reserve { name, count, ttl, reply, then });
             }
             Request::Release { name } if self.fleet.active() => {
@@ -788,14 +773,6 @@ impl Supervisor {
     }
 
     fn verb(&mut self, jobs: Vec<String>, reply: oneshot::Sender<Response>, verb: &'static str) {
-        if self.shutdown.requested {
-            let _ = reply.send(Response::err(ErrorKind::ShuttingDown, "supervisor is shutting down"));
-            return;
-        }
-        if jobs.is_empty() {
-            let _ = reply.send(Response::err(ErrorKind::BadRequest, format!("{verb} needs job names or `all`")));
-            return;
-        }
         let names = match control::check_names(&self.jobs, &jobs) {
             Ok(n) => n,
             Err(resp) => {
@@ -1070,36 +1047,9 @@ impl Supervisor {
     }
 
     fn apply_fleet_report(&mut self, report: FleetReport) {
-        // Whatever the answer, it is the answer `start` waited for.
-        for j in self.jobs.values_mut().filter(|j| j.awaiting == Awaiting::FleetSync) {
-            j.awaiting = Awaiting::Nothing;
-        }
-        let Some(budget) = self.budget.as_mut() else { return };
-        match report.result {
-            Ok(result) => {
-                if result.lease_lost {
-                    warn!("this corral's fleet registration was gone (expired or replaced): registered again, without its old grants");
-                }
-                // Locks count as renewed when the snapshot was taken, not when the answer came:
-                // the successor's wait is measured from the lease row's renewal, which is earlier.
-                let changes = budget.apply_fleet(result, &mut self.jobs, report.started);
-                let shared = budget.shared_service();
-                if let Some(f) = budget.fleet.as_mut() {
-                    if !shared.is_empty() && !f.warned_shared {
-                        warn!(service = %self.config.budget.service, others = ?shared, "another corral uses the same service: jobs of the same name cannot be told apart in pg_stat_activity; give each corral its own service");
-                    }
-                    f.warned_shared = !shared.is_empty();
-                }
-                let fx = grants::fleet_allocated(budget, &mut self.jobs, &mut self.history, changes, Instant::now());
-                let hold_for = budget.fleet_hold();
-                self.after(hold_for + Duration::from_millis(10), Event::FleetCheck);
-                self.apply(fx);
-            }
-            Err(e) => {
-                if let Some(f) = budget.fleet.as_mut() {
-                    f.last_error = Some(e);
-                }
-            }
+        if let Some(budget) = self.budget.as_mut() {
+            let fx = grants::fleet_answered(budget, &mut self.jobs, &mut self.history, report.result, report.started, Instant::now());
+            self.apply(fx);
         }
         self.check_fleet_locks();
     }
