@@ -31,6 +31,10 @@ pub struct Reloads {
     current: Option<ReloadAsk>,
     /// Asked after that read started: they need a fresh one.
     next: Option<ReloadAsk>,
+    /// The reader thread, started by the first read and kept: every parse then allocates
+    /// from the same malloc arena, which the next parse reuses. (A thread per read could
+    /// land each parse in another arena, each keeping what its parse freed.)
+    reader: Option<std::sync::mpsc::Sender<(PathBuf, EventTx)>>,
 }
 
 impl Reloads {
@@ -51,21 +55,35 @@ impl Reloads {
         if self.current.as_ref().is_some_and(|a| a.apply) {
             notify.reloading();
         }
-        let spawned = std::thread::Builder::new()
-            .name("corral-reload".into())
-            // The parser's own limits keep it far below this; a thread's default is 2 MiB.
-            .stack_size(16 << 20)
-            .spawn(move || {
-                let _ = tx.send(Event::ConfigLoaded(Box::new(config::load_settled(&path))));
-            });
-        if let Err(e) = spawned {
-            error!("cannot start a thread to read the config: {e}");
-            let message = format!("cannot reload now (no thread to read the config: {e}); try again");
-            for (reply, _) in self.current.take().map(|a| a.replies).unwrap_or_default() {
-                let _ = reply.send(Response::err(ErrorKind::Refused, message.clone()));
+        let mut read = (path, tx);
+        // A reader that is gone (it never is: a panic aborts) is started again, once.
+        for _ in 0..2 {
+            let reader = match self.reader.take() {
+                Some(reader) => reader,
+                None => match spawn_reader() {
+                    Ok(reader) => reader,
+                    Err(e) => return self.cannot_read(&e.to_string(), notify),
+                },
+            };
+            match reader.send(read) {
+                Ok(()) => {
+                    self.reader = Some(reader);
+                    return;
+                }
+                Err(std::sync::mpsc::SendError(back)) => read = back,
             }
-            notify.ready();
         }
+        self.cannot_read("the reader thread is gone", notify);
+    }
+
+    /// No thread can read the file: everyone who asked hears why, and systemd that we are ready.
+    fn cannot_read(&mut self, e: &str, notify: &Notifier) {
+        error!("cannot start a thread to read the config: {e}");
+        let message = format!("cannot reload now (no thread to read the config: {e}); try again");
+        for (reply, _) in self.current.take().map(|a| a.replies).unwrap_or_default() {
+            let _ = reply.send(Response::err(ErrorKind::Refused, message.clone()));
+        }
+        notify.ready();
     }
 
     /// The read in flight came back: who asked for it.
@@ -83,6 +101,21 @@ impl Reloads {
             None => false,
         }
     }
+}
+
+/// The thread that reads and validates the config file, one read at a time.
+fn spawn_reader() -> std::io::Result<std::sync::mpsc::Sender<(PathBuf, EventTx)>> {
+    let (send, reads) = std::sync::mpsc::channel::<(PathBuf, EventTx)>();
+    std::thread::Builder::new()
+        .name("corral-reload".into())
+        // The parser's own limits keep it far below this; a thread's default is 2 MiB.
+        .stack_size(16 << 20)
+        .spawn(move || {
+            for (path, tx) in reads {
+                let _ = tx.send(Event::ConfigLoaded(Box::new(config::load_settled(&path))));
+            }
+        })?;
+    Ok(send)
 }
 
 impl ReloadAsk {

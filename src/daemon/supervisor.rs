@@ -187,51 +187,7 @@ impl Supervisor {
             }
         };
 
-        // Children that exited before our handler existed (e.g. PID 1 inheriting zombies).
-        self.reap();
-        if let (Some(probe), Some(db)) = (self.probe.clone(), self.config.database.clone()) {
-            // corral opens its own connection first and keeps it (SPEC §5), and
-            // knows the server's limit before granting anything.
-            let readers = health::Readers { probe, admin: self.pooler_admin.clone() };
-            let report = health::full_check(&readers, db.health_timeout).await;
-            self.on_db(report);
-            self.probe_cmd = Some(health::spawn(
-                readers,
-                db.health_interval,
-                self.config.budget.rebalance_interval,
-                db.health_timeout,
-                self.tx.clone(),
-            ));
-        }
-        // A scheduled job's autostart arms its schedule instead (below).
-        let autostart: Vec<String> = self.jobs.iter().filter(|(_, j)| j.cfg.autostart && j.cfg.schedule.is_none()).map(|(n, _)| n.clone()).collect();
-        for name in &autostart {
-            if let Some(j) = self.jobs.get_mut(name) {
-                j.start_pending = true;
-            }
-        }
-        if let (Some(budget), Some(db)) = (self.budget.as_ref(), self.config.database.as_ref()) {
-            // Join the fleet before starting anything: autostart jobs ask for their grants and
-            // locks in this first sync.
-            let first = budget.fleet_request(&self.jobs, Instant::now());
-            if let Some(report) = self.fleet.join(&first, db.health_timeout, self.tx.clone()).await {
-                if let Err(e) = &report.result {
-                    error!("cannot join the fleet yet (jobs needing a grant or a fleet lock wait): {e}");
-                }
-                self.on_fleet(report);
-            }
-        }
-        for name in autostart {
-            if let Some(j) = self.jobs.get_mut(&name) {
-                j.start_pending = false;
-            }
-            self.feed(&name, Input::Start);
-        }
-        let scheduled: Vec<String> = self.jobs.iter().filter(|(_, j)| j.cfg.autostart && j.cfg.schedule.is_some()).map(|(n, _)| n.clone()).collect();
-        for name in scheduled {
-            let dos = self.schedules.arm(&name, true);
-            self.sched_do(dos, false);
-        }
+        self.start_up().await;
         self.arm_sweep();
         ready();
         let mut interrupts = 0;
@@ -281,6 +237,56 @@ impl Supervisor {
         // runtime (and with it the reader tasks) is dropped.
         self.logs.drain(OUTPUT_DRAIN).await;
         0
+    }
+
+    /// Before the loop: reap what PID 1 inherited, take the first database reading and start
+    /// the probe task, join the fleet, start the autostart jobs and arm the schedules.
+    async fn start_up(&mut self) {
+        // Children that exited before our handler existed (e.g. PID 1 inheriting zombies).
+        self.reap();
+        if let (Some(probe), Some(db)) = (self.probe.clone(), self.config.database.clone()) {
+            // corral opens its own connection first and keeps it (SPEC §5), and
+            // knows the server's limit before granting anything.
+            let readers = health::Readers { probe, admin: self.pooler_admin.clone() };
+            let report = health::full_check(&readers, db.health_timeout).await;
+            self.on_db(report);
+            self.probe_cmd = Some(health::spawn(
+                readers,
+                db.health_interval,
+                self.config.budget.rebalance_interval,
+                db.health_timeout,
+                self.tx.clone(),
+            ));
+        }
+        // A scheduled job's autostart arms its schedule instead (below).
+        let autostart: Vec<String> = self.jobs.iter().filter(|(_, j)| j.cfg.autostart && j.cfg.schedule.is_none()).map(|(n, _)| n.clone()).collect();
+        for name in &autostart {
+            if let Some(j) = self.jobs.get_mut(name) {
+                j.start_pending = true;
+            }
+        }
+        if let (Some(budget), Some(db)) = (self.budget.as_ref(), self.config.database.as_ref()) {
+            // Join the fleet before starting anything: autostart jobs ask for their grants and
+            // locks in this first sync.
+            let first = budget.fleet_request(&self.jobs, Instant::now());
+            if let Some(report) = self.fleet.join(&first, db.health_timeout, self.tx.clone()).await {
+                if let Err(e) = &report.result {
+                    error!("cannot join the fleet yet (jobs needing a grant or a fleet lock wait): {e}");
+                }
+                self.on_fleet(report);
+            }
+        }
+        for name in autostart {
+            if let Some(j) = self.jobs.get_mut(&name) {
+                j.start_pending = false;
+            }
+            self.feed(&name, Input::Start);
+        }
+        let scheduled: Vec<String> = self.jobs.iter().filter(|(_, j)| j.cfg.autostart && j.cfg.schedule.is_some()).map(|(n, _)| n.clone()).collect();
+        for name in scheduled {
+            let dos = self.schedules.arm(&name, true);
+            self.sched_do(dos, false);
+        }
     }
 
     fn handle(&mut self, ev: Event) {
