@@ -13,7 +13,7 @@ use super::notify::Notifier;
 use super::event::{Event, EventTx};
 use crate::config::{self, Config, ReloadPlan};
 use crate::job::Policy;
-use crate::protocol::{ErrorKind, Response};
+use crate::protocol::{ErrorKind, ReloadReport, Reply, Response};
 
 /// Who asked for a reload: the watcher and SIGHUP (`apply`, no reply), `corral reload` (a reply,
 /// maybe `--dry-run`).
@@ -132,6 +132,44 @@ impl ReloadAsk {
     }
 }
 
+/// What a finished read of the config file means (SPEC §8).
+#[derive(Debug)]
+pub enum Loaded {
+    /// Answer everyone with this; nothing changes (shutting down, or only dry runs asked).
+    Answer(Box<Response>),
+    /// The file does not validate. When it was to be applied, the running config stays and
+    /// the errors show as `config_error` and in the history (`keep_running`).
+    Rejected { errors: String, keep_running: bool },
+    /// Apply `config` as `plan`; a dry run among the askers gets the plan, unapplied.
+    Apply { config: Box<Config>, plan: ReloadPlan },
+}
+
+/// Judge a read against the running config: `apply` unless only dry runs asked.
+pub fn judge(result: Result<Config, config::ConfigErrors>, running: &Config, apply: bool, shutting_down: bool) -> Loaded {
+    match result {
+        _ if shutting_down => Loaded::Answer(Box::new(Response::err(ErrorKind::ShuttingDown, "supervisor is shutting down"))),
+        Err(errs) => Loaded::Rejected { errors: errs.to_string(), keep_running: apply },
+        Ok(new) => {
+            let plan = config::diff(running, &new);
+            if apply {
+                Loaded::Apply { config: Box::new(new), plan }
+            } else {
+                Loaded::Answer(Box::new(dry_run(plan)))
+            }
+        }
+    }
+}
+
+/// The answer to `corral reload --dry-run`: the plan, not applied.
+pub fn dry_run(plan: ReloadPlan) -> Response {
+    Response::ok(Reply::Reload(ReloadReport { applied: false, plan }))
+}
+
+/// What an applied reload changed, in one line (the log and the history).
+pub fn summary(plan: &ReloadPlan) -> String {
+    format!("config reloaded: {} added, {} removed, {} restarted, {} updated", plan.added.len(), plan.removed.len(), plan.restart.len(), plan.update.len())
+}
+
 /// What a reload asks of one job; the actor feeds them in the order returned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
@@ -219,5 +257,23 @@ mod tests {
         assert!(update_table(&mut jobs, &c, &config::diff(&c, &c)).is_empty());
         assert_eq!(jobs.len(), 1);
         assert!(!jobs["a"].removed);
+    }
+
+    #[test]
+    fn a_read_is_judged_against_the_running_config() {
+        let running = config("[jobs.a]\ncommand = [\"a\"]\n");
+        let read = || crate::config::parse(std::path::Path::new("/etc/corral/supervisor.toml"), "[supervisor]\nsocket = \"/run/corral.sock\"\n[jobs.a]\ncommand = [\"a\", \"-v\"]\n[jobs.b]\ncommand = [\"b\"]\n", &|_| None);
+        let bad = || crate::config::parse(std::path::Path::new("/etc/corral/supervisor.toml"), "[jobs.a]\ncomand = [\"a\"]\n", &|_| None);
+        let Loaded::Apply { config, plan } = judge(read(), &running, true, false) else { panic!("not applied") };
+        assert!(config.jobs.contains_key("b"));
+        assert_eq!((plan.added.clone(), plan.restart.clone()), (vec!["b".to_string()], vec!["a".to_string()]));
+        assert_eq!(summary(&plan), "config reloaded: 1 added, 0 removed, 1 restarted, 0 updated");
+        let Loaded::Answer(dry) = judge(read(), &running, false, false) else { panic!("a dry run applies nothing") };
+        assert!(matches!(dry.result, Some(Reply::Reload(ReloadReport { applied: false, ref plan })) if plan.added == ["b"]));
+        let Loaded::Rejected { errors, keep_running: true } = judge(bad(), &running, true, false) else { panic!("not rejected") };
+        assert!(errors.contains("comand"), "{errors}");
+        assert!(matches!(judge(bad(), &running, false, false), Loaded::Rejected { keep_running: false, .. }), "a dry run records nothing");
+        let Loaded::Answer(late) = judge(read(), &running, true, true) else { panic!("applied while shutting down") };
+        assert_eq!(late.error.unwrap().kind, ErrorKind::ShuttingDown);
     }
 }

@@ -34,7 +34,7 @@ use crate::db::Probe;
 use super::admission;
 use super::control;
 use super::grants;
-use super::reload;
+use super::reload::{self, Loaded};
 use super::reaping;
 use super::shutdown;
 use super::dependencies;
@@ -854,29 +854,20 @@ impl Supervisor {
 
     fn config_loaded(&mut self, result: Result<Config, config::ConfigErrors>) {
         let ask = self.reloads.finished();
-        let (dry_plan, resp) = match result {
-            _ if self.shutdown.requested => (None, Response::err(ErrorKind::ShuttingDown, "supervisor is shutting down")),
-            Err(errs) => {
-                let text = errs.to_string();
-                if ask.apply {
-                    error!("config reload rejected, keeping the running config:\n{text}");
-                    self.history.event(now_wall(), Kind::Reload, None, format!("reload rejected, running config kept: {}", text.lines().next().unwrap_or("")));
-                    self.config_error = Some(text.clone());
+        let (dry, resp) = match reload::judge(result, &self.config, ask.apply, self.shutdown.requested) {
+            Loaded::Answer(resp) => (None, *resp),
+            Loaded::Rejected { errors, keep_running } => {
+                if keep_running {
+                    error!("config reload rejected, keeping the running config:\n{errors}");
+                    self.history.event(now_wall(), Kind::Reload, None, format!("reload rejected, running config kept: {}", errors.lines().next().unwrap_or("")));
+                    self.config_error = Some(errors.clone());
                 }
-                (None, Response::err(ErrorKind::Config, text))
+                (None, Response::err(ErrorKind::Config, errors))
             }
-            Ok(new) => {
-                let plan = config::diff(&self.config, &new);
-                let dry = Response::ok(Reply::Reload(ReloadReport { applied: false, plan }));
-                if ask.apply {
-                    (Some(dry), self.apply_reload(new))
-                } else {
-                    (None, dry)
-                }
-            }
+            Loaded::Apply { config, plan } => (Some(reload::dry_run(plan.clone())), self.apply_reload(*config, plan)),
         };
         let applied = ask.apply;
-        ask.answer(dry_plan.as_ref(), &resp);
+        ask.answer(dry.as_ref(), &resp);
         if applied && !self.shutdown.requested {
             self.notify.ready();
             self.notify.state_changed();
@@ -887,8 +878,7 @@ impl Supervisor {
     }
 
     /// Apply a validated config as a diff (SPEC §8).
-    fn apply_reload(&mut self, new: Config) -> Response {
-        let plan = config::diff(&self.config, &new);
+    fn apply_reload(&mut self, new: Config, plan: config::ReloadPlan) -> Response {
         self.config_error = None;
         for item in &plan.needs_restart {
             warn!("config change needs a restart of corral to take effect: {item}");
@@ -921,8 +911,7 @@ impl Supervisor {
             updated = plan.update.len(),
             "config reloaded"
         );
-        let summary = format!("config reloaded: {} added, {} removed, {} restarted, {} updated", plan.added.len(), plan.removed.len(), plan.restart.len(), plan.update.len());
-        self.history.event(now_wall(), Kind::Reload, None, summary);
+        self.history.event(now_wall(), Kind::Reload, None, reload::summary(&plan));
         Response::ok(Reply::Reload(ReloadReport { applied: true, plan }))
     }
 }
