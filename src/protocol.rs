@@ -106,6 +106,10 @@ impl Response {
     pub fn err(kind: ErrorKind, message: impl Into<String>) -> Self {
         Response { ok: false, result: None, error: Some(ErrorReply { kind, message: message.into(), result: None }) }
     }
+    /// corral is stopping: nothing is started or changed any more.
+    pub fn shutting_down() -> Self {
+        Response::err(ErrorKind::ShuttingDown, SHUTTING_DOWN)
+    }
     /// A refusal that still carries what was done (e.g. `stop a b` where `b` is unknown).
     pub fn err_with(kind: ErrorKind, message: impl Into<String>, reply: Reply) -> Self {
         Response { ok: false, result: None, error: Some(ErrorReply { kind, message: message.into(), result: Some(Box::new(reply)) }) }

@@ -15,7 +15,7 @@ use crate::budget::plan::{self, LimitSource, Plan};
 use crate::config::{self, Config};
 use crate::db::pooler::{PgBouncerAdmin, PgBouncerReading};
 use crate::db::tls::TlsInfo;
-use crate::db::{Attribution, Probe, ServerLimits};
+use crate::db::{Probe, ServerLimits};
 
 /// What `--online` found.
 #[derive(Debug, Clone, Serialize)]
@@ -125,9 +125,7 @@ fn read(cfg: &Config, db: &config::DatabaseConfig) -> Online {
             Err(e) => out.error = Some(e.to_string()),
         }
         if let Some(admin_url) = &db.pooler_admin_url {
-            let dbname = url.get("dbname").or(url.get("user")).map(str::to_string);
-            let app = Attribution::corral_application_name(service);
-            match PgBouncerAdmin::new(admin_url.as_str(), &app, &db.base_dir, dbname) {
+            match PgBouncerAdmin::for_jobs(admin_url.as_str(), Some(url), service, &db.base_dir) {
                 Ok(a) => match a.read(timeout).await {
                     Ok(r) => out.pooler = Some(r),
                     Err(e) => out.pooler_error = Some(e.to_string()),

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use super::event::{Event, EventTx};
-use crate::protocol::{BudgetReport, ErrorKind, HealthReport, Request, Response, StatusReport};
+use crate::protocol::{BudgetReport, HealthReport, Request, Response, StatusReport};
 
 /// Everything `/metrics` and the systemd status line draw from, taken in one turn of the
 /// actor: one round trip instead of one per part.
@@ -61,5 +61,5 @@ pub async fn snapshot(tx: &EventTx, history: bool, within: Option<Duration>) -> 
 }
 
 fn gone() -> Response {
-    Response::err(ErrorKind::ShuttingDown, "supervisor is shutting down")
+    Response::shutting_down()
 }

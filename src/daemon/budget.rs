@@ -628,16 +628,11 @@ impl Budget {
         self.quota_dir_shared = quota_dir_shared;
     }
 
-    /// A local reservation of `count` for `ttl_s` (SPEC §5): it must fit beside what jobs
-    /// already hold, never over-commit. Returns when it expires, or the refusal.
+    /// A local reservation of `count` for `ttl` (SPEC §5): it must fit beside what jobs
+    /// already hold, never over-commit. Returns the refusal when it does not.
     // The error is the reply itself, as in `protocol::decode_request`: boxing it buys nothing.
     #[allow(clippy::result_large_err)]
-    pub fn reserve(&mut self, jobs: &JobTable, name: &str, count: u32, ttl_s: Option<f64>, now: Instant) -> Result<Option<std::time::Duration>, Response> {
-        let ttl = match ttl_s {
-            Some(t) if !(t.is_finite() && t > 0.0) => return Err(Response::err(ErrorKind::BadRequest, "ttl must be positive")),
-            Some(t) => Some(std::time::Duration::from_secs_f64(t.min(1e9))),
-            None => None,
-        };
+    pub fn reserve(&mut self, jobs: &JobTable, name: &str, count: u32, ttl: Option<std::time::Duration>, now: Instant) -> Result<(), Response> {
         let previous = self.reservations.remove(name);
         let plan = self.plan(now);
         let occupied: u32 = jobs.values().filter_map(|j| j.ledger.as_ref()).map(|b| b.process.map(|p| p.held.max(p.told)).unwrap_or(0)).sum();
@@ -652,6 +647,6 @@ impl Budget {
             ));
         }
         self.reservations.insert(name.to_string(), Reservation { count, expires: ttl.map(|t| now + t) });
-        Ok(ttl)
+        Ok(())
     }
 }

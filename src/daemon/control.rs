@@ -168,7 +168,7 @@ pub fn refusal(req: &Request, shutting_down: bool, has_budget: bool) -> Option<R
     match req {
         Request::Start { jobs } | Request::Stop { jobs } | Request::Restart { jobs } => {
             if shutting_down {
-                Some(Response::err(ErrorKind::ShuttingDown, "supervisor is shutting down"))
+                Some(Response::shutting_down())
             } else if jobs.is_empty() {
                 Some(Response::err(ErrorKind::BadRequest, format!("{} needs job names or `all`", verb_name(req))))
             } else {
@@ -187,6 +187,11 @@ pub fn refusal(req: &Request, shutting_down: bool, has_budget: bool) -> Option<R
         Request::Reserve { ttl_s: Some(t), .. } if !(t.is_finite() && *t > 0.0) => Some(Response::err(ErrorKind::BadRequest, "ttl must be positive")),
         _ => None,
     }
+}
+
+/// A reservation's ttl as given ([`refusal`] checked it is positive), capped at 1e9 s.
+pub fn reservation_ttl(ttl_s: Option<f64>) -> Option<Duration> {
+    ttl_s.and_then(|t| Duration::try_from_secs_f64(t.min(1e9)).ok())
 }
 
 fn verb_name(req: &Request) -> &'static str {

@@ -11,7 +11,7 @@ use super::budget::Budget;
 use crate::config::Config;
 use crate::db::fleet::Identity;
 use crate::db::pooler::PgBouncerAdmin;
-use crate::db::{self, Probe};
+use crate::db::Probe;
 
 pub struct Database {
     pub budget: Budget,
@@ -42,9 +42,7 @@ pub fn open(config: &Config) -> Option<Database> {
     }
     let mut pooler_admin = None;
     if let Some(admin_url) = &db_cfg.pooler_admin_url {
-        let dbname = db_cfg.url.as_ref().and_then(|c| c.get("dbname").or(c.get("user")).map(str::to_string));
-        let app = db::Attribution::corral_application_name(service);
-        match PgBouncerAdmin::new(admin_url.as_str(), &app, &db_cfg.base_dir, dbname) {
+        match PgBouncerAdmin::for_jobs(admin_url.as_str(), db_cfg.url.as_ref(), service, &db_cfg.base_dir) {
             Ok(a) => pooler_admin = Some(Arc::new(a)),
             Err(e) => {
                 error!("pooler_admin_url rejected: {e}");

@@ -222,12 +222,11 @@ pub fn grant_fact(budget: &mut Budget, jobs: &mut JobTable, name: &str, now: Ins
 }
 
 /// `corral reserve` in local scope (SPEC §5): the reservation, its expiry timer, a rebalance.
-pub fn reserve(budget: &mut Budget, jobs: &mut JobTable, history: &mut History, name: String, count: u32, ttl_s: Option<f64>, now: Instant) -> (Response, Effects) {
-    let ttl = match budget.reserve(jobs, &name, count, ttl_s, now) {
-        Ok(ttl) => ttl,
-        Err(resp) => return (resp, Effects::default()),
-    };
-    info!(reservation = %name, count, ttl_s, "reservation added");
+pub fn reserve(budget: &mut Budget, jobs: &mut JobTable, history: &mut History, name: String, count: u32, ttl: Option<Duration>, now: Instant) -> (Response, Effects) {
+    if let Err(resp) = budget.reserve(jobs, &name, count, ttl, now) {
+        return (resp, Effects::default());
+    }
+    info!(reservation = %name, count, ttl_s = ttl.map(|t| t.as_secs_f64()), "reservation added");
     let expiry = Effects { after: ttl.map(|t| (t, Event::SweepBudget)).into_iter().collect(), ..Effects::default() };
     let fx = expiry.and(rebalance(budget, jobs, history, now));
     (Response::ok(Reply::Done { message: format!("reserved {count} connection(s) as {name}") }), fx)

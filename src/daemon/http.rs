@@ -178,7 +178,7 @@ async fn metrics_page(tx: &EventTx) -> HttpResponse {
     // reading (scraping must not query the database) and the event counts.
     match super::ask::snapshot(tx, true, None).await {
         Ok(s) => reply(StatusCode::OK, OPENMETRICS, render_metrics(&s.status, s.budget.as_ref(), Some(&s.health), s.history.as_ref())),
-        Err(_) => error(Response::err(ErrorKind::ShuttingDown, "supervisor is shutting down")),
+        Err(_) => error(Response::shutting_down()),
     }
 }
 

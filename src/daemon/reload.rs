@@ -147,7 +147,7 @@ pub enum Loaded {
 /// Judge a read against the running config: `apply` unless only dry runs asked.
 pub fn judge(result: Result<Config, config::ConfigErrors>, running: &Config, apply: bool, shutting_down: bool) -> Loaded {
     match result {
-        _ if shutting_down => Loaded::Answer(Box::new(Response::err(ErrorKind::ShuttingDown, "supervisor is shutting down"))),
+        _ if shutting_down => Loaded::Answer(Box::new(Response::shutting_down())),
         Err(errs) => Loaded::Rejected { errors: errs.to_string(), keep_running: apply },
         Ok(new) => {
             let plan = config::diff(running, &new);

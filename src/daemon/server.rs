@@ -153,7 +153,7 @@ impl Connection {
             let read = tokio::select! {
                 r = tokio::time::timeout(IDLE_TIMEOUT, read_line_limited(&mut reader, &mut buf)) => r,
                 _ = self.shutdown.changed() => {
-                    let r = Response::err(ErrorKind::ShuttingDown, "supervisor is shutting down");
+                    let r = Response::shutting_down();
                     let _ = write.write_all(protocol::encode_response(&r).as_bytes()).await;
                     return;
                 }

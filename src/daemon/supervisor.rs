@@ -718,7 +718,7 @@ impl Supervisor {
                 let _ = reply.send(Response::ok(Reply::Budget(Box::new(report))));
             }
             Request::Reserve { name, count, ttl_s } if self.fleet.active() => {
-                let ttl = ttl_s.map(|t| Duration::from_secs_f64(t.min(1e9)));
+                let ttl = control::reservation_ttl(ttl_s);
                 self.send_to_fleet(|then| FleetCmd::Reserve { name, count, ttl, reply, then });
             }
             Request::Release { name } if self.fleet.active() => {
@@ -727,7 +727,7 @@ impl Supervisor {
             Request::Reserve { name, count, ttl_s } => {
                 // (Without a budget these were answered above.)
                 let Some(budget) = self.budget.as_mut() else { return };
-                let (resp, fx) = grants::reserve(budget, &mut self.jobs, &mut self.history, name, count, ttl_s, Instant::now());
+                let (resp, fx) = grants::reserve(budget, &mut self.jobs, &mut self.history, name, count, control::reservation_ttl(ttl_s), Instant::now());
                 self.apply(fx);
                 let _ = reply.send(resp);
             }

@@ -149,6 +149,13 @@ impl PgBouncerAdmin {
         Ok(PgBouncerAdmin { target: Target::new(admin_url, application_name, base_dir)?, database: jobs_database })
     }
 
+    /// The console of the PgBouncer in front of the jobs' `jobs_url`, reached as corral of
+    /// `service` (its database is the jobs' dbname, or their user's).
+    pub fn for_jobs(admin_url: &str, jobs_url: Option<&super::conninfo::ConnInfo>, service: &str, base_dir: &std::path::Path) -> Result<PgBouncerAdmin, DbError> {
+        let dbname = jobs_url.and_then(|c| c.get("dbname").or(c.get("user")).map(str::to_string));
+        PgBouncerAdmin::new(admin_url, &Attribution::corral_application_name(service), base_dir, dbname)
+    }
+
     pub fn target(&self) -> &str {
         self.target.redacted()
     }
